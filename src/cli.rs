@@ -1,0 +1,148 @@
+//! Command-line interface of the `agentguard` binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::policy::AgentDefinition;
+use crate::runtime::{self, RunConfig};
+use crate::webhook::DEFAULT_MAX_REVIEW_BYTES;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agentguard",
+    version,
+    about = "Stops AI agents from deleting protected data without human approval"
+)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "AGENTGUARD_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the admission webhook (HTTPS) and the metrics and health endpoints (HTTP).
+    Run(RunArgs),
+    /// Write a CA and a serving certificate (ca.crt, tls.crt, tls.key) for development and tests.
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address of the HTTPS admission endpoint (/validate).
+    #[arg(long, default_value = "0.0.0.0:8443", env = "AGENTGUARD_WEBHOOK_ADDR")]
+    pub webhook_addr: SocketAddr,
+    /// Address of the plain-HTTP endpoints /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "AGENTGUARD_METRICS_ADDR")]
+    pub metrics_addr: SocketAddr,
+    /// PEM serving certificate (chain) for the webhook. Reloaded when the file changes.
+    #[arg(long, env = "AGENTGUARD_TLS_CERT_FILE")]
+    pub tls_cert_file: PathBuf,
+    /// PEM private key of the serving certificate.
+    #[arg(long, env = "AGENTGUARD_TLS_KEY_FILE")]
+    pub tls_key_file: PathBuf,
+    /// Agent ServiceAccounts as namespace/name globs, comma separated (e.g. "ci/*,*/cursor-*").
+    #[arg(long, value_delimiter = ',', env = "AGENTGUARD_AGENT_SERVICE_ACCOUNTS")]
+    pub agent_service_accounts: Vec<String>,
+    /// Groups whose members are agents, comma separated.
+    #[arg(long, value_delimiter = ',', env = "AGENTGUARD_AGENT_GROUPS")]
+    pub agent_groups: Vec<String>,
+    /// Username globs of agents, comma separated (e.g. "bot-*").
+    #[arg(long, value_delimiter = ',', env = "AGENTGUARD_AGENT_USERNAMES")]
+    pub agent_usernames: Vec<String>,
+    /// Groups that are never restricted (break glass), comma separated.
+    #[arg(long, value_delimiter = ',', env = "AGENTGUARD_BREAK_GLASS_GROUPS")]
+    pub break_glass_groups: Vec<String>,
+    /// Largest AdmissionReview body accepted; larger bodies get 413.
+    #[arg(long, default_value_t = DEFAULT_MAX_REVIEW_BYTES, env = "AGENTGUARD_MAX_REVIEW_BYTES")]
+    pub max_review_bytes: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Directory to write ca.crt, tls.crt and tls.key into (created if missing).
+    #[arg(long)]
+    pub out_dir: PathBuf,
+    /// DNS names or IP addresses the serving certificate is valid for.
+    #[arg(long = "host", default_value = "127.0.0.1", num_args = 1..)]
+    pub hosts: Vec<String>,
+    /// Validity in hours.
+    #[arg(long, default_value_t = 24 * 365)]
+    pub valid_hours: u64,
+}
+
+/// Entry point of the `agentguard` binary.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Command::Run(args) => {
+            let config = RunConfig {
+                webhook_addr: args.webhook_addr,
+                metrics_addr: args.metrics_addr,
+                tls_cert_file: args.tls_cert_file,
+                tls_key_file: args.tls_key_file,
+                agents: AgentDefinition {
+                    service_accounts: args.agent_service_accounts,
+                    groups: args.agent_groups,
+                    usernames: args.agent_usernames,
+                    break_glass_groups: args.break_glass_groups,
+                },
+                max_review_bytes: args.max_review_bytes,
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(runtime::run(config))
+                .context("agentguard run failed")
+        }
+        Command::Certs(args) => write_certs(&args),
+    }
+}
+
+fn write_certs(args: &CertsArgs) -> anyhow::Result<()> {
+    let bundle = crate::certs::generate(
+        &args.hosts,
+        std::time::Duration::from_secs(args.valid_hours * 3600),
+    )?;
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    for (name, pem) in [
+        ("ca.crt", &bundle.ca_pem),
+        ("tls.crt", &bundle.cert_pem),
+        ("tls.key", &bundle.key_pem),
+    ] {
+        let path = args.out_dir.join(name);
+        std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!(
+        "wrote ca.crt, tls.crt, tls.key to {}",
+        args.out_dir.display()
+    );
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

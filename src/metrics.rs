@@ -1,0 +1,159 @@
+//! The one Prometheus registry and its typed metrics. Names and labels are part of the
+//! contract (DESIGN.md, Metrics); nothing outside this module touches the registry.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+const NAMESPACE: &str = "agentguard";
+
+/// Admission latencies are sub-millisecond in the common case; the API server's timeout caps
+/// the top, so buckets span 50µs to 10s.
+const DURATION_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    admission_requests: IntCounterVec,
+    deletions_blocked: IntCounterVec,
+    admission_duration: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let admission_requests = IntCounterVec::new(
+            Opts::new(
+                "admission_requests_total",
+                "Admission reviews answered, by decision.",
+            )
+            .namespace(NAMESPACE),
+            &["operation", "resource", "decision", "dry_run"],
+        )
+        .expect("valid metric");
+        let deletions_blocked = IntCounterVec::new(
+            Opts::new(
+                "deletions_blocked_total",
+                "Deletions of protected objects refused to restricted identities (dry runs excluded).",
+            )
+            .namespace(NAMESPACE),
+            &["namespace", "resource", "subject", "policy"],
+        )
+        .expect("valid metric");
+        let admission_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "admission_duration_seconds",
+                "Time to decide an admission review, from parsed request to encoded response.",
+            )
+            .namespace(NAMESPACE)
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["operation"],
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "build_info",
+                "Always 1; the version label names the running build.",
+            )
+            .namespace(NAMESPACE),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for collector in [
+            Box::new(admission_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(deletions_blocked.clone()),
+            Box::new(admission_duration.clone()),
+            Box::new(build_info),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric registered once");
+        }
+        Self {
+            registry,
+            admission_requests,
+            deletions_blocked,
+            admission_duration,
+        }
+    }
+
+    /// Records one answered review.
+    pub fn admission(
+        &self,
+        operation: &str,
+        resource: &str,
+        decision: &str,
+        dry_run: bool,
+        seconds: f64,
+    ) {
+        self.admission_requests
+            .with_label_values(&[
+                operation,
+                resource,
+                decision,
+                if dry_run { "true" } else { "false" },
+            ])
+            .inc();
+        self.admission_duration
+            .with_label_values(&[operation])
+            .observe(seconds);
+    }
+
+    /// Records one refused deletion. Callers skip dry runs: they destroyed nothing.
+    pub fn deletion_blocked(&self, namespace: &str, resource: &str, subject: &str, policy: &str) {
+        self.deletions_blocked
+            .with_label_values(&[namespace, resource, subject, policy])
+            .inc();
+    }
+
+    /// The registry in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("Prometheus text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_contract_names_and_labels() {
+        let m = Metrics::new();
+        m.admission("DELETE", "persistentvolumeclaims", "denied", false, 0.0002);
+        m.deletion_blocked(
+            "prod",
+            "persistentvolumeclaims",
+            "system:serviceaccount:ci:a",
+            "annotation",
+        );
+        let text = m.render();
+        for line in [
+            r#"agentguard_admission_requests_total{decision="denied",dry_run="false",operation="DELETE",resource="persistentvolumeclaims"} 1"#,
+            r#"agentguard_deletions_blocked_total{namespace="prod",policy="annotation",resource="persistentvolumeclaims",subject="system:serviceaccount:ci:a"} 1"#,
+            r#"agentguard_admission_duration_seconds_count{operation="DELETE"} 1"#,
+            concat!(
+                r#"agentguard_build_info{version=""#,
+                env!("CARGO_PKG_VERSION"),
+                r#""} 1"#
+            ),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+    }
+}

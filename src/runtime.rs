@@ -1,0 +1,169 @@
+//! Wiring for `agentguard run`: builds the admission state, binds both listeners, reloads the
+//! serving certificate when its files change, and shuts down gracefully on SIGTERM.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum_server::Handle;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+
+use crate::certs;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::policy::{AgentDefinition, AgentMatcher};
+use crate::webhook::{self, AdmissionState, Readiness};
+
+/// How often the serving certificate files are checked for changes (Secret volume updates,
+/// cert-manager renewals).
+const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+/// A slow or silent client must send its headers within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// And finish the TLS handshake within this time.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// In-flight reviews get this long to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Everything `agentguard run` needs, already parsed.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub webhook_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
+    pub agents: AgentDefinition,
+    pub max_review_bytes: usize,
+}
+
+/// Installs ring as the process-wide rustls provider. kube-client panics when more than one
+/// provider is compiled in and none is chosen, so the choice is made once, explicitly.
+pub fn install_crypto_provider() {
+    // Err means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub async fn run(config: RunConfig) -> Result<()> {
+    install_crypto_provider();
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+    let state = Arc::new(AdmissionState {
+        agents: AgentMatcher::new(&config.agents)?,
+        metrics: metrics.clone(),
+    });
+
+    let tls = RustlsConfig::from_config(certs::server_config_from_files(
+        &config.tls_cert_file,
+        &config.tls_key_file,
+    )?);
+    let webhook_listener = bind(config.webhook_addr)?;
+    let metrics_listener = bind(config.metrics_addr)?;
+    tracing::info!(webhook = %config.webhook_addr, metrics = %config.metrics_addr, "listening");
+
+    let handle: Handle<SocketAddr> = Handle::new();
+    let acceptor = RustlsAcceptor::new(tls.clone()).handshake_timeout(TLS_HANDSHAKE_TIMEOUT);
+    let mut https = axum_server::from_tcp(webhook_listener)
+        .map_err(|source| Error::Bind {
+            addr: config.webhook_addr,
+            source,
+        })?
+        .acceptor(acceptor)
+        .handle(handle.clone());
+    https
+        .http_builder()
+        .http1()
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let mut http = axum_server::from_tcp(metrics_listener)
+        .map_err(|source| Error::Bind {
+            addr: config.metrics_addr,
+            source,
+        })?
+        .handle(handle.clone());
+    http.http_builder()
+        .http1()
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+
+    let admission = webhook::admission_router(state, config.max_review_bytes);
+    let ops = webhook::ops_router(metrics, readiness.clone());
+
+    tokio::spawn(reload_certificates(
+        tls,
+        config.tls_cert_file.clone(),
+        config.tls_key_file.clone(),
+    ));
+    tokio::spawn(shutdown_on_signal(handle, readiness.clone()));
+    // Nothing is cached yet, so the webhook is ready as soon as both listeners are bound.
+    readiness.set(true);
+
+    let (a, b) = tokio::join!(
+        https.serve(admission.into_make_service()),
+        http.serve(ops.into_make_service())
+    );
+    a.and(b).map_err(|source| Error::Bind {
+        addr: config.webhook_addr,
+        source,
+    })?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_on_signal(handle: Handle<SocketAddr>, readiness: Readiness) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+    readiness.set(false);
+    handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+}
+
+/// Swaps in the serving certificate when its files change. A broken pair (half-written files,
+/// a key that does not match) is logged and the previous certificate keeps serving.
+async fn reload_certificates(tls: RustlsConfig, cert: PathBuf, key: PathBuf) {
+    let stamp = |cert: &PathBuf, key: &PathBuf| -> Option<(SystemTime, SystemTime)> {
+        let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        Some((modified(cert)?, modified(key)?))
+    };
+    let mut last = stamp(&cert, &key);
+    let mut tick = tokio::time::interval(CERT_RELOAD_INTERVAL);
+    loop {
+        tick.tick().await;
+        let now = stamp(&cert, &key);
+        if now.is_none() || now == last {
+            continue;
+        }
+        match certs::server_config_from_files(&cert, &key) {
+            Ok(config) => {
+                tls.reload_from_config(config);
+                last = now;
+                tracing::info!(cert = %cert.display(), "serving certificate reloaded");
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "new serving certificate rejected; keeping the old one")
+            }
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    let listener = TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| Error::Bind { addr, source })?;
+    Ok(listener)
+}

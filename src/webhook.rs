@@ -1,0 +1,219 @@
+//! The HTTP edges: the admission endpoint (served over TLS) and the operational endpoints
+//! (`/metrics`, `/healthz`, `/readyz`, plain HTTP). Handlers are thin adapters: parse, call
+//! [`crate::policy::decide`], answer, count.
+//!
+//! Every review the API server sends gets a review back with the request's uid; HTTP errors are
+//! reserved for bodies that are not reviews at all (wrong content type, malformed, too large).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::core::response::StatusSummary;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::metrics::Metrics;
+use crate::policy::{self, AgentMatcher, Decision, Verdict};
+
+/// The API server's own request limit is 3 MiB per object; an UPDATE review carries the old
+/// and the new object plus envelope, so the default leaves room for two full objects.
+pub const DEFAULT_MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
+
+/// Longest time one request may take end to end, body included (slow senders are cut off).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the admission handler reads on every request.
+#[derive(Debug)]
+pub struct AdmissionState {
+    pub agents: AgentMatcher,
+    pub metrics: Metrics,
+}
+
+/// Router for the HTTPS admission endpoint `/validate`.
+pub fn admission_router(state: Arc<AdmissionState>, max_review_bytes: usize) -> Router {
+    Router::new()
+        .route("/validate", post(validate))
+        .layer(DefaultBodyLimit::max(max_review_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .with_state(state)
+}
+
+async fn validate(
+    State(state): State<Arc<AdmissionState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !is_json(&headers) {
+        return plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected Content-Type: application/json",
+        );
+    }
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
+        Ok(review) => review,
+        Err(err) => {
+            tracing::warn!(error = %err, "malformed AdmissionReview");
+            return plain(
+                StatusCode::BAD_REQUEST,
+                &format!("malformed AdmissionReview: {err}"),
+            );
+        }
+    };
+    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(request) => request,
+        Err(_) => {
+            tracing::warn!("AdmissionReview without a request");
+            return json_review(AdmissionResponse::invalid("AdmissionReview has no request"));
+        }
+    };
+    let started = Instant::now();
+    let decision = policy::decide(&request, &state.agents);
+    let response = respond(&request, &decision);
+    record(&state.metrics, &request, &decision, started.elapsed());
+    json_review(response)
+}
+
+/// Builds the answer for a decision, keeping the request's uid. Denials carry code 403 and
+/// reason Forbidden so kubectl prints the message as `Error from server (Forbidden): ...`.
+fn respond(request: &AdmissionRequest<DynamicObject>, decision: &Decision) -> AdmissionResponse {
+    let mut response = AdmissionResponse::from(request);
+    let annotations = &mut response.audit_annotations;
+    annotations.insert("decision".into(), decision.verdict.label().into());
+    annotations.insert("reason".into(), decision.reason.clone());
+    if let Some(policy) = &decision.policy {
+        annotations.insert("policy".into(), policy.clone());
+    }
+    if decision.verdict == Verdict::Deny {
+        response = response.deny(decision.message.as_deref().unwrap_or(&decision.reason));
+        response.result.status = Some(StatusSummary::Failure);
+        response.result.code = 403;
+        response.result.reason = "Forbidden".into();
+    }
+    response
+}
+
+fn record(
+    metrics: &Metrics,
+    request: &AdmissionRequest<DynamicObject>,
+    decision: &Decision,
+    elapsed: Duration,
+) {
+    let operation = operation_label(request);
+    let object = &decision.object;
+    let username = request.user_info.username.as_deref().unwrap_or_default();
+    metrics.admission(
+        operation,
+        &object.resource,
+        decision.verdict.label(),
+        request.dry_run,
+        elapsed.as_secs_f64(),
+    );
+    match decision.verdict {
+        Verdict::Deny => {
+            if !request.dry_run {
+                metrics.deletion_blocked(
+                    object.namespace.as_deref().unwrap_or_default(),
+                    &object.resource,
+                    username,
+                    decision.policy.as_deref().unwrap_or_default(),
+                );
+            }
+            tracing::info!(
+                uid = %request.uid, operation, user = username, kind = %object.kind,
+                namespace = object.namespace.as_deref().unwrap_or_default(), name = %object.name,
+                dry_run = request.dry_run, reason = %decision.reason, "denied"
+            );
+        }
+        Verdict::Allow => tracing::debug!(
+            uid = %request.uid, operation, user = username, kind = %object.kind,
+            name = %object.name, reason = %decision.reason, "allowed"
+        ),
+    }
+}
+
+fn operation_label(request: &AdmissionRequest<DynamicObject>) -> &'static str {
+    use kube::core::admission::Operation;
+    match request.operation {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn plain(status: StatusCode, line: &str) -> Response {
+    // One line, whatever the parser said, so logs and clients show it whole.
+    let line: String = line.lines().collect::<Vec<_>>().join(" ");
+    (status, format!("{line}\n")).into_response()
+}
+
+fn json_review(response: AdmissionResponse) -> Response {
+    axum::Json(response.into_review()).into_response()
+}
+
+/// Readiness shared between the runtime (which flips it) and `/readyz` (which reports it).
+#[derive(Debug, Default, Clone)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Clone)]
+struct OpsState {
+    metrics: Metrics,
+    readiness: Readiness,
+}
+
+/// Router for the plain-HTTP operational endpoints.
+pub fn ops_router(metrics: Metrics, readiness: Readiness) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(OpsState { metrics, readiness })
+}
+
+async fn metrics_handler(State(state): State<OpsState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<OpsState>) -> Response {
+    if state.readiness.is_ready() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
