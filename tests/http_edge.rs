@@ -1,0 +1,271 @@
+//! HTTP-edge tests: the admission and ops routers driven with `oneshot`, no sockets.
+//! They check what the API server and probes see: status codes, uids, denial shape, metrics.
+
+use std::sync::Arc;
+
+use agentguard::metrics::Metrics;
+use agentguard::policy::{AgentDefinition, AgentMatcher};
+use agentguard::webhook::{self, AdmissionState, Readiness};
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const LIMIT: usize = 64 * 1024;
+const UID: &str = "5b0c2a35-9f5e-4a5e-9d2e-1f0c3c1e7a11";
+
+fn state() -> Arc<AdmissionState> {
+    Arc::new(AdmissionState {
+        agents: AgentMatcher::new(&AgentDefinition {
+            service_accounts: vec!["agents/*".into()],
+            ..Default::default()
+        })
+        .unwrap(),
+        metrics: Metrics::new(),
+    })
+}
+
+fn review(username: &str, protected: bool, dry_run: bool) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": UID,
+            "kind": {"group": "", "version": "v1", "kind": "PersistentVolumeClaim"},
+            "resource": {"group": "", "version": "v1", "resource": "persistentvolumeclaims"},
+            "requestKind": {"group": "", "version": "v1", "kind": "PersistentVolumeClaim"},
+            "requestResource": {"group": "", "version": "v1", "resource": "persistentvolumeclaims"},
+            "name": "data",
+            "namespace": "prod",
+            "operation": "DELETE",
+            "userInfo": {"username": username, "uid": "1", "groups": ["system:serviceaccounts", "system:authenticated"]},
+            "object": null,
+            "oldObject": {
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {
+                    "name": "data", "namespace": "prod", "uid": "abc",
+                    "annotations": if protected { json!({"agentguard.dev/protected": "true"}) } else { json!({}) },
+                    "managedFields": [{"manager": "kubectl", "operation": "Update"}]
+                },
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+                "status": {"phase": "Pending"}
+            },
+            "dryRun": dry_run,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        }
+    })
+}
+
+async fn post(
+    router: Router,
+    content_type: Option<&str>,
+    body: impl Into<Body>,
+) -> (StatusCode, Vec<u8>) {
+    let mut req = Request::post("/validate");
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let resp = router
+        .oneshot(req.body(body.into()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    (
+        status,
+        to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+}
+
+async fn post_review(router: Router, review: &Value) -> Value {
+    let (status, body) = post(router, Some("application/json"), review.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[tokio::test]
+async fn agent_delete_of_protected_object_is_denied_with_403_and_uid() {
+    let out = post_review(
+        webhook::admission_router(state(), LIMIT),
+        &review("system:serviceaccount:agents:cursor", true, false),
+    )
+    .await;
+    assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(out["kind"], "AdmissionReview");
+    let r = &out["response"];
+    assert_eq!(r["uid"], UID);
+    assert_eq!(r["allowed"], false);
+    assert_eq!(r["status"]["code"], 403);
+    assert_eq!(r["status"]["reason"], "Forbidden");
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(message.starts_with("agentguard: DENIED delete of PersistentVolumeClaim prod/data by system:serviceaccount:agents:cursor."), "{message}");
+    assert_eq!(r["auditAnnotations"]["decision"], "denied");
+    assert_eq!(r["auditAnnotations"]["policy"], "annotation");
+}
+
+#[tokio::test]
+async fn other_requests_are_allowed_with_uid() {
+    for (user, protected) in [
+        ("system:serviceaccount:agents:cursor", false),
+        ("alice", true),
+    ] {
+        let out = post_review(
+            webhook::admission_router(state(), LIMIT),
+            &review(user, protected, false),
+        )
+        .await;
+        assert_eq!(out["response"]["uid"], UID);
+        assert_eq!(out["response"]["allowed"], true, "{user}");
+        assert_eq!(out["response"]["auditAnnotations"]["decision"], "allowed");
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_blocks_but_not_dry_runs() {
+    let state = state();
+    let router = webhook::admission_router(state.clone(), LIMIT);
+    post_review(
+        router.clone(),
+        &review("system:serviceaccount:agents:cursor", true, false),
+    )
+    .await;
+    let dry = post_review(
+        router,
+        &review("system:serviceaccount:agents:cursor", true, true),
+    )
+    .await;
+    assert_eq!(
+        dry["response"]["allowed"], false,
+        "dry runs are judged the same"
+    );
+    let text = state.metrics.render();
+    let has = |line: &str| text.lines().any(|l| l == line);
+    assert!(
+        has(
+            r#"agentguard_deletions_blocked_total{namespace="prod",policy="annotation",resource="persistentvolumeclaims",subject="system:serviceaccount:agents:cursor"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        has(
+            r#"agentguard_admission_requests_total{decision="denied",dry_run="true",operation="DELETE",resource="persistentvolumeclaims"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        has(
+            r#"agentguard_admission_requests_total{decision="denied",dry_run="false",operation="DELETE",resource="persistentvolumeclaims"} 1"#
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_with_one_line() {
+    for body in [
+        "{",
+        "not json",
+        r#"{"request": {"uid": 5}}"#,
+        &"[".repeat(10_000),
+    ] {
+        let (status, out) = post(
+            webhook::admission_router(state(), LIMIT),
+            Some("application/json"),
+            body.to_string(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body:.40}");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("malformed AdmissionReview: "), "{text}");
+        assert_eq!(text.trim_end().lines().count(), 1, "{text}");
+    }
+}
+
+#[tokio::test]
+async fn review_without_request_gets_an_invalid_review_not_an_http_error() {
+    let out = post_review(
+        webhook::admission_router(state(), LIMIT),
+        &json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}),
+    )
+    .await;
+    assert_eq!(out["response"]["allowed"], false);
+    assert_eq!(out["response"]["status"]["reason"], "InvalidRequest");
+}
+
+#[tokio::test]
+async fn wrong_content_type_is_415() {
+    for ct in [None, Some("text/plain"), Some("application/yaml")] {
+        let (status, _) = post(
+            webhook::admission_router(state(), LIMIT),
+            ct,
+            review("alice", false, false).to_string(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct:?}");
+    }
+    let (status, _) = post(
+        webhook::admission_router(state(), LIMIT),
+        Some("application/json; charset=utf-8"),
+        review("alice", false, false).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn oversized_body_is_413() {
+    let mut big = review("system:serviceaccount:agents:cursor", true, false);
+    big["request"]["oldObject"]["data"] = json!("x".repeat(LIMIT));
+    let (status, _) = post(
+        webhook::admission_router(state(), LIMIT),
+        Some("application/json"),
+        big.to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    // The default limit accepts a review holding an object at the API server's own 3 MiB limit.
+    let mut near_limit = review("system:serviceaccount:agents:cursor", true, false);
+    near_limit["request"]["oldObject"]["data"] = json!("x".repeat(3 * 1024 * 1024));
+    let out = post_review(
+        webhook::admission_router(state(), webhook::DEFAULT_MAX_REVIEW_BYTES),
+        &near_limit,
+    )
+    .await;
+    assert_eq!(out["response"]["allowed"], false);
+}
+
+#[tokio::test]
+async fn ops_endpoints_report_health_readiness_and_metrics() {
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+    let get = |path: &'static str| {
+        let router = webhook::ops_router(metrics.clone(), readiness.clone());
+        async move {
+            let resp = router
+                .oneshot(Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let status = resp.status();
+            (
+                status,
+                String::from_utf8(
+                    to_bytes(resp.into_body(), usize::MAX)
+                        .await
+                        .unwrap()
+                        .to_vec(),
+                )
+                .unwrap(),
+            )
+        }
+    };
+    assert_eq!(get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(get("/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    readiness.set(true);
+    assert_eq!(get("/readyz").await.0, StatusCode::OK);
+    let (status, body) = get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("agentguard_build_info{version="), "{body}");
+}
