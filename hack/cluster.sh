@@ -30,8 +30,9 @@ kubectl_admin() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 
 is_up() {
   [[ -f "$KUBECONFIG_FILE" ]] || return 1
-  for f in "$STATE"/run/*.pid; do
-    [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null || return 1
+  local name
+  for name in etcd kube-apiserver kube-controller-manager; do
+    [[ -f "$STATE/run/$name.pid" ]] && kill -0 "$(cat "$STATE/run/$name.pid")" 2>/dev/null || return 1
   done
   kubectl_admin get --raw /readyz >/dev/null 2>&1
 }
@@ -191,18 +192,29 @@ YAML
 }
 
 down_quiet() {
-  local pidfile pid
+  local pidfile pid name
+  # Whatever else was started beside the control plane (hack/demo.sh's agentguard) goes first,
+  # then the control plane in reverse start order.
+  for pidfile in "$STATE"/run/*.pid; do
+    name=$(basename "$pidfile" .pid)
+    case "$name" in kube-controller-manager|kube-apiserver|etcd) continue ;; esac
+    stop_pid "$pidfile"
+  done
   for name in kube-controller-manager kube-apiserver etcd; do
-    pidfile="$STATE/run/$name.pid"
-    [[ -f "$pidfile" ]] || continue
-    pid=$(cat "$pidfile")
-    if kill -0 "$pid" 2>/dev/null; then
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
+    stop_pid "$STATE/run/$name.pid"
   done
   rm -rf "$STATE"
+}
+
+stop_pid() {
+  local pidfile="$1" pid
+  [[ -f "$pidfile" ]] || return 0
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
 }
 
 case "${1:-}" in

@@ -1,0 +1,253 @@
+//! End-to-end: a real kube-apiserver calls agentguard over TLS for deletions of claims.
+//! Requires `hack/cluster.sh up`; fails (never skips) when the control plane is absent.
+
+mod support;
+
+use support::{Cluster, Guard, TestNamespace, stderr, stdout};
+
+fn denial(ns: &str, name: &str, user: &str) -> String {
+    format!(
+        "Error from server (Forbidden): admission webhook \"validate.agentguard.dev\" denied the request: \
+         agentguard: DENIED delete of PersistentVolumeClaim {ns}/{name} by {user}.\n\
+         Protected by annotation agentguard.dev/protected=true. This may hold production data.\n\
+         Do not retry, and do not try another way to delete, move, or unprotect it.\n\
+         Stop and ask a human to approve: kubectl agentguard approve persistentvolumeclaim/{name} -n {ns} --for 30m"
+    )
+}
+
+#[test]
+fn agent_with_a_token_request_token_cannot_delete_a_protected_claim() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "token");
+    let agent = ns.agent("cursor-agent");
+    let guard = Guard::start(&ns, &agent);
+    ns.pvc("data", true);
+
+    // The agent acts with its own short-lived token, as an agent sandbox would.
+    let token = ns.kubectl_ok(&["create", "token", "cursor-agent", "--duration=10m"]);
+    let kubeconfig = cluster.token_kubeconfig(guard.dir.path(), token.trim());
+    let as_agent = |args: &[&str]| {
+        std::process::Command::new(cluster.kubectl_path())
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["-n", &ns.name])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let whoami = as_agent(&[
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ]);
+    assert_eq!(
+        stdout(&whoami),
+        agent,
+        "token authenticates as the agent: {}",
+        stderr(&whoami)
+    );
+
+    let out = as_agent(&["delete", "pvc", "data"]);
+    assert!(!out.status.success());
+    assert_eq!(stderr(&out).trim_end(), denial(&ns.name, "data", &agent));
+    assert!(ns.pvc_intact("data"), "the protected claim must survive");
+
+    // The same token may delete what is not protected.
+    ns.pvc("scratch", false);
+    let out = as_agent(&["delete", "pvc", "scratch", "--wait=false"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    ns.wait_pvc_gone("scratch");
+}
+
+#[test]
+fn impersonated_agent_is_denied_and_a_human_is_not() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "impersonate");
+    let agent = ns.agent("cursor-agent");
+    let guard = Guard::start(&ns, &agent);
+    ns.pvc("data", true);
+    ns.pvc("scratch", false);
+
+    let out = ns.kubectl_as(&agent, &["delete", "pvc", "data"]);
+    assert!(!out.status.success());
+    assert_eq!(stderr(&out).trim_end(), denial(&ns.name, "data", &agent));
+    assert!(ns.pvc_intact("data"));
+
+    let out = ns.kubectl_as(&agent, &["delete", "pvc", "scratch", "--wait=false"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    ns.wait_pvc_gone("scratch");
+
+    // A human (the admin, not matched by any agent rule) deletes the protected claim.
+    let out = ns.kubectl(&["delete", "pvc", "data", "--wait=false"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    ns.wait_pvc_gone("data");
+
+    let blocked = guard.metric(
+        "agentguard_deletions_blocked_total",
+        &[
+            ("namespace", &ns.name),
+            ("resource", "persistentvolumeclaims"),
+            ("subject", &agent),
+            ("policy", "annotation"),
+        ],
+    );
+    assert_eq!(blocked, 1.0);
+}
+
+#[test]
+fn delete_all_and_delete_collection_leave_protected_claims() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "collection");
+    let agent = ns.agent("cursor-agent");
+    let _guard = Guard::start(&ns, &agent);
+    ns.pvc("data", true);
+    for name in ["scratch-1", "scratch-2"] {
+        ns.pvc(name, false);
+    }
+
+    // kubectl lists and deletes one by one: the protected one is refused, the rest go.
+    let out = ns.kubectl_as(&agent, &["delete", "pvc", "--all", "--wait=false"]);
+    assert!(!out.status.success(), "one deletion must fail");
+    assert!(
+        stderr(&out).contains("agentguard: DENIED delete of PersistentVolumeClaim"),
+        "{}",
+        stderr(&out)
+    );
+    ns.wait_pvc_gone("scratch-1");
+    ns.wait_pvc_gone("scratch-2");
+    assert!(ns.pvc_intact("data"));
+    // The webhook's probe claim is protected too and survived.
+    assert!(ns.pvc_intact("agentguard-probe"));
+
+    // A real DeleteCollection (one API call) reaches the webhook as one review per item.
+    ns.pvc("scratch-3", false);
+    let out = ns.kubectl_as(
+        &agent,
+        &[
+            "delete",
+            "--raw",
+            &format!("/api/v1/namespaces/{}/persistentvolumeclaims", ns.name),
+        ],
+    );
+    assert!(!out.status.success(), "delete collection must be refused");
+    assert!(
+        stderr(&out).contains("agentguard: DENIED"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(ns.pvc_intact("data"));
+    assert!(ns.pvc_intact("agentguard-probe"));
+}
+
+#[test]
+fn server_side_dry_run_tells_the_agent_the_truth_and_is_counted_apart() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "dryrun");
+    let agent = ns.agent("cursor-agent");
+    let guard = Guard::start(&ns, &agent);
+    ns.pvc("data", true);
+    let labels = |dry_run| {
+        [
+            ("operation", "DELETE"),
+            ("resource", "persistentvolumeclaims"),
+            ("decision", "denied"),
+            ("dry_run", dry_run),
+        ]
+    };
+    let dry_before = guard.metric("agentguard_admission_requests_total", &labels("true"));
+
+    let out = ns.kubectl_as(&agent, &["delete", "pvc", "data", "--dry-run=server"]);
+    assert!(!out.status.success());
+    assert_eq!(stderr(&out).trim_end(), denial(&ns.name, "data", &agent));
+    assert!(ns.pvc_intact("data"));
+
+    assert_eq!(
+        guard.metric("agentguard_admission_requests_total", &labels("true")),
+        dry_before + 1.0
+    );
+    assert_eq!(
+        guard.metric("agentguard_admission_requests_total", &labels("false")),
+        0.0
+    );
+    let blocked = guard.metric(
+        "agentguard_deletions_blocked_total",
+        &[
+            ("namespace", &ns.name),
+            ("resource", "persistentvolumeclaims"),
+            ("subject", &agent),
+            ("policy", "annotation"),
+        ],
+    );
+    assert_eq!(
+        blocked, 0.0,
+        "dry runs destroyed nothing and are not blocked attempts"
+    );
+}
+
+#[test]
+fn with_the_webhook_down_the_api_server_refuses_the_deletion() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "failclosed");
+    let agent = ns.agent("cursor-agent");
+    let mut guard = Guard::start(&ns, &agent);
+    ns.pvc("data", true);
+
+    guard.kill();
+    let out = ns.kubectl_as(&agent, &["delete", "pvc", "data"]);
+    assert!(
+        !out.status.success(),
+        "fail-closed: no webhook, no deletion"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("failed calling webhook \"validate.agentguard.dev\""),
+        "{err}"
+    );
+    assert!(ns.pvc_intact("data"));
+}
+
+#[test]
+fn metrics_record_each_block_with_contract_labels() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "metrics");
+    let agent = ns.agent("cursor-agent");
+    let guard = Guard::start(&ns, &agent);
+    ns.pvc("data", true);
+    for _ in 0..3 {
+        assert!(
+            !ns.kubectl_as(&agent, &["delete", "pvc", "data"])
+                .status
+                .success()
+        );
+    }
+    let blocked = guard.metric(
+        "agentguard_deletions_blocked_total",
+        &[
+            ("namespace", &ns.name),
+            ("resource", "persistentvolumeclaims"),
+            ("subject", &agent),
+            ("policy", "annotation"),
+        ],
+    );
+    assert_eq!(blocked, 3.0);
+    let denied = guard.metric(
+        "agentguard_admission_requests_total",
+        &[
+            ("operation", "DELETE"),
+            ("resource", "persistentvolumeclaims"),
+            ("decision", "denied"),
+            ("dry_run", "false"),
+        ],
+    );
+    assert_eq!(denied, 3.0);
+    let (_, text) = guard.http_get("/metrics").unwrap();
+    assert!(
+        text.contains("agentguard_admission_duration_seconds_bucket{operation=\"DELETE\""),
+        "{text}"
+    );
+    assert!(text.contains(&format!(
+        "agentguard_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
+}

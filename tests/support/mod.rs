@@ -1,0 +1,423 @@
+//! End-to-end harness: the local control plane started by `hack/cluster.sh up`, a namespace per
+//! test, and an agentguard process registered with the real API server through a
+//! ValidatingWebhookConfiguration (clientConfig.url, caBundle from a CA made per test).
+//!
+//! Nothing here fakes the API server: every assertion is about what it answered.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+
+pub const START_HINT: &str = "start the local control plane with `hack/cluster.sh up` \
+    (or run every test with `hack/test.sh`)";
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The running local control plane. Panics with the command that starts it when it is absent:
+/// end-to-end tests never skip silently.
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    pub tools: PathBuf,
+}
+
+impl Cluster {
+    pub fn connect() -> Self {
+        let kubeconfig = std::env::var_os("AGENTGUARD_E2E_KUBECONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join(".cluster/kubeconfig"));
+        assert!(
+            kubeconfig.exists(),
+            "no kubeconfig at {}: {START_HINT}",
+            kubeconfig.display()
+        );
+        let out = Command::new(repo_root().join("hack/build-tools.sh"))
+            .arg("--print")
+            .output()
+            .expect("run hack/build-tools.sh --print");
+        let tools = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        let cluster = Self { kubeconfig, tools };
+        let ready = cluster.kubectl(&["get", "--raw", "/readyz"]);
+        assert!(
+            ready.status.success(),
+            "the control plane does not answer ({}): {START_HINT}",
+            stderr(&ready)
+        );
+        cluster
+    }
+
+    pub fn kubectl_path(&self) -> PathBuf {
+        self.tools.join("kubectl")
+    }
+
+    /// kubectl as the cluster admin (system:masters).
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(self.kubectl_path())
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .expect("run kubectl")
+    }
+
+    /// kubectl as admin, panicking with kubectl's own words when it fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            stderr(&out)
+        );
+        stdout(&out)
+    }
+
+    /// kubectl with stdin (for `apply -f -`).
+    pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> Output {
+        let mut child = Command::new(self.kubectl_path())
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    pub fn apply(&self, yaml: &str) {
+        let out = self.kubectl_stdin(&["apply", "-f", "-"], yaml);
+        assert!(
+            out.status.success(),
+            "apply failed: {}\n{yaml}",
+            stderr(&out)
+        );
+    }
+
+    fn raw_config(&self, path: &str) -> String {
+        self.kubectl_ok(&[
+            "config",
+            "view",
+            "--raw",
+            "-o",
+            &format!("jsonpath={{{path}}}"),
+        ])
+    }
+
+    /// A kubeconfig that authenticates with `token` only (no client certificate), as an agent's
+    /// sandbox would hold.
+    pub fn token_kubeconfig(&self, dir: &Path, token: &str) -> PathBuf {
+        let server = self.raw_config(".clusters[0].cluster.server");
+        let ca = self.raw_config(".clusters[0].cluster.certificate-authority-data");
+        let path = dir.join("agent.kubeconfig");
+        let yaml = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
+             users:\n- name: agent\n  user:\n    token: {token}\ncontexts:\n- name: agent\n  context:\n    cluster: local\n    user: agent\ncurrent-context: agent\n"
+        );
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+}
+
+/// A namespace owned by one test; deleted when dropped.
+pub struct TestNamespace<'c> {
+    pub cluster: &'c Cluster,
+    pub name: String,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{:x}{n}", (nanos ^ std::process::id()) & 0xfffff)
+}
+
+impl<'c> TestNamespace<'c> {
+    pub fn create(cluster: &'c Cluster, prefix: &str) -> Self {
+        let name = unique(&format!("e2e-{prefix}"));
+        cluster.kubectl_ok(&["create", "namespace", &name]);
+        Self { cluster, name }
+    }
+
+    /// `kubectl -n <ns>` as admin.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        self.cluster.kubectl(&all)
+    }
+
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl -n {} {args:?} failed: {}",
+            self.name,
+            stderr(&out)
+        );
+        stdout(&out)
+    }
+
+    /// `kubectl -n <ns> --as=<user>` (impersonation by the admin).
+    pub fn kubectl_as(&self, user: &str, args: &[&str]) -> Output {
+        let as_flag = format!("--as={user}");
+        let mut all = vec![as_flag.as_str()];
+        all.extend_from_slice(args);
+        self.kubectl(&all)
+    }
+
+    /// A ServiceAccount with the built-in `edit` role in this namespace: broad enough to
+    /// delete claims, which is exactly what an agent with a careless token has.
+    pub fn agent(&self, name: &str) -> String {
+        self.kubectl_ok(&["create", "serviceaccount", name]);
+        self.kubectl_ok(&[
+            "create",
+            "rolebinding",
+            &format!("{name}-edit"),
+            "--clusterrole=edit",
+            &format!("--serviceaccount={}:{name}", self.name),
+        ]);
+        format!("system:serviceaccount:{}:{name}", self.name)
+    }
+
+    pub fn pvc(&self, name: &str, protected: bool) {
+        let annotations = if protected {
+            "\n  annotations:\n    agentguard.dev/protected: \"true\""
+        } else {
+            ""
+        };
+        self.cluster.apply(&format!(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: {name}\n  namespace: {ns}{annotations}\n\
+             spec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 1Gi\n",
+            ns = self.name
+        ));
+    }
+
+    /// True when the claim exists and is not being deleted.
+    pub fn pvc_intact(&self, name: &str) -> bool {
+        let out = self.kubectl(&[
+            "get",
+            "pvc",
+            name,
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}",
+        ]);
+        out.status.success() && stdout(&out).trim().is_empty()
+    }
+
+    /// Waits until the claim is gone (the PVC-protection controller drops its finalizer).
+    pub fn wait_pvc_gone(&self, name: &str) {
+        wait_until(
+            Duration::from_secs(60),
+            &format!("pvc {name} to be deleted"),
+            || {
+                let out = self.kubectl(&["get", "pvc", name, "--ignore-not-found", "-o", "name"]);
+                out.status.success() && stdout(&out).trim().is_empty()
+            },
+        );
+    }
+}
+
+impl Drop for TestNamespace<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .cluster
+            .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+/// An agentguard process serving the webhook for one namespace only (namespaceSelector), so
+/// tests run side by side, each with its own process, metrics and configuration.
+pub struct Guard<'c> {
+    cluster: &'c Cluster,
+    child: Option<Child>,
+    pub webhook_name: String,
+    pub metrics_port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl<'c> Guard<'c> {
+    /// Starts `agentguard run` restricting every ServiceAccount of `ns`, registers it for
+    /// DELETE of PersistentVolumeClaims in `ns`, and waits until the API server calls it.
+    pub fn start(ns: &TestNamespace<'c>, probe_agent: &str) -> Self {
+        let cluster = ns.cluster;
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = agentguard::certs::generate(&["127.0.0.1".into()], Duration::from_secs(3600))
+            .expect("generate certificates");
+        std::fs::write(dir.path().join("tls.crt"), &bundle.cert_pem).unwrap();
+        std::fs::write(dir.path().join("tls.key"), &bundle.key_pem).unwrap();
+        let webhook_port = free_port();
+        let metrics_port = free_port();
+        let log = std::fs::File::create(dir.path().join("agentguard.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_agentguard"))
+            .args([
+                "run",
+                "--webhook-addr",
+                &format!("127.0.0.1:{webhook_port}"),
+            ])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .arg("--tls-cert-file")
+            .arg(dir.path().join("tls.crt"))
+            .arg("--tls-key-file")
+            .arg(dir.path().join("tls.key"))
+            .arg(format!("--agent-service-accounts={}/*", ns.name))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start agentguard");
+        let mut guard = Self {
+            cluster,
+            child: Some(child),
+            webhook_name: format!("agentguard-{}", ns.name),
+            metrics_port,
+            dir,
+        };
+        wait_until(Duration::from_secs(30), "agentguard /readyz", || {
+            guard.http_get("/readyz").is_some_and(|(s, _)| s == 200)
+        });
+        let ca = base64::engine::general_purpose::STANDARD.encode(&bundle.ca_pem);
+        cluster.apply(&format!(
+            r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata:
+  name: {name}
+webhooks:
+  - name: validate.agentguard.dev
+    admissionReviewVersions: [v1]
+    sideEffects: None
+    failurePolicy: Fail
+    timeoutSeconds: 5
+    clientConfig:
+      url: https://127.0.0.1:{webhook_port}/validate
+      caBundle: {ca}
+    namespaceSelector:
+      matchLabels:
+        kubernetes.io/metadata.name: {ns}
+    rules:
+      - operations: [DELETE]
+        apiGroups: [""]
+        apiVersions: [v1]
+        resources: [persistentvolumeclaims]
+"#,
+            name = guard.webhook_name,
+            ns = ns.name
+        ));
+        // A new configuration takes a moment to reach the admission chain: probe until the
+        // API server really calls us, never sleep a fixed time.
+        ns.pvc("agentguard-probe", true);
+        wait_until(Duration::from_secs(30), "webhook registered", || {
+            let out = ns.kubectl_as(
+                probe_agent,
+                &["delete", "pvc", "agentguard-probe", "--dry-run=server"],
+            );
+            stderr(&out).contains("agentguard: DENIED")
+        });
+        guard.child_alive_or_panic();
+        guard
+    }
+
+    fn child_alive_or_panic(&mut self) {
+        if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+            panic!("agentguard exited with {status}: {}", self.log());
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agentguard.log")).unwrap_or_default()
+    }
+
+    /// Kills the webhook process, leaving its configuration registered.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        let url = format!("http://127.0.0.1:{}{path}", self.metrics_port);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let mut resp = agent.get(&url).call().ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.body_mut().read_to_string().ok()?))
+    }
+
+    /// The value of one metric sample, by exact name and label set, or 0 when absent.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (status, text) = self.http_get("/metrics").expect("GET /metrics");
+        assert_eq!(status, 200);
+        let mut sorted = labels.to_vec();
+        sorted.sort();
+        let rendered: Vec<String> = sorted.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        let prefix = format!("{name}{{{}}} ", rendered.join(","));
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        // The configuration goes first: with failurePolicy Fail and no process behind it,
+        // it would block the namespace controller from emptying the test namespace.
+        let _ = self.cluster.kubectl(&[
+            "delete",
+            "validatingwebhookconfiguration",
+            &self.webhook_name,
+            "--ignore-not-found",
+        ]);
+        self.kill();
+    }
+}
+
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
