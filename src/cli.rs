@@ -37,6 +37,8 @@ pub enum Command {
     Run(RunArgs),
     /// Write a CA and a serving certificate (ca.crt, tls.crt, tls.key) for development and tests.
     Certs(CertsArgs),
+    /// Print the ProtectedResource and ClusterProtectedResource CRDs as YAML.
+    Crd,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +112,10 @@ pub fn main() -> anyhow::Result<()> {
                 .context("agentguard run failed")
         }
         Command::Certs(args) => write_certs(&args),
+        Command::Crd => {
+            print!("{}", crate::api::crd_yaml());
+            Ok(())
+        }
     }
 }
 

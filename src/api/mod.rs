@@ -25,3 +25,17 @@ pub const AGENT_LABEL: &str = "agentguard.dev/agent";
 /// Value of the `policy` label and audit annotation when an object is protected by its own
 /// `agentguard.dev/protected` annotation rather than by a policy object.
 pub const ANNOTATION_POLICY: &str = "annotation";
+
+mod crd;
+
+pub use crd::{
+    ApprovalSpec, Approvers, ClusterProtectedResource, ClusterProtectedResourceSpec, LastBlocked,
+    Mode, ProtectedResource, ProtectedResourceSpec, ProtectionSpec, ProtectionStatus, Subjects,
+    Target, crd_yaml,
+};
+
+/// Longest approval window any policy may accept.
+pub const MAX_APPROVAL_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Approval window when a policy does not set `approval.maxTTL`.
+pub const DEFAULT_APPROVAL_TTL: std::time::Duration = std::time::Duration::from_secs(3600);

@@ -1,0 +1,230 @@
+//! `ProtectedResource` and `ClusterProtectedResource`, group `agentguard.dev`, `v1alpha1`.
+//! Both share [`ProtectionSpec`]; the schema (with CEL rules) rejects what it can at creation,
+//! and [`crate::policy::compile`] reports the rest as `Ready=False` with a reason.
+
+// kube-derive repeats `type_ = "integer"` across printer columns by design; clippy reads that as a
+// duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// What happens when a restricted identity deletes a protected object without approval.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+pub enum Mode {
+    /// Allow, and record the attempt only.
+    Audit,
+    /// Allow, with an admission warning the client prints.
+    Warn,
+    /// Deny (403 Forbidden).
+    #[default]
+    Enforce,
+}
+
+/// Objects a policy protects: a kind in one of the API groups, narrowed by optional filters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// API groups; "" is the core group.
+    #[schemars(length(min = 1))]
+    pub api_groups: Vec<String>,
+    /// Kinds, e.g. PersistentVolumeClaim.
+    #[schemars(length(min = 1))]
+    pub kinds: Vec<String>,
+    /// Object name globs; empty means every name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// Label selector on the object; absent means every object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// Namespace globs (ClusterProtectedResource only); empty means every namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+}
+
+/// Who a policy restricts, instead of the global agent definition.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Subjects {
+    /// ServiceAccounts as namespace/name globs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
+    /// Group names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Username globs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usernames: Vec<String>,
+}
+
+/// Who may approve, when not every unrestricted identity may.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Approvers {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usernames: Vec<String>,
+}
+
+/// How approvals are accepted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalSpec {
+    /// Longest approval window accepted, e.g. 30m or 1h (default 1h, at most 24h).
+    #[serde(default, rename = "maxTTL", skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(h|m|s))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s') && duration(self) <= duration('24h')").message("maxTTL must be more than 0s and at most 24h"))]
+    pub max_ttl: Option<String>,
+    /// Who may approve; default any identity that is not restricted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<Approvers>,
+}
+
+/// The spec both policy kinds share.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtectionSpec {
+    /// Enforce (deny), Warn (allow with a warning) or Audit (allow, record only).
+    #[serde(default)]
+    pub mode: Mode,
+    /// What is protected.
+    #[schemars(length(min = 1))]
+    pub targets: Vec<Target>,
+    /// Who is restricted; default is the global agent definition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subjects: Option<Subjects>,
+    /// How approvals are accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalSpec>,
+    /// Text appended to the denial message, e.g. whom to ask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub message: Option<String>,
+}
+
+/// Protects objects in the policy's own namespace.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "agentguard.dev",
+    version = "v1alpha1",
+    kind = "ProtectedResource",
+    namespaced,
+    status = "ProtectionStatus",
+    shortname = "pr",
+    category = "agentguard",
+    doc = "Protects objects in this namespace from deletion by restricted identities (AI agents, bots) without human approval.",
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(
+        name = "Protected",
+        type_ = "integer",
+        json_path = ".status.protectedObjects"
+    ),
+    printcolumn(
+        name = "Blocked",
+        type_ = "integer",
+        json_path = ".status.blockedDeletions"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self.targets.all(t, !has(t.namespaces) || size(t.namespaces) == 0)").message("targets[].namespaces is only allowed in ClusterProtectedResource; a ProtectedResource protects its own namespace"))]
+pub struct ProtectedResourceSpec {
+    #[serde(flatten)]
+    pub protection: ProtectionSpec,
+}
+
+/// Protects objects in any namespace, and cluster-scoped objects such as PersistentVolumes.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "agentguard.dev",
+    version = "v1alpha1",
+    kind = "ClusterProtectedResource",
+    status = "ProtectionStatus",
+    shortname = "cpr",
+    category = "agentguard",
+    doc = "Protects objects in any namespace, and cluster-scoped objects, from deletion by restricted identities (AI agents, bots) without human approval.",
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(
+        name = "Protected",
+        type_ = "integer",
+        json_path = ".status.protectedObjects"
+    ),
+    printcolumn(
+        name = "Blocked",
+        type_ = "integer",
+        json_path = ".status.blockedDeletions"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+pub struct ClusterProtectedResourceSpec {
+    #[serde(flatten)]
+    pub protection: ProtectionSpec,
+}
+
+/// The last blocked attempt, for `kubectl get -o yaml` and the plugin's status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastBlocked {
+    pub time: Time,
+    pub subject: String,
+    pub object: String,
+}
+
+/// Status both policy kinds share, written by the operator.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtectionStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub protected_objects: i64,
+    #[serde(default)]
+    pub blocked_deletions: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_blocked: Option<LastBlocked>,
+}
+
+/// Both CRDs as one multi-document YAML stream: the output of `agentguard crd` and the
+/// content of `crds/`.
+pub fn crd_yaml() -> String {
+    let docs = [ProtectedResource::crd(), ClusterProtectedResource::crd()]
+        .iter()
+        .map(|crd| serde_saphyr::to_string(crd).expect("CRDs serialize to YAML"))
+        .collect::<Vec<_>>();
+    docs.iter().map(|d| format!("---\n{d}")).collect::<String>()
+}
