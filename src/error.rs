@@ -29,6 +29,9 @@ pub enum Error {
     #[error("invalid agent definition: {0}")]
     Agents(#[from] crate::policy::GlobError),
 
+    #[error("cannot reach the Kubernetes API (kubeconfig or in-cluster config): {0}")]
+    Kube(#[source] kube::Error),
+
     #[error("cannot serve on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,

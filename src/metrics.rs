@@ -20,6 +20,7 @@ pub struct Metrics {
     admission_requests: IntCounterVec,
     deletions_blocked: IntCounterVec,
     admission_duration: HistogramVec,
+    approvals: IntCounterVec,
 }
 
 impl Metrics {
@@ -53,6 +54,15 @@ impl Metrics {
             &["operation"],
         )
         .expect("valid metric");
+        let approvals = IntCounterVec::new(
+            Opts::new(
+                "approvals_total",
+                "Approvals accepted, rejected, used by a deletion, or found expired.",
+            )
+            .namespace(NAMESPACE),
+            &["result"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "build_info",
@@ -69,6 +79,7 @@ impl Metrics {
             Box::new(admission_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(deletions_blocked.clone()),
             Box::new(admission_duration.clone()),
+            Box::new(approvals.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -80,7 +91,13 @@ impl Metrics {
             admission_requests,
             deletions_blocked,
             admission_duration,
+            approvals,
         }
+    }
+
+    /// Records what happened to an approval: accepted, rejected, used or expired.
+    pub fn approval(&self, result: &str) {
+        self.approvals.with_label_values(&[result]).inc();
     }
 
     /// Records one answered review.

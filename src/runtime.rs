@@ -11,9 +11,12 @@ use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 
 use crate::certs;
 use crate::error::{Error, Result};
+use crate::index::{self, Readiness, SharedSnapshot};
 use crate::metrics::Metrics;
+use crate::operator;
+use crate::policy::Snapshot;
 use crate::policy::{AgentDefinition, AgentMatcher};
-use crate::webhook::{self, AdmissionState, Readiness};
+use crate::webhook::{self, AdmissionState};
 
 /// How often the serving certificate files are checked for changes (Secret volume updates,
 /// cert-manager renewals).
@@ -47,10 +50,13 @@ pub async fn run(config: RunConfig) -> Result<()> {
     install_crypto_provider();
     let metrics = Metrics::new();
     let readiness = Readiness::default();
+    let agents = AgentMatcher::new(&config.agents)?;
+    let snapshot = SharedSnapshot::new(Snapshot::new(agents.clone(), Default::default(), vec![]));
     let state = Arc::new(AdmissionState {
-        agents: AgentMatcher::new(&config.agents)?,
+        snapshot: snapshot.clone(),
         metrics: metrics.clone(),
     });
+    let client = kube::Client::try_default().await.map_err(Error::Kube)?;
 
     let tls = RustlsConfig::from_config(certs::server_config_from_files(
         &config.tls_cert_file,
@@ -92,8 +98,16 @@ pub async fn run(config: RunConfig) -> Result<()> {
         config.tls_key_file.clone(),
     ));
     tokio::spawn(shutdown_on_signal(handle, readiness.clone()));
-    // Nothing is cached yet, so the webhook is ready as soon as both listeners are bound.
-    readiness.set(true);
+    // Ready only after the first full sync of policies and agents (index::run flips it).
+    let (health_tx, health_rx) = tokio::sync::watch::channel(Vec::new());
+    tokio::spawn(index::run(
+        client.clone(),
+        agents,
+        snapshot,
+        readiness.clone(),
+        health_tx,
+    ));
+    tokio::spawn(operator::write_policy_status(client, health_rx));
 
     let (a, b) = tokio::join!(
         https.serve(admission.into_make_service()),

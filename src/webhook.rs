@@ -6,7 +6,6 @@
 //! reserved for bodies that are not reviews at all (wrong content type, malformed, too large).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -20,8 +19,9 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::core::response::StatusSummary;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::index::{Readiness, SharedSnapshot};
 use crate::metrics::Metrics;
-use crate::policy::{self, AgentMatcher, Decision, Verdict};
+use crate::policy::{self, Decision, Verdict};
 
 /// The API server's own request limit is 3 MiB per object; an UPDATE review carries the old
 /// and the new object plus envelope, so the default leaves room for two full objects.
@@ -33,7 +33,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the admission handler reads on every request.
 #[derive(Debug)]
 pub struct AdmissionState {
-    pub agents: AgentMatcher,
+    pub snapshot: SharedSnapshot,
     pub metrics: Metrics,
 }
 
@@ -78,7 +78,7 @@ async fn validate(
         }
     };
     let started = Instant::now();
-    let decision = policy::decide(&request, &state.agents);
+    let decision = policy::decide(&request, &state.snapshot.load(), jiff::Timestamp::now());
     let response = respond(&request, &decision);
     record(&state.metrics, &request, &decision, started.elapsed());
     json_review(response)
@@ -93,6 +93,12 @@ fn respond(request: &AdmissionRequest<DynamicObject>, decision: &Decision) -> Ad
     annotations.insert("reason".into(), decision.reason.clone());
     if let Some(policy) = &decision.policy {
         annotations.insert("policy".into(), policy.clone());
+    }
+    if let Some(exemption) = decision.exemption {
+        annotations.insert("exemption".into(), exemption.into());
+    }
+    if let Some(warning) = &decision.warning {
+        response.warnings = Some(vec![warning.clone()]);
     }
     if decision.verdict == Verdict::Deny {
         response = response.deny(decision.message.as_deref().unwrap_or(&decision.reason));
@@ -119,26 +125,36 @@ fn record(
         request.dry_run,
         elapsed.as_secs_f64(),
     );
-    match decision.verdict {
-        Verdict::Deny => {
-            if !request.dry_run {
-                metrics.deletion_blocked(
-                    object.namespace.as_deref().unwrap_or_default(),
-                    &object.resource,
-                    username,
-                    decision.policy.as_deref().unwrap_or_default(),
-                );
-            }
-            tracing::info!(
-                uid = %request.uid, operation, user = username, kind = %object.kind,
-                namespace = object.namespace.as_deref().unwrap_or_default(), name = %object.name,
-                dry_run = request.dry_run, reason = %decision.reason, "denied"
-            );
-        }
-        Verdict::Allow => tracing::debug!(
-            uid = %request.uid, operation, user = username, kind = %object.kind,
+    if let Some(event) = decision.approval {
+        metrics.approval(event.label());
+    }
+    if decision.verdict == Verdict::Deny
+        && !request.dry_run
+        && decision.approval != Some(policy::ApprovalEvent::Rejected)
+    {
+        metrics.deletion_blocked(
+            object.namespace.as_deref().unwrap_or_default(),
+            &object.resource,
+            username,
+            decision.policy.as_deref().unwrap_or_default(),
+        );
+    }
+    let namespace = object.namespace.as_deref().unwrap_or_default();
+    if decision.verdict == Verdict::Allow
+        && decision.exemption.is_none()
+        && decision.approval.is_none()
+    {
+        tracing::debug!(
+            uid = %request.uid, operation, user = username, kind = %object.kind, namespace,
             name = %object.name, reason = %decision.reason, "allowed"
-        ),
+        );
+    } else {
+        tracing::info!(
+            uid = %request.uid, operation, user = username, kind = %object.kind, namespace,
+            name = %object.name, dry_run = request.dry_run, decision = decision.verdict.label(),
+            policy = decision.policy.as_deref().unwrap_or_default(), reason = %decision.reason,
+            "judged"
+        );
     }
 }
 
@@ -168,20 +184,6 @@ fn plain(status: StatusCode, line: &str) -> Response {
 
 fn json_review(response: AdmissionResponse) -> Response {
     axum::Json(response.into_review()).into_response()
-}
-
-/// Readiness shared between the runtime (which flips it) and `/readyz` (which reports it).
-#[derive(Debug, Default, Clone)]
-pub struct Readiness(Arc<AtomicBool>);
-
-impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
 }
 
 #[derive(Clone)]

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use agentguard::index::{Readiness, SharedSnapshot};
 use agentguard::metrics::Metrics;
-use agentguard::policy::{AgentDefinition, AgentMatcher};
-use agentguard::webhook::{self, AdmissionState, Readiness};
+use agentguard::policy::{AgentDefinition, AgentMatcher, Snapshot};
+use agentguard::webhook::{self, AdmissionState};
 use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::http::{Request, StatusCode};
@@ -16,12 +17,13 @@ const LIMIT: usize = 64 * 1024;
 const UID: &str = "5b0c2a35-9f5e-4a5e-9d2e-1f0c3c1e7a11";
 
 fn state() -> Arc<AdmissionState> {
+    let agents = AgentMatcher::new(&AgentDefinition {
+        service_accounts: vec!["agents/*".into()],
+        ..Default::default()
+    })
+    .unwrap();
     Arc::new(AdmissionState {
-        agents: AgentMatcher::new(&AgentDefinition {
-            service_accounts: vec!["agents/*".into()],
-            ..Default::default()
-        })
-        .unwrap(),
+        snapshot: SharedSnapshot::new(Snapshot::new(agents, Default::default(), vec![])),
         metrics: Metrics::new(),
     })
 }

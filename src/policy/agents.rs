@@ -32,44 +32,30 @@ pub struct Restriction {
     pub reason: String,
 }
 
-/// The compiled form of an [`AgentDefinition`]: answers "is this identity restricted?".
+/// ServiceAccount globs, groups and username globs: the agent definition's matching part, and
+/// a policy's own `subjects`.
 #[derive(Debug, Clone, Default)]
-pub struct AgentMatcher {
+pub struct SubjectMatcher {
     service_accounts: GlobList,
     groups: HashSet<String>,
     usernames: GlobList,
-    break_glass_groups: HashSet<String>,
 }
 
-impl AgentMatcher {
-    pub fn new(definition: &AgentDefinition) -> Result<Self, GlobError> {
-        let names = |v: &[String]| {
-            v.iter()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect()
-        };
+impl SubjectMatcher {
+    pub fn new(
+        service_accounts: &[String],
+        groups: &[String],
+        usernames: &[String],
+    ) -> Result<Self, GlobError> {
         Ok(Self {
-            service_accounts: GlobList::new(&definition.service_accounts)?,
-            groups: names(&definition.groups),
-            usernames: GlobList::new(&definition.usernames)?,
-            break_glass_groups: names(&definition.break_glass_groups),
+            service_accounts: GlobList::new(service_accounts)?,
+            groups: names(groups),
+            usernames: GlobList::new(usernames)?,
         })
     }
 
-    /// `Some` when the identity is restricted, with the rule that made it so.
-    ///
-    /// The cluster's own controllers are never restricted: when a human deletes a namespace,
-    /// the namespace controller and garbage collector finish the job under their own names,
-    /// and blocking them would wedge the cascade half way instead of protecting anything.
-    pub fn restriction(&self, username: &str, groups: &[String]) -> Option<Restriction> {
-        if is_cluster_controller(username) {
-            return None;
-        }
-        if let Some(group) = groups.iter().find(|g| self.break_glass_groups.contains(*g)) {
-            tracing::debug!(username, group, "break-glass group: not restricted");
-            return None;
-        }
+    /// The rule that matches this identity, if any.
+    pub fn matches(&self, username: &str, groups: &[String]) -> Option<Restriction> {
         if let Some(sa) = service_account_of(username)
             && let Some(glob) = self.service_accounts.first_match(&sa)
         {
@@ -88,6 +74,57 @@ impl AgentMatcher {
             .map(|group| Restriction {
                 reason: format!("member of agent group {group}"),
             })
+    }
+}
+
+fn names(v: &[String]) -> HashSet<String> {
+    v.iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The compiled form of an [`AgentDefinition`]: answers "is this identity restricted?".
+#[derive(Debug, Clone, Default)]
+pub struct AgentMatcher {
+    agents: SubjectMatcher,
+    break_glass_groups: HashSet<String>,
+}
+
+impl AgentMatcher {
+    pub fn new(definition: &AgentDefinition) -> Result<Self, GlobError> {
+        Ok(Self {
+            agents: SubjectMatcher::new(
+                &definition.service_accounts,
+                &definition.groups,
+                &definition.usernames,
+            )?,
+            break_glass_groups: names(&definition.break_glass_groups),
+        })
+    }
+
+    /// Why this identity can never be restricted, if it cannot.
+    ///
+    /// The cluster's own controllers are never restricted: when a human deletes a namespace,
+    /// the namespace controller and garbage collector finish the job under their own names,
+    /// and blocking them would wedge the cascade half way instead of protecting anything.
+    pub fn exemption(&self, username: &str, groups: &[String]) -> Option<&'static str> {
+        if is_cluster_controller(username) {
+            return Some("cluster controller");
+        }
+        groups
+            .iter()
+            .any(|g| self.break_glass_groups.contains(g))
+            .then_some("break-glass group")
+    }
+
+    /// `Some` when the global agent definition restricts the identity, with the rule that
+    /// made it so. Exempt identities are never restricted.
+    pub fn restriction(&self, username: &str, groups: &[String]) -> Option<Restriction> {
+        if self.exemption(username, groups).is_some() {
+            return None;
+        }
+        self.agents.matches(username, groups)
     }
 }
 

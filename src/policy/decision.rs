@@ -1,14 +1,26 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::Timestamp;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, Operation};
 
-use super::agents::AgentMatcher;
-use crate::api::{ANNOTATION_POLICY, PROTECTED_ANNOTATION};
+use super::compiled::{CompiledPolicy, ObjectFacts, Snapshot};
+use crate::api::{
+    ANNOTATION_POLICY, APPROVED_BY_ANNOTATION, APPROVED_UNTIL_ANNOTATION, DEFAULT_APPROVAL_TTL,
+    GROUP, Mode, PREFIX, PROTECTED_ANNOTATION,
+};
 
 /// What the webhook answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Allow,
+    /// Refused (403 Forbidden).
     Deny,
+    /// Allowed, with an admission warning the client prints (policy mode Warn).
+    Warn,
+    /// Allowed and recorded (policy mode Audit).
+    Audit,
 }
 
 impl Verdict {
@@ -17,6 +29,32 @@ impl Verdict {
         match self {
             Verdict::Allow => "allowed",
             Verdict::Deny => "denied",
+            Verdict::Warn => "warned",
+            Verdict::Audit => "audited",
+        }
+    }
+}
+
+/// What happened to an approval in this request, for `agentguard_approvals_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovalEvent {
+    /// A human set a valid approval.
+    Accepted,
+    /// An approval was refused (wrong approver, bad or too long window).
+    Rejected,
+    /// A deletion went through because of an approval.
+    Used,
+    /// A deletion was refused because the approval on the object had expired.
+    Expired,
+}
+
+impl ApprovalEvent {
+    pub fn label(self) -> &'static str {
+        match self {
+            ApprovalEvent::Accepted => "accepted",
+            ApprovalEvent::Rejected => "rejected",
+            ApprovalEvent::Used => "used",
+            ApprovalEvent::Expired => "expired",
         }
     }
 }
@@ -26,6 +64,8 @@ impl Verdict {
 pub struct ObjectRef {
     /// Kind, e.g. `PersistentVolumeClaim`.
     pub kind: String,
+    /// API group, "" for core.
+    pub group: String,
     /// Plural resource, e.g. `persistentvolumeclaims`.
     pub resource: String,
     pub namespace: Option<String>,
@@ -33,10 +73,15 @@ pub struct ObjectRef {
 }
 
 impl ObjectRef {
-    /// Reads name and namespace from `oldObject` first: for a DeleteCollection the API server
-    /// sends one review per item, and on some paths `request.name` is empty.
+    /// Reads name and namespace from the object first (`oldObject` on DELETE): for a
+    /// DeleteCollection the API server sends one review per item, and on some paths
+    /// `request.name` is empty.
     fn of(req: &AdmissionRequest<DynamicObject>) -> Self {
-        let meta = req.old_object.as_ref().map(|o| &o.metadata);
+        let meta = req
+            .old_object
+            .as_ref()
+            .or(req.object.as_ref())
+            .map(|o| &o.metadata);
         let name = meta
             .and_then(|m| m.name.clone())
             .filter(|n| !n.is_empty())
@@ -47,6 +92,7 @@ impl ObjectRef {
             .filter(|n| !n.is_empty());
         Self {
             kind: req.kind.kind.clone(),
+            group: req.kind.group.clone(),
             resource: req.resource.resource.clone(),
             namespace,
             name,
@@ -59,230 +105,1016 @@ impl ObjectRef {
             None => self.name.clone(),
         }
     }
+
+    fn approve_command(&self) -> String {
+        let namespace_flag = self
+            .namespace
+            .as_deref()
+            .map(|ns| format!(" -n {ns}"))
+            .unwrap_or_default();
+        format!(
+            "kubectl agentguard approve {}/{}{namespace_flag} --for 30m",
+            self.kind.to_ascii_lowercase(),
+            self.name
+        )
+    }
 }
 
-/// A decision and everything needed to explain it.
+/// A decision and everything needed to explain and record it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub verdict: Verdict,
     /// One line for logs and the `reason` audit annotation.
     pub reason: String,
-    /// What protects the object (`annotation`, or a policy), when something does.
+    /// What protects the object (`annotation`, or a policy label), when something does.
     pub policy: Option<String>,
-    /// The text returned to the caller; set on denials.
+    /// The text returned to the caller on denials.
     pub message: Option<String>,
+    /// An admission warning (Warn mode).
+    pub warning: Option<String>,
+    pub approval: Option<ApprovalEvent>,
+    /// Set when an exempt identity (break glass) acted on a protected object.
+    pub exemption: Option<&'static str>,
     pub object: ObjectRef,
 }
 
 impl Decision {
-    fn allow(object: ObjectRef, reason: impl Into<String>) -> Self {
+    fn new(verdict: Verdict, object: ObjectRef, reason: impl Into<String>) -> Self {
         Self {
-            verdict: Verdict::Allow,
+            verdict,
             reason: reason.into(),
             policy: None,
             message: None,
+            warning: None,
+            approval: None,
+            exemption: None,
             object,
         }
     }
+
+    fn allow(object: ObjectRef, reason: impl Into<String>) -> Self {
+        Self::new(Verdict::Allow, object, reason)
+    }
+
+    fn deny(object: ObjectRef, reason: impl Into<String>, message: String) -> Self {
+        let mut d = Self::new(Verdict::Deny, object, reason);
+        d.message = Some(message);
+        d
+    }
 }
 
-/// Judges one admission request.
-///
-/// A DELETE by a restricted identity of an object annotated `agentguard.dev/protected: "true"`
-/// is denied; everything else is allowed.
-pub fn decide(req: &AdmissionRequest<DynamicObject>, agents: &AgentMatcher) -> Decision {
-    let object = ObjectRef::of(req);
-    if req.operation != Operation::Delete {
-        return Decision::allow(object, "operation is not guarded");
+/// One thing that protects an object: its own annotation, or a policy.
+#[derive(Debug, Clone, Copy)]
+enum Protection<'s> {
+    Annotation,
+    Policy(&'s CompiledPolicy),
+}
+
+impl Protection<'_> {
+    fn mode(self) -> Mode {
+        match self {
+            Protection::Annotation => Mode::Enforce,
+            Protection::Policy(p) => p.mode,
+        }
     }
+
+    fn max_ttl(self) -> Duration {
+        match self {
+            Protection::Annotation => DEFAULT_APPROVAL_TTL,
+            Protection::Policy(p) => p.max_ttl,
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Protection::Annotation => format!("annotation {PROTECTED_ANNOTATION}=true"),
+            Protection::Policy(p) => p.id.describe(),
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Protection::Annotation => ANNOTATION_POLICY.to_owned(),
+            Protection::Policy(p) => p.id.label(),
+        }
+    }
+
+    /// Whether `username` (with `groups`, when known) may approve for this protection.
+    /// Without named approvers any unrestricted identity may.
+    fn allows_approver(self, username: &str, groups: Option<&[String]>) -> bool {
+        let Protection::Policy(p) = self else {
+            return true;
+        };
+        let Some(approvers) = &p.approvers else {
+            return true;
+        };
+        if approvers.usernames.is_empty() && approvers.groups.is_empty() {
+            return true;
+        }
+        approvers.usernames.contains(username)
+            || match groups {
+                Some(groups) => groups.iter().any(|g| approvers.groups.contains(g)),
+                // At deletion time the approver's groups are unknown; the group check was made
+                // when the approval was set (an UPDATE this webhook judged).
+                None => !approvers.groups.is_empty(),
+            }
+    }
+}
+
+/// An approval as found on an object.
+#[derive(Debug, Clone)]
+struct Approval {
+    by: String,
+    until: Option<Timestamp>,
+    until_text: String,
+}
+
+impl Approval {
+    fn of(annotations: &BTreeMap<String, String>) -> Option<Self> {
+        let by = annotations.get(APPROVED_BY_ANNOTATION);
+        let until = annotations.get(APPROVED_UNTIL_ANNOTATION);
+        if by.is_none() && until.is_none() {
+            return None;
+        }
+        let until_text = until.cloned().unwrap_or_default();
+        Some(Self {
+            by: by.map(|s| s.trim().to_owned()).unwrap_or_default(),
+            until: until_text.trim().parse().ok(),
+            until_text,
+        })
+    }
+
+    /// Why this approval does not cover `protection` at `now`, if it does not.
+    fn problem(
+        &self,
+        protection: Protection<'_>,
+        snapshot: &Snapshot,
+        now: Timestamp,
+    ) -> Option<ApprovalProblem> {
+        if self.by.is_empty() {
+            return Some(ApprovalProblem::Invalid(format!(
+                "{APPROVED_BY_ANNOTATION} is empty"
+            )));
+        }
+        let Some(until) = self.until else {
+            return Some(ApprovalProblem::Invalid(format!(
+                "{APPROVED_UNTIL_ANNOTATION} {:?} is not an RFC 3339 time",
+                self.until_text
+            )));
+        };
+        if until <= now {
+            return Some(ApprovalProblem::Expired(format!(
+                "the approval by {} expired at {until}",
+                self.by
+            )));
+        }
+        if exceeds(until, now, protection.max_ttl()) {
+            return Some(ApprovalProblem::Invalid(format!(
+                "the approval window ends at {until}, more than {} from now ({} maxTTL)",
+                human(protection.max_ttl()),
+                protection.describe()
+            )));
+        }
+        if snapshot.restricted_anywhere(&self.by, &[]).is_some() {
+            return Some(ApprovalProblem::Invalid(format!(
+                "{} is a restricted identity and cannot approve",
+                self.by
+            )));
+        }
+        if !protection.allows_approver(&self.by, None) {
+            return Some(ApprovalProblem::Invalid(format!(
+                "{} is not an approver of {}",
+                self.by,
+                protection.describe()
+            )));
+        }
+        None
+    }
+}
+
+enum ApprovalProblem {
+    Expired(String),
+    Invalid(String),
+}
+
+fn exceeds(until: Timestamp, now: Timestamp, max: Duration) -> bool {
+    let window = until.duration_since(now);
+    window.as_secs_f64() > max.as_secs_f64()
+}
+
+fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    match (secs / 3600, (secs % 3600) / 60, secs % 60) {
+        (h, 0, 0) if h > 0 => format!("{h}h"),
+        (0, m, 0) => format!("{m}m"),
+        (h, m, 0) => format!("{h}h{m}m"),
+        _ => format!("{secs}s"),
+    }
+}
+
+fn annotations(obj: Option<&DynamicObject>) -> &BTreeMap<String, String> {
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+    obj.and_then(|o| o.metadata.annotations.as_ref())
+        .unwrap_or(&EMPTY)
+}
+
+fn labels(obj: Option<&DynamicObject>) -> &BTreeMap<String, String> {
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+    obj.and_then(|o| o.metadata.labels.as_ref())
+        .unwrap_or(&EMPTY)
+}
+
+fn guard_keys(map: &BTreeMap<String, String>) -> impl Iterator<Item = (&String, &String)> {
+    map.iter().filter(|(k, _)| k.starts_with(PREFIX))
+}
+
+/// `agentguard.dev/*` annotation and label keys whose presence or value differs.
+fn changed_guard_keys(old: Option<&DynamicObject>, new: Option<&DynamicObject>) -> Vec<String> {
+    let mut changed = Vec::new();
+    for (what, get) in [
+        ("annotation", annotations as fn(_) -> _),
+        ("label", labels as fn(_) -> _),
+    ] {
+        let (a, b) = (get(old), get(new));
+        for (k, v) in guard_keys(a) {
+            if b.get(k) != Some(v) {
+                changed.push(format!("{what} {k}"));
+            }
+        }
+        for (k, _) in guard_keys(b) {
+            if !a.contains_key(k) {
+                changed.push(format!("{what} {k}"));
+            }
+        }
+    }
+    changed.sort();
+    changed.dedup();
+    changed
+}
+
+fn is_protected_by_annotation(obj: &DynamicObject) -> bool {
+    annotations(Some(obj))
+        .get(PROTECTED_ANNOTATION)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+fn protections<'s>(
+    snapshot: &'s Snapshot,
+    object: &ObjectRef,
+    obj: &DynamicObject,
+) -> Vec<Protection<'s>> {
+    let facts = ObjectFacts {
+        group: &object.group,
+        kind: &object.kind,
+        namespace: object.namespace.as_deref(),
+        name: &object.name,
+        labels: labels(Some(obj)),
+    };
+    let mut found: Vec<Protection<'s>> = snapshot
+        .protecting(&facts)
+        .into_iter()
+        .map(Protection::Policy)
+        .collect();
+    if is_protected_by_annotation(obj) {
+        found.push(Protection::Annotation);
+    }
+    found
+}
+
+fn is_policy_resource(object: &ObjectRef) -> bool {
+    object.group == GROUP
+        && matches!(
+            object.resource.as_str(),
+            "protectedresources" | "clusterprotectedresources"
+        )
+}
+
+fn verb(op: &Operation) -> &'static str {
+    match op {
+        Operation::Create => "create",
+        Operation::Update => "update",
+        Operation::Delete => "delete",
+        Operation::Connect => "connect",
+    }
+}
+
+/// Judges one admission request against a snapshot at time `now`.
+pub fn decide(
+    req: &AdmissionRequest<DynamicObject>,
+    snapshot: &Snapshot,
+    now: Timestamp,
+) -> Decision {
+    let object = ObjectRef::of(req);
     let username = req.user_info.username.as_deref().unwrap_or_default();
     let groups = req.user_info.groups.as_deref().unwrap_or_default();
-    let Some(restriction) = agents.restriction(username, groups) else {
-        return Decision::allow(object, "identity is not restricted");
-    };
-    let Some(old) = req.old_object.as_ref() else {
-        // Without the object we cannot tell whether it is protected: fail closed for agents.
-        let message = format!(
-            "agentguard: DENIED delete of {} {} by {username}: the API server sent no oldObject, \
-             so agentguard cannot tell whether it is protected. Ask a human to perform this deletion.",
-            object.kind,
-            object.qualified_name()
-        );
-        return Decision {
-            verdict: Verdict::Deny,
-            reason: format!("{}; object not visible in review", restriction.reason),
-            policy: None,
-            message: Some(message),
-            object,
+
+    // The guard cannot be disarmed by the identities it guards against.
+    if is_policy_resource(&object) {
+        return match snapshot.restricted_anywhere(username, groups) {
+            Some(r) => Decision::deny(
+                object.clone(),
+                format!("{}; policies are off limits", r.reason),
+                format!(
+                    "agentguard: DENIED {} of {} {} by {username}. Restricted identities may not create, change or delete agentguard policies. \
+                     Stop and ask a human.",
+                    verb(&req.operation),
+                    object.kind,
+                    object.qualified_name()
+                ),
+            ),
+            None => Decision::allow(object, "identity is not restricted"),
         };
-    };
-    if !is_annotated_protected(old) {
-        return Decision::allow(object, "object is not protected");
     }
-    let message = denial_message(
-        &object,
-        username,
-        "annotation agentguard.dev/protected=true",
-    );
-    Decision {
-        verdict: Verdict::Deny,
-        reason: format!("{}; object is protected; no approval", restriction.reason),
-        policy: Some(ANNOTATION_POLICY.to_owned()),
-        message: Some(message),
-        object,
+    match req.operation {
+        Operation::Create | Operation::Update => {
+            decide_write(req, snapshot, now, object, username, groups)
+        }
+        Operation::Delete => decide_delete(req, snapshot, now, object, username, groups),
+        Operation::Connect => Decision::allow(object, "operation is not guarded"),
     }
 }
 
-fn is_annotated_protected(object: &DynamicObject) -> bool {
-    object
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(PROTECTED_ANNOTATION))
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+fn decide_write(
+    req: &AdmissionRequest<DynamicObject>,
+    snapshot: &Snapshot,
+    now: Timestamp,
+    object: ObjectRef,
+    username: &str,
+    groups: &[String],
+) -> Decision {
+    let (old, new) = (req.old_object.as_ref(), req.object.as_ref());
+    let changed = changed_guard_keys(old, new);
+    if changed.is_empty() {
+        return Decision::allow(object, "no agentguard.dev/* metadata changed");
+    }
+    if let Some(r) = snapshot.restricted_anywhere(username, groups) {
+        let message = format!(
+            "agentguard: DENIED {} of {} {} by {username}: restricted identities may not add, change or remove agentguard.dev/* annotations or labels ({}). \
+             Do not try another way. Stop and ask a human.",
+            verb(&req.operation),
+            object.kind,
+            object.qualified_name(),
+            changed.join(", ")
+        );
+        return Decision::deny(
+            object,
+            format!("{}; touched {}", r.reason, changed.join(", ")),
+            message,
+        );
+    }
+    let approval_changed = changed
+        .iter()
+        .any(|c| c.ends_with(APPROVED_BY_ANNOTATION) || c.ends_with(APPROVED_UNTIL_ANNOTATION));
+    let Some(new_obj) = new else {
+        return Decision::allow(object, "identity is not restricted");
+    };
+    let approval = Approval::of(annotations(Some(new_obj)));
+    match (approval_changed, approval) {
+        (true, Some(approval)) => {
+            judge_new_approval(snapshot, now, object, new_obj, &approval, username, groups)
+        }
+        _ => Decision::allow(object, "identity is not restricted"),
+    }
+}
+
+/// A human sets an approval: it must name themselves, end in the future, fit every protecting
+/// policy's maxTTL, and come from an allowed approver.
+fn judge_new_approval(
+    snapshot: &Snapshot,
+    now: Timestamp,
+    object: ObjectRef,
+    obj: &DynamicObject,
+    approval: &Approval,
+    username: &str,
+    groups: &[String],
+) -> Decision {
+    let found = protections(snapshot, &object, obj);
+    let mut problems = Vec::new();
+    if approval.by != username {
+        problems.push(format!(
+            "{APPROVED_BY_ANNOTATION} must be your own username {username:?}, not {:?}",
+            approval.by
+        ));
+    }
+    match approval.until {
+        None => problems.push(format!(
+            "{APPROVED_UNTIL_ANNOTATION} {:?} is not an RFC 3339 time like 2030-01-01T12:00:00Z",
+            approval.until_text
+        )),
+        Some(until) if until <= now => problems.push(format!(
+            "{APPROVED_UNTIL_ANNOTATION} {until} is not in the future"
+        )),
+        Some(until) => {
+            let cap = found
+                .iter()
+                .map(|p| p.max_ttl())
+                .min()
+                .unwrap_or(DEFAULT_APPROVAL_TTL);
+            if exceeds(until, now, cap) {
+                problems.push(format!(
+                    "{APPROVED_UNTIL_ANNOTATION} {until} is more than {} from now (maxTTL)",
+                    human(cap)
+                ));
+            }
+        }
+    }
+    for p in &found {
+        if !p.allows_approver(username, Some(groups)) {
+            problems.push(format!("{username} is not an approver of {}", p.describe()));
+        }
+    }
+    if problems.is_empty() {
+        let mut d = Decision::allow(object, format!("approval by {username} accepted"));
+        d.approval = Some(ApprovalEvent::Accepted);
+        d.policy = found.first().map(|p| p.label());
+        return d;
+    }
+    let message = format!(
+        "agentguard: approval of {} {} rejected: {}.",
+        object.kind,
+        object.qualified_name(),
+        problems.join("; ")
+    );
+    let mut d = Decision::deny(
+        object,
+        format!("approval rejected: {}", problems.join("; ")),
+        message,
+    );
+    d.approval = Some(ApprovalEvent::Rejected);
+    d
+}
+
+fn decide_delete(
+    req: &AdmissionRequest<DynamicObject>,
+    snapshot: &Snapshot,
+    now: Timestamp,
+    object: ObjectRef,
+    username: &str,
+    groups: &[String],
+) -> Decision {
+    let Some(old) = req.old_object.as_ref() else {
+        // Without the object we cannot tell whether it is protected: fail closed for agents.
+        return match snapshot.restricted_anywhere(username, groups) {
+            Some(r) => {
+                let message = format!(
+                    "agentguard: DENIED delete of {} {} by {username}: the API server sent no oldObject, \
+                     so agentguard cannot tell whether it is protected. Ask a human to perform this deletion.",
+                    object.kind,
+                    object.qualified_name()
+                );
+                Decision::deny(
+                    object,
+                    format!("{}; object not visible in review", r.reason),
+                    message,
+                )
+            }
+            None => Decision::allow(object, "identity is not restricted"),
+        };
+    };
+    let found = protections(snapshot, &object, old);
+    if found.is_empty() {
+        return Decision::allow(object, "object is not protected");
+    }
+    if let Some(exemption) = snapshot.agents.exemption(username, groups) {
+        let mut d = Decision::allow(object, format!("{exemption}: never restricted"));
+        d.exemption = Some(exemption);
+        d.policy = found.first().map(|p| p.label());
+        return d;
+    }
+    let restricted: Vec<_> = found
+        .iter()
+        .filter_map(|&p| {
+            let policy = match p {
+                Protection::Policy(policy) => Some(policy),
+                Protection::Annotation => None,
+            };
+            snapshot
+                .restriction(username, groups, policy)
+                .map(|r| (p, r))
+        })
+        .collect();
+    if restricted.is_empty() {
+        let mut d = Decision::allow(object, "identity is not restricted");
+        d.policy = found.first().map(|p| p.label());
+        return d;
+    }
+    let approval = Approval::of(annotations(Some(old)));
+    let unapproved: Vec<_> = restricted
+        .iter()
+        .filter_map(|(p, r)| {
+            let problem = match &approval {
+                None => Some(None),
+                Some(a) => a.problem(*p, snapshot, now).map(Some),
+            };
+            problem.map(|problem| (*p, r, problem))
+        })
+        .collect();
+    let Some(&(strongest, restriction, ref problem)) =
+        unapproved.iter().max_by_key(|(p, _, _)| p.mode())
+    else {
+        let approval = approval.expect("every protection approved implies an approval");
+        let mut d = Decision::allow(
+            object,
+            format!("approved by {} until {}", approval.by, approval.until_text),
+        );
+        d.approval = Some(ApprovalEvent::Used);
+        d.policy = restricted.first().map(|(p, _)| p.label());
+        return d;
+    };
+    let approval_note = match problem {
+        Some(ApprovalProblem::Expired(why)) | Some(ApprovalProblem::Invalid(why)) => {
+            format!(" The approval on it does not count: {why}.")
+        }
+        None => String::new(),
+    };
+    let reason = format!(
+        "{}; protected by {}; {}",
+        restriction.reason,
+        strongest.describe(),
+        match problem {
+            None => "no approval".to_owned(),
+            Some(ApprovalProblem::Expired(w)) | Some(ApprovalProblem::Invalid(w)) => w.clone(),
+        }
+    );
+    let event =
+        matches!(problem, Some(ApprovalProblem::Expired(_))).then_some(ApprovalEvent::Expired);
+    let mut d = match strongest.mode() {
+        Mode::Enforce => {
+            let extra = match strongest {
+                Protection::Policy(p) => p.message.as_deref(),
+                Protection::Annotation => None,
+            };
+            Decision::deny(
+                object.clone(),
+                reason,
+                denial_message(
+                    &object,
+                    username,
+                    &strongest.describe(),
+                    extra,
+                    &approval_note,
+                ),
+            )
+        }
+        Mode::Warn => {
+            let mut d = Decision::new(Verdict::Warn, object.clone(), reason);
+            d.warning = Some(format!(
+                "agentguard: delete of {} {} by {username} is protected by {} (mode Warn; Enforce would deny it). Ask a human first: {}",
+                object.kind,
+                object.qualified_name(),
+                strongest.describe(),
+                object.approve_command()
+            ));
+            d
+        }
+        Mode::Audit => Decision::new(Verdict::Audit, object.clone(), reason),
+    };
+    d.policy = Some(strongest.label());
+    d.approval = event;
+    d
 }
 
 /// The denial text an agent reads. Its shape is part of the contract (DESIGN.md): it says what
 /// was refused, why, that the agent must not look for another route, and how a human approves.
-fn denial_message(object: &ObjectRef, username: &str, protected_by: &str) -> String {
-    let namespace_flag = object
-        .namespace
-        .as_deref()
-        .map(|ns| format!(" -n {ns}"))
-        .unwrap_or_default();
+fn denial_message(
+    object: &ObjectRef,
+    username: &str,
+    protected_by: &str,
+    extra: Option<&str>,
+    approval_note: &str,
+) -> String {
+    let extra = extra.map(|m| format!("\n{}", m.trim())).unwrap_or_default();
     format!(
         "agentguard: DENIED delete of {kind} {qualified} by {username}.\n\
-         Protected by {protected_by}. This may hold production data.\n\
+         Protected by {protected_by}. This may hold production data.{approval_note}\n\
          Do not retry, and do not try another way to delete, move, or unprotect it.\n\
-         Stop and ask a human to approve: kubectl agentguard approve {kind_lower}/{name}{namespace_flag} --for 30m",
+         Stop and ask a human to approve: {command}{extra}",
         kind = object.kind,
         qualified = object.qualified_name(),
-        kind_lower = object.kind.to_ascii_lowercase(),
-        name = object.name,
+        command = object.approve_command(),
     )
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::policy::AgentDefinition;
+    use crate::api::{ApprovalSpec, Approvers, ProtectionSpec, Subjects, Target};
+    use crate::policy::{AgentDefinition, AgentMatcher, PolicyRef, compile};
     use kube::core::admission::AdmissionReview;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
-    fn agents() -> AgentMatcher {
-        AgentMatcher::new(&AgentDefinition {
+    pub const AGENT: &str = "system:serviceaccount:ci:cursor-agent";
+    pub const NOW: i64 = 1_800_000_000;
+
+    pub fn now() -> Timestamp {
+        Timestamp::from_second(NOW).unwrap()
+    }
+
+    pub fn at(offset_secs: i64) -> String {
+        Timestamp::from_second(NOW + offset_secs)
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn spec(mode: Mode, kind: &str) -> ProtectionSpec {
+        ProtectionSpec {
+            mode,
+            targets: vec![Target {
+                api_groups: vec!["".into()],
+                kinds: vec![kind.into()],
+                names: vec![],
+                selector: None,
+                namespaces: vec![],
+            }],
+            subjects: None,
+            approval: None,
+            message: None,
+        }
+    }
+
+    pub fn snapshot(policies: Vec<(PolicyRef, ProtectionSpec)>, labelled: &[&str]) -> Snapshot {
+        let agents = AgentMatcher::new(&AgentDefinition {
             service_accounts: vec!["ci/*".into()],
-            ..Default::default()
+            groups: vec!["ai-agents".into()],
+            usernames: vec!["bot-*".into()],
+            break_glass_groups: vec!["sre-break-glass".into()],
         })
-        .unwrap()
-    }
-
-    fn review(
-        operation: &str,
-        username: &str,
-        name: &str,
-        old_object: serde_json::Value,
-    ) -> AdmissionRequest<DynamicObject> {
-        let review: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-                "kind": {"group": "", "version": "v1", "kind": "PersistentVolumeClaim"},
-                "resource": {"group": "", "version": "v1", "resource": "persistentvolumeclaims"},
-                "name": name,
-                "namespace": "prod",
-                "operation": operation,
-                "userInfo": {"username": username, "groups": ["system:authenticated"]},
-                "object": null,
-                "oldObject": old_object,
-                "dryRun": false
-            }
-        }))
         .unwrap();
-        review.try_into().unwrap()
+        let compiled = policies
+            .into_iter()
+            .map(|(id, s)| compile(id, &s).unwrap())
+            .collect();
+        Snapshot::new(
+            agents,
+            labelled.iter().map(|s| s.to_string()).collect(),
+            compiled,
+        )
     }
 
-    fn pvc(annotations: serde_json::Value) -> serde_json::Value {
+    pub struct Req {
+        pub op: &'static str,
+        pub user: String,
+        pub groups: Vec<String>,
+        pub kind: (&'static str, &'static str, &'static str),
+        pub name: String,
+        pub old: Value,
+        pub new: Value,
+    }
+
+    impl Req {
+        pub fn delete(user: &str, old: Value) -> Self {
+            Self {
+                op: "DELETE",
+                user: user.into(),
+                groups: vec!["system:authenticated".into()],
+                kind: ("", "PersistentVolumeClaim", "persistentvolumeclaims"),
+                name: "data".into(),
+                old,
+                new: Value::Null,
+            }
+        }
+
+        pub fn update(user: &str, old: Value, new: Value) -> Self {
+            Self {
+                op: "UPDATE",
+                new,
+                ..Self::delete(user, old)
+            }
+        }
+
+        pub fn groups(mut self, groups: &[&str]) -> Self {
+            self.groups = groups.iter().map(|s| s.to_string()).collect();
+            self
+        }
+
+        pub fn build(&self) -> AdmissionRequest<DynamicObject> {
+            let (group, kind, resource) = self.kind;
+            let review: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "request": {
+                    "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                    "kind": {"group": group, "version": "v1", "kind": kind},
+                    "resource": {"group": group, "version": "v1", "resource": resource},
+                    "name": self.name,
+                    "namespace": "prod",
+                    "operation": self.op,
+                    "userInfo": {"username": self.user, "groups": self.groups},
+                    "object": self.new,
+                    "oldObject": self.old,
+                    "dryRun": false
+                }
+            }))
+            .unwrap();
+            review.try_into().unwrap()
+        }
+
+        pub fn decide(&self, snapshot: &Snapshot) -> Decision {
+            decide(&self.build(), snapshot, now())
+        }
+    }
+
+    pub fn pvc(annotations: Value) -> Value {
         json!({
             "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "data", "namespace": "prod", "annotations": annotations},
+            "metadata": {"name": "data", "namespace": "prod", "annotations": annotations, "labels": {"app": "orders-db"}},
             "spec": {}
         })
     }
 
-    const AGENT: &str = "system:serviceaccount:ci:cursor-agent";
+    fn protected() -> Value {
+        pvc(json!({"agentguard.dev/protected": "true"}))
+    }
+
+    fn approved(by: &str, until: &str) -> Value {
+        pvc(json!({
+            "agentguard.dev/protected": "true",
+            "agentguard.dev/approved-by": by,
+            "agentguard.dev/approved-until": until,
+        }))
+    }
 
     #[test]
-    fn decision_table() {
-        let protected = pvc(json!({"agentguard.dev/protected": "true"}));
-        let cases = [
-            ("DELETE", AGENT, protected.clone(), Verdict::Deny),
+    fn annotation_protection_table() {
+        let snap = snapshot(vec![], &["prod/labelled"]);
+        let cases: Vec<(&str, Req, Verdict)> = vec![
             (
-                "DELETE",
-                AGENT,
-                pvc(json!({"agentguard.dev/protected": "True "})),
+                "agent, protected",
+                Req::delete(AGENT, protected()),
                 Verdict::Deny,
             ),
             (
-                "DELETE",
-                AGENT,
-                pvc(json!({"agentguard.dev/protected": "false"})),
-                Verdict::Allow,
+                "agent, value True",
+                Req::delete(AGENT, pvc(json!({"agentguard.dev/protected": "True "}))),
+                Verdict::Deny,
             ),
-            ("DELETE", AGENT, pvc(json!({})), Verdict::Allow),
-            ("DELETE", AGENT, json!(null), Verdict::Deny),
-            ("DELETE", "alice", protected.clone(), Verdict::Allow),
-            ("DELETE", "alice", json!(null), Verdict::Allow),
             (
-                "DELETE",
-                "system:serviceaccount:kube-system:namespace-controller",
-                protected.clone(),
+                "agent, protected=false",
+                Req::delete(AGENT, pvc(json!({"agentguard.dev/protected": "false"}))),
                 Verdict::Allow,
             ),
-            ("UPDATE", AGENT, protected.clone(), Verdict::Allow),
-            ("CREATE", AGENT, json!(null), Verdict::Allow),
+            (
+                "agent, unprotected",
+                Req::delete(AGENT, pvc(json!({}))),
+                Verdict::Allow,
+            ),
+            (
+                "agent, no oldObject",
+                Req::delete(AGENT, Value::Null),
+                Verdict::Deny,
+            ),
+            (
+                "agent by username glob",
+                Req::delete("bot-renovate", protected()),
+                Verdict::Deny,
+            ),
+            (
+                "agent by group",
+                Req::delete("carol", protected()).groups(&["ai-agents"]),
+                Verdict::Deny,
+            ),
+            (
+                "labelled service account",
+                Req::delete("system:serviceaccount:prod:labelled", protected()),
+                Verdict::Deny,
+            ),
+            ("human", Req::delete("alice", protected()), Verdict::Allow),
+            (
+                "human, no oldObject",
+                Req::delete("alice", Value::Null),
+                Verdict::Allow,
+            ),
+            (
+                "break glass",
+                Req::delete(AGENT, protected()).groups(&["sre-break-glass"]),
+                Verdict::Allow,
+            ),
+            (
+                "namespace controller",
+                Req::delete(
+                    "system:serviceaccount:kube-system:namespace-controller",
+                    protected(),
+                ),
+                Verdict::Allow,
+            ),
+            (
+                "kube-controller-manager",
+                Req::delete("system:kube-controller-manager", protected()),
+                Verdict::Allow,
+            ),
+            (
+                "valid approval",
+                Req::delete(AGENT, approved("alice", &at(1800))),
+                Verdict::Allow,
+            ),
+            (
+                "expired approval",
+                Req::delete(AGENT, approved("alice", &at(-1))),
+                Verdict::Deny,
+            ),
+            (
+                "approval over default 1h",
+                Req::delete(AGENT, approved("alice", &at(3601))),
+                Verdict::Deny,
+            ),
+            (
+                "approval by an agent",
+                Req::delete(AGENT, approved("bot-x", &at(60))),
+                Verdict::Deny,
+            ),
+            (
+                "approval by an agent SA",
+                Req::delete(AGENT, approved(AGENT, &at(60))),
+                Verdict::Deny,
+            ),
+            (
+                "approval, bad time",
+                Req::delete(AGENT, approved("alice", "tomorrow")),
+                Verdict::Deny,
+            ),
+            (
+                "approval, empty approver",
+                Req::delete(AGENT, approved("", &at(60))),
+                Verdict::Deny,
+            ),
         ];
-        for (op, user, old, verdict) in cases {
-            let d = decide(&review(op, user, "data", old.clone()), &agents());
-            assert_eq!(d.verdict, verdict, "{op} by {user} of {old}: {}", d.reason);
-            assert_eq!(d.message.is_some(), verdict == Verdict::Deny);
+        for (what, req, verdict) in cases {
+            let d = req.decide(&snap);
+            assert_eq!(d.verdict, verdict, "{what}: {}", d.reason);
+            assert_eq!(d.message.is_some(), verdict == Verdict::Deny, "{what}");
         }
     }
 
     #[test]
-    fn denial_message_has_the_contract_shape() {
-        let d = decide(
-            &review(
-                "DELETE",
-                AGENT,
-                "data",
-                pvc(json!({"agentguard.dev/protected": "true"})),
-            ),
-            &agents(),
+    fn approvals_are_counted_by_outcome() {
+        let snap = snapshot(vec![], &[]);
+        assert_eq!(
+            Req::delete(AGENT, approved("alice", &at(60)))
+                .decide(&snap)
+                .approval,
+            Some(ApprovalEvent::Used)
         );
+        assert_eq!(
+            Req::delete(AGENT, approved("alice", &at(-60)))
+                .decide(&snap)
+                .approval,
+            Some(ApprovalEvent::Expired)
+        );
+        let d = Req::delete(AGENT, approved("alice", &at(-60))).decide(&snap);
+        assert!(
+            d.message
+                .unwrap()
+                .contains("The approval on it does not count: the approval by alice expired at")
+        );
+        assert_eq!(Req::delete(AGENT, protected()).decide(&snap).approval, None);
+    }
+
+    #[test]
+    fn denial_message_has_the_contract_shape() {
+        let snap = snapshot(
+            vec![(
+                PolicyRef::cluster("default-volumes"),
+                spec(Mode::Enforce, "PersistentVolumeClaim"),
+            )],
+            &[],
+        );
+        let d = Req::delete(AGENT, pvc(json!({}))).decide(&snap);
         assert_eq!(
             d.message.unwrap(),
             "agentguard: DENIED delete of PersistentVolumeClaim prod/data by system:serviceaccount:ci:cursor-agent.\n\
-             Protected by annotation agentguard.dev/protected=true. This may hold production data.\n\
+             Protected by ClusterProtectedResource default-volumes. This may hold production data.\n\
              Do not retry, and do not try another way to delete, move, or unprotect it.\n\
              Stop and ask a human to approve: kubectl agentguard approve persistentvolumeclaim/data -n prod --for 30m"
         );
-        assert_eq!(d.policy.as_deref(), Some("annotation"));
+        assert_eq!(
+            d.policy.as_deref(),
+            Some("ClusterProtectedResource/default-volumes")
+        );
         assert_eq!(d.object.resource, "persistentvolumeclaims");
     }
 
     #[test]
-    fn delete_collection_items_are_named_from_old_object() {
-        let d = decide(
-            &review(
-                "DELETE",
-                AGENT,
-                "",
-                pvc(json!({"agentguard.dev/protected": "true"})),
-            ),
-            &agents(),
+    fn policy_message_is_appended() {
+        let mut s = spec(Mode::Enforce, "PersistentVolumeClaim");
+        s.message = Some("Ask #db-oncall.".into());
+        let snap = snapshot(vec![(PolicyRef::namespaced("prod", "orders"), s)], &[]);
+        let m = Req::delete(AGENT, pvc(json!({})))
+            .decide(&snap)
+            .message
+            .unwrap();
+        assert!(
+            m.contains("Protected by ProtectedResource prod/orders."),
+            "{m}"
         );
+        assert!(m.ends_with("--for 30m\nAsk #db-oncall."), "{m}");
+    }
+
+    #[test]
+    fn modes_warn_and_audit_allow_and_the_strictest_wins() {
+        let warn = snapshot(
+            vec![(
+                PolicyRef::cluster("w"),
+                spec(Mode::Warn, "PersistentVolumeClaim"),
+            )],
+            &[],
+        );
+        let d = Req::delete(AGENT, pvc(json!({}))).decide(&warn);
+        assert_eq!(d.verdict, Verdict::Warn);
+        assert!(
+            d.warning
+                .unwrap()
+                .contains("protected by ClusterProtectedResource w (mode Warn")
+        );
+        let audit = snapshot(
+            vec![(
+                PolicyRef::cluster("a"),
+                spec(Mode::Audit, "PersistentVolumeClaim"),
+            )],
+            &[],
+        );
+        assert_eq!(
+            Req::delete(AGENT, pvc(json!({}))).decide(&audit).verdict,
+            Verdict::Audit
+        );
+        let both = snapshot(
+            vec![
+                (
+                    PolicyRef::cluster("a"),
+                    spec(Mode::Audit, "PersistentVolumeClaim"),
+                ),
+                (
+                    PolicyRef::cluster("w"),
+                    spec(Mode::Warn, "PersistentVolumeClaim"),
+                ),
+            ],
+            &[],
+        );
+        assert_eq!(
+            Req::delete(AGENT, pvc(json!({}))).decide(&both).verdict,
+            Verdict::Warn
+        );
+        // The annotation enforces even when a policy only audits.
+        assert_eq!(
+            Req::delete(AGENT, protected()).decide(&audit).verdict,
+            Verdict::Deny
+        );
+        // Humans are not warned.
+        assert_eq!(
+            Req::delete("alice", pvc(json!({}))).decide(&warn).verdict,
+            Verdict::Allow
+        );
+    }
+
+    #[test]
+    fn policy_subjects_replace_the_global_definition() {
+        let mut s = spec(Mode::Enforce, "PersistentVolumeClaim");
+        s.subjects = Some(Subjects {
+            usernames: vec!["deploy-bot".into()],
+            ..Default::default()
+        });
+        let snap = snapshot(vec![(PolicyRef::cluster("p"), s)], &[]);
+        assert_eq!(
+            Req::delete("deploy-bot", pvc(json!({})))
+                .decide(&snap)
+                .verdict,
+            Verdict::Deny
+        );
+        assert_eq!(
+            Req::delete(AGENT, pvc(json!({}))).decide(&snap).verdict,
+            Verdict::Allow
+        );
+        // A policy-only subject is restricted anywhere when it comes to the guard itself.
+        let upd = Req::update("deploy-bot", pvc(json!({})), protected());
+        assert_eq!(upd.decide(&snap).verdict, Verdict::Deny);
+    }
+
+    #[test]
+    fn named_approvers_and_max_ttl() {
+        let mut s = spec(Mode::Enforce, "PersistentVolumeClaim");
+        s.approval = Some(ApprovalSpec {
+            max_ttl: Some("30m".into()),
+            approvers: Some(Approvers {
+                usernames: vec!["bob".into()],
+                groups: vec![],
+            }),
+        });
+        let snap = snapshot(vec![(PolicyRef::cluster("p"), s)], &[]);
+        let del = |by: &str, secs| {
+            Req::delete(AGENT, approved(by, &at(secs)))
+                .decide(&snap)
+                .verdict
+        };
+        assert_eq!(del("bob", 1800), Verdict::Allow);
+        assert_eq!(del("bob", 1801), Verdict::Deny);
+        assert_eq!(del("alice", 600), Verdict::Deny);
+    }
+
+    #[test]
+    fn delete_collection_items_are_named_from_old_object() {
+        let snap = snapshot(vec![], &[]);
+        let mut req = Req::delete(AGENT, protected());
+        req.name = String::new();
+        let d = req.decide(&snap);
         assert_eq!(d.verdict, Verdict::Deny);
         assert_eq!(d.object.name, "data");
         assert_eq!(d.object.namespace.as_deref(), Some("prod"));
@@ -292,15 +1124,188 @@ mod tests {
     fn cluster_scoped_objects_have_no_namespace_flag() {
         let object = ObjectRef {
             kind: "PersistentVolume".into(),
+            group: String::new(),
             resource: "persistentvolumes".into(),
             namespace: None,
             name: "pv-1".into(),
         };
-        let m = denial_message(&object, AGENT, "annotation agentguard.dev/protected=true");
+        let m = denial_message(
+            &object,
+            AGENT,
+            "annotation agentguard.dev/protected=true",
+            None,
+            "",
+        );
         assert!(m.starts_with("agentguard: DENIED delete of PersistentVolume pv-1 by "));
         assert!(
             m.ends_with("approve persistentvolume/pv-1 --for 30m"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn agents_cannot_touch_guard_metadata() {
+        let snap = snapshot(vec![], &[]);
+        let sa = |labels: Value| json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "me", "namespace": "ci", "labels": labels}});
+        let cases: Vec<(&str, Req, Verdict)> = vec![
+            (
+                "remove protected",
+                Req::update(AGENT, protected(), pvc(json!({}))),
+                Verdict::Deny,
+            ),
+            (
+                "set protected=false",
+                Req::update(
+                    AGENT,
+                    protected(),
+                    pvc(json!({"agentguard.dev/protected": "false"})),
+                ),
+                Verdict::Deny,
+            ),
+            (
+                "add protected",
+                Req::update(AGENT, pvc(json!({})), protected()),
+                Verdict::Deny,
+            ),
+            (
+                "self-approve",
+                Req::update(AGENT, protected(), approved(AGENT, &at(60))),
+                Verdict::Deny,
+            ),
+            (
+                "forge a human approval",
+                Req::update(AGENT, protected(), approved("alice", &at(60))),
+                Verdict::Deny,
+            ),
+            (
+                "unrelated change",
+                Req::update(
+                    AGENT,
+                    protected(),
+                    pvc(json!({"agentguard.dev/protected": "true", "note": "x"})),
+                ),
+                Verdict::Allow,
+            ),
+            (
+                "un-label itself",
+                Req {
+                    kind: ("", "ServiceAccount", "serviceaccounts"),
+                    ..Req::update(
+                        AGENT,
+                        sa(json!({"agentguard.dev/agent": "true"})),
+                        sa(json!({})),
+                    )
+                },
+                Verdict::Deny,
+            ),
+            (
+                "create with approval",
+                Req {
+                    op: "CREATE",
+                    ..Req::update(AGENT, Value::Null, approved("alice", &at(60)))
+                },
+                Verdict::Deny,
+            ),
+            (
+                "human adds protected",
+                Req::update("alice", pvc(json!({})), protected()),
+                Verdict::Allow,
+            ),
+        ];
+        for (what, req, verdict) in cases {
+            let d = req.decide(&snap);
+            assert_eq!(d.verdict, verdict, "{what}: {}", d.reason);
+        }
+    }
+
+    #[test]
+    fn human_approval_rules() {
+        let mut s = spec(Mode::Enforce, "PersistentVolumeClaim");
+        s.approval = Some(ApprovalSpec {
+            max_ttl: Some("2h".into()),
+            approvers: Some(Approvers {
+                usernames: vec![],
+                groups: vec!["sre".into()],
+            }),
+        });
+        let snap = snapshot(vec![(PolicyRef::cluster("p"), s)], &[]);
+        // Protected by the policy alone (not the annotation, whose cap is 1h).
+        let set = |user: &str, groups: &[&str], by: &str, until: &str| {
+            let new = pvc(
+                json!({"agentguard.dev/approved-by": by, "agentguard.dev/approved-until": until}),
+            );
+            Req::update(user, pvc(json!({})), new)
+                .groups(groups)
+                .decide(&snap)
+        };
+        let ok = set("alice", &["sre"], "alice", &at(3600));
+        assert_eq!(
+            (ok.verdict, ok.approval),
+            (Verdict::Allow, Some(ApprovalEvent::Accepted))
+        );
+        let cases = [
+            (
+                set("alice", &["sre"], "bob", &at(3600)),
+                "must be your own username",
+            ),
+            (
+                set("alice", &["sre"], "alice", &at(-5)),
+                "is not in the future",
+            ),
+            (
+                set("alice", &["sre"], "alice", &at(2 * 3600 + 1)),
+                "more than 2h from now",
+            ),
+            (
+                set("alice", &["sre"], "alice", "soon"),
+                "is not an RFC 3339 time",
+            ),
+            (
+                set("alice", &["dev"], "alice", &at(60)),
+                "alice is not an approver of ClusterProtectedResource p",
+            ),
+        ];
+        for (d, needle) in cases {
+            assert_eq!(d.verdict, Verdict::Deny);
+            assert_eq!(d.approval, Some(ApprovalEvent::Rejected));
+            assert!(
+                d.message.as_deref().unwrap().contains(needle),
+                "{needle}: {:?}",
+                d.message
+            );
+        }
+        // Revoking an approval is always allowed to humans.
+        let revoke = Req::update("alice", approved("alice", &at(60)), protected()).decide(&snap);
+        assert_eq!(revoke.verdict, Verdict::Allow);
+        // On an object protected only by its annotation the default 1h cap applies.
+        let plain = snapshot(vec![], &[]);
+        let d = Req::update("alice", protected(), approved("alice", &at(3601))).decide(&plain);
+        assert_eq!(d.verdict, Verdict::Deny);
+    }
+
+    #[test]
+    fn policies_are_off_limits_to_agents() {
+        let snap = snapshot(vec![], &[]);
+        let policy = json!({"apiVersion": "agentguard.dev/v1alpha1", "kind": "ProtectedResource", "metadata": {"name": "p", "namespace": "prod"}, "spec": {"targets": []}});
+        for op in ["CREATE", "UPDATE", "DELETE"] {
+            let mut req = Req::update(AGENT, policy.clone(), policy.clone());
+            req.op = op;
+            req.kind = ("agentguard.dev", "ProtectedResource", "protectedresources");
+            let d = req.decide(&snap);
+            assert_eq!(d.verdict, Verdict::Deny, "{op}");
+            req.user = "alice".into();
+            assert_eq!(req.decide(&snap).verdict, Verdict::Allow, "{op} by a human");
+            req.user = AGENT.into();
+            req.kind = (
+                "agentguard.dev",
+                "ClusterProtectedResource",
+                "clusterprotectedresources",
+            );
+            assert_eq!(
+                req.decide(&snap).verdict,
+                Verdict::Deny,
+                "{op} cluster policy"
+            );
+        }
     }
 }

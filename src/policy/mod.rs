@@ -1,11 +1,20 @@
-//! Pure admission decisions: an admission request and a snapshot of what is known in, a
-//! [`Decision`] with its reason out. Nothing here performs I/O, reads a clock or touches a
-//! global, so every rule can be tested by a table and the hot path stays a few lookups.
+//! Pure admission decisions: an admission request, a [`Snapshot`] of what is known and the
+//! current time in, a [`Decision`] with its reason out. Nothing here performs I/O, reads a clock
+//! or touches a global, so every rule can be tested by a table and the hot path stays a few
+//! lookups.
 
 mod agents;
+mod compiled;
 mod decision;
 mod glob;
 
-pub use agents::{AgentDefinition, AgentMatcher, Restriction};
-pub use decision::{Decision, ObjectRef, Verdict, decide};
+pub use agents::{AgentDefinition, AgentMatcher, Restriction, SubjectMatcher};
+pub use compiled::{
+    ApproverSet, CompiledPolicy, ObjectFacts, PolicyKind, PolicyRef, Snapshot, compile,
+    parse_duration,
+};
+pub use decision::{ApprovalEvent, Decision, ObjectRef, Verdict, decide};
 pub use glob::{GlobError, GlobList};
+
+#[cfg(test)]
+mod proptests;

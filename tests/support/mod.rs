@@ -51,7 +51,28 @@ impl Cluster {
             "the control plane does not answer ({}): {START_HINT}",
             stderr(&ready)
         );
+        static CRDS: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+        CRDS.get_or_init(|| cluster.install_crds());
         cluster
+    }
+
+    /// Applies `crds/` (the generated CRDs) and waits until the API server serves them.
+    fn install_crds(&self) {
+        let crds = repo_root().join("crds");
+        self.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            crds.to_str().unwrap(),
+        ]);
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/protectedresources.agentguard.dev",
+            "crd/clusterprotectedresources.agentguard.dev",
+        ]);
     }
 
     pub fn kubectl_path(&self) -> PathBuf {
@@ -261,10 +282,25 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// How a test's agentguard is configured.
+#[derive(Debug, Clone, Default)]
+pub struct GuardOptions {
+    /// `--agent-service-accounts`; default every ServiceAccount of the test namespace.
+    pub agent_service_accounts: Option<String>,
+    /// `--break-glass-groups`.
+    pub break_glass_groups: Option<String>,
+}
+
 impl<'c> Guard<'c> {
-    /// Starts `agentguard run` restricting every ServiceAccount of `ns`, registers it for
-    /// DELETE of PersistentVolumeClaims in `ns`, and waits until the API server calls it.
+    /// Starts `agentguard run` restricting every ServiceAccount of `ns`, and waits until the
+    /// API server calls it.
     pub fn start(ns: &TestNamespace<'c>, probe_agent: &str) -> Self {
+        Self::start_with(ns, probe_agent, &GuardOptions::default())
+    }
+
+    /// Starts `agentguard run`, registers it for the test namespace (claims, ServiceAccounts
+    /// and ProtectedResources: create, update, delete), and waits until the API server calls it.
+    pub fn start_with(ns: &TestNamespace<'c>, probe_agent: &str, options: &GuardOptions) -> Self {
         let cluster = ns.cluster;
         let dir = tempfile::tempdir().unwrap();
         let bundle = agentguard::certs::generate(&["127.0.0.1".into()], Duration::from_secs(3600))
@@ -285,7 +321,21 @@ impl<'c> Guard<'c> {
             .arg(dir.path().join("tls.crt"))
             .arg("--tls-key-file")
             .arg(dir.path().join("tls.key"))
-            .arg(format!("--agent-service-accounts={}/*", ns.name))
+            .arg(format!(
+                "--agent-service-accounts={}",
+                options
+                    .agent_service_accounts
+                    .clone()
+                    .unwrap_or_else(|| format!("{}/*", ns.name))
+            ))
+            .args(
+                options
+                    .break_glass_groups
+                    .iter()
+                    .map(|g| format!("--break-glass-groups={g}")),
+            )
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("RUST_LOG", "info,agentguard=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -319,10 +369,14 @@ webhooks:
       matchLabels:
         kubernetes.io/metadata.name: {ns}
     rules:
-      - operations: [DELETE]
+      - operations: [CREATE, UPDATE, DELETE]
         apiGroups: [""]
         apiVersions: [v1]
-        resources: [persistentvolumeclaims]
+        resources: [persistentvolumeclaims, serviceaccounts]
+      - operations: [CREATE, UPDATE, DELETE]
+        apiGroups: [agentguard.dev]
+        apiVersions: [v1alpha1]
+        resources: [protectedresources]
 "#,
             name = guard.webhook_name,
             ns = ns.name

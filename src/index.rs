@@ -1,0 +1,213 @@
+//! The watch-fed view the webhook judges with: policies, labelled agent ServiceAccounts and the
+//! agent definition, compiled into an immutable [`Snapshot`] that is swapped whole on change.
+//! Readers take no lock: one atomic load per review.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::policy::Snapshot;
+
+/// The current snapshot, shared between the watchers (writers) and the webhook (readers).
+#[derive(Debug, Clone)]
+pub struct SharedSnapshot(Arc<ArcSwap<Snapshot>>);
+
+impl SharedSnapshot {
+    pub fn new(snapshot: Snapshot) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(snapshot)))
+    }
+
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.0.load()
+    }
+
+    pub fn store(&self, snapshot: Snapshot) {
+        self.0.store(Arc::new(snapshot));
+    }
+}
+
+use std::collections::HashSet;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{Api, PartialObjectMeta, ResourceExt};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::watch;
+
+use crate::api::{AGENT_LABEL, ClusterProtectedResource, ProtectedResource, ProtectionSpec};
+use crate::policy::{AgentMatcher, CompiledPolicy, PolicyRef, compile};
+
+/// The outcome of compiling one policy, for the operator to write into its status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyHealth {
+    pub id: PolicyRef,
+    pub generation: Option<i64>,
+    /// Empty when the policy is valid and in force.
+    pub problems: Vec<String>,
+}
+
+/// Reflector stores the snapshot is built from.
+#[derive(Clone)]
+pub struct Stores {
+    pub protected: Store<ProtectedResource>,
+    pub cluster_protected: Store<ClusterProtectedResource>,
+    pub agents: Store<PartialObjectMeta<ServiceAccount>>,
+}
+
+/// Builds a snapshot from the stores, compiling every policy. Invalid policies protect nothing
+/// and are reported in the returned health list.
+pub fn build_snapshot(
+    agents: &AgentMatcher,
+    stores: &Stores,
+) -> (crate::policy::Snapshot, Vec<PolicyHealth>) {
+    let mut policies: Vec<CompiledPolicy> = Vec::new();
+    let mut health = Vec::new();
+    let mut add = |id: PolicyRef, generation: Option<i64>, spec: &ProtectionSpec| match compile(
+        id.clone(),
+        spec,
+    ) {
+        Ok(p) => {
+            policies.push(p);
+            health.push(PolicyHealth {
+                id,
+                generation,
+                problems: vec![],
+            });
+        }
+        Err(problems) => {
+            tracing::warn!(policy = %id.describe(), ?problems, "invalid policy protects nothing");
+            health.push(PolicyHealth {
+                id,
+                generation,
+                problems,
+            });
+        }
+    };
+    for p in stores.protected.state() {
+        let id = PolicyRef::namespaced(&p.namespace().unwrap_or_default(), &p.name_any());
+        add(id, p.metadata.generation, &p.spec.protection);
+    }
+    for p in stores.cluster_protected.state() {
+        add(
+            PolicyRef::cluster(&p.name_any()),
+            p.metadata.generation,
+            &p.spec.protection,
+        );
+    }
+    let labelled: HashSet<String> = stores
+        .agents
+        .state()
+        .iter()
+        .filter(|sa| sa.labels().get(AGENT_LABEL).is_some_and(|v| v == "true"))
+        .map(|sa| format!("{}/{}", sa.namespace().unwrap_or_default(), sa.name_any()))
+        .collect();
+    // Deterministic order: the same policies always decide in the same order.
+    policies.sort_by_key(|p| p.id.label());
+    health.sort_by_key(|h| h.id.label());
+    (
+        crate::policy::Snapshot::new(agents.clone(), labelled, policies),
+        health,
+    )
+}
+
+/// Watches policies and labelled ServiceAccounts and keeps `shared` current. `readiness` turns
+/// true only after every watch has listed once, so a replica never judges with an empty view.
+/// Never returns; watch errors are retried with backoff.
+pub async fn run(
+    client: kube::Client,
+    agents: AgentMatcher,
+    shared: SharedSnapshot,
+    readiness: Readiness,
+    health_tx: watch::Sender<Vec<PolicyHealth>>,
+) {
+    let (protected, w1) = reflector::store::<ProtectedResource>();
+    let (cluster_protected, w2) = reflector::store::<ClusterProtectedResource>();
+    let (agent_sas, w3) = reflector::store::<PartialObjectMeta<ServiceAccount>>();
+    let cfg = watcher::Config::default().any_semantic();
+    let s1 = reflector::reflector(
+        w1,
+        watcher(Api::<ProtectedResource>::all(client.clone()), cfg.clone()),
+    )
+    .default_backoff()
+    .map(|e| init_done(0, e))
+    .boxed();
+    let s2 = reflector::reflector(
+        w2,
+        watcher(
+            Api::<ClusterProtectedResource>::all(client.clone()),
+            cfg.clone(),
+        ),
+    )
+    .default_backoff()
+    .map(|e| init_done(1, e))
+    .boxed();
+    let s3 = reflector::reflector(
+        w3,
+        watcher(
+            Api::<PartialObjectMeta<ServiceAccount>>::all(client),
+            cfg.labels(&format!("{AGENT_LABEL}=true")),
+        ),
+    )
+    .default_backoff()
+    .map(|e| init_done(2, e))
+    .boxed();
+    let stores = Stores {
+        protected,
+        cluster_protected,
+        agents: agent_sas,
+    };
+    let mut events = futures::stream::select_all([s1, s2, s3]);
+    let mut listed = [false; 3];
+    while let Some(event) = events.next().await {
+        match event {
+            Err(err) => {
+                tracing::warn!(error = %err, "watch error; retrying");
+                continue;
+            }
+            Ok(Some(i)) => listed[i] = true,
+            Ok(None) => {}
+        }
+        if !listed.iter().all(|&l| l) {
+            continue;
+        }
+        let (snapshot, health) = build_snapshot(&agents, &stores);
+        shared.store(snapshot);
+        if !readiness.is_ready() {
+            tracing::info!("policy and agent caches synced; ready");
+            readiness.set(true);
+        }
+        health_tx.send_if_modified(|current| {
+            let changed = *current != health;
+            *current = health;
+            changed
+        });
+    }
+}
+
+/// `Some(stream)` when a watch finished its initial list.
+fn init_done<K>(
+    stream: usize,
+    event: Result<watcher::Event<K>, watcher::Error>,
+) -> Result<Option<usize>, String> {
+    match event {
+        Ok(watcher::Event::InitDone) => Ok(Some(stream)),
+        Ok(_) => Ok(None),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// Readiness shared between the runtime and the watchers (which flip it) and `/readyz` (which
+/// reports it).
+#[derive(Debug, Default, Clone)]
+pub struct Readiness(Arc<std::sync::atomic::AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
