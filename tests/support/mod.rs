@@ -139,6 +139,12 @@ impl Cluster {
         ])
     }
 
+    /// The API server's audit log (`hack/cluster.sh` writes it beside the kubeconfig).
+    pub fn audit_log(&self) -> String {
+        let path = self.kubeconfig.parent().unwrap().join("logs/audit.log");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    }
+
     /// A kubeconfig that authenticates with `token` only (no client certificate), as an agent's
     /// sandbox would hold.
     pub fn token_kubeconfig(&self, dir: &Path, token: &str) -> PathBuf {
