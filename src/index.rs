@@ -21,6 +21,11 @@ impl SharedSnapshot {
         self.0.load()
     }
 
+    /// An owned handle, for holding across `.await`.
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.0.load_full()
+    }
+
     pub fn store(&self, snapshot: Snapshot) {
         self.0.store(Arc::new(snapshot));
     }
@@ -209,5 +214,58 @@ impl Readiness {
 
     pub fn is_ready(&self) -> bool {
         self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Blocked deletions per policy not yet written into the policy's status. The webhook records
+/// (a mutex taken on denials only, never on the allow path); the operator drains.
+#[derive(Debug, Default, Clone)]
+pub struct BlockLedger {
+    pending: Arc<std::sync::Mutex<std::collections::HashMap<PolicyRef, PendingBlocks>>>,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+/// Blocks of one policy since the last drain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingBlocks {
+    pub count: i64,
+    pub last: crate::api::LastBlocked,
+}
+
+impl BlockLedger {
+    pub fn record(&self, policy: PolicyRef, subject: &str, object: String) {
+        let last = crate::api::LastBlocked {
+            time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+            subject: subject.to_owned(),
+            object,
+        };
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = pending.entry(policy).or_insert(PendingBlocks {
+            count: 0,
+            last: last.clone(),
+        });
+        entry.count += 1;
+        entry.last = last;
+        drop(pending);
+        self.notify.notify_one();
+    }
+
+    pub fn drain(&self) -> std::collections::HashMap<PolicyRef, PendingBlocks> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Puts back blocks whose status write failed, so they are counted on the next try.
+    pub fn restore(&self, policy: PolicyRef, blocks: PendingBlocks) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        match pending.get_mut(&policy) {
+            Some(newer) => newer.count += blocks.count,
+            None => {
+                pending.insert(policy, blocks);
+            }
+        }
+    }
+
+    pub async fn notified(&self) {
+        self.notify.notified().await
     }
 }

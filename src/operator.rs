@@ -1,85 +1,260 @@
 //! The operator's reconciling side. For now: each policy's status says whether it is in force
-//! (`Ready`), with the reason a user can act on when it is not.
+//! (`Ready`, with a reason a user can act on when it is not), how many objects it protects, how
+//! many deletions it blocked, and the last blocked attempt.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::discovery::{self, ApiGroup};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::api::{ClusterProtectedResource, ProtectedResource};
-use crate::index::PolicyHealth;
-use crate::policy::PolicyKind;
+use crate::api::{ClusterProtectedResource, LastBlocked, ProtectedResource};
+use crate::index::{BlockLedger, PendingBlocks, PolicyHealth, SharedSnapshot};
+use crate::policy::{CompiledPolicy, ObjectFacts, PolicyKind, PolicyRef};
 
-const FIELD_MANAGER: &str = "agentguard";
+/// How often protected objects are recounted (and unknown kinds rediscovered).
+const RECOUNT_INTERVAL: Duration = Duration::from_secs(15);
 
-/// The Ready condition for a compiled (or rejected) policy.
-pub fn ready_condition(health: &PolicyHealth, now: Time) -> Condition {
-    let (status, reason, message) = if health.problems.is_empty() {
-        (
-            "True",
-            "Enforcing",
-            "policy is valid and in force".to_owned(),
-        )
+/// The status the operator wants a policy to have, without volatile fields.
+#[derive(Debug, Clone, PartialEq)]
+struct Desired {
+    generation: Option<i64>,
+    problems: Vec<String>,
+    reason: &'static str,
+    protected_objects: i64,
+}
+
+/// The Ready condition for a policy.
+fn ready_condition(desired: &Desired, last_transition_time: Time) -> Condition {
+    let (status, message) = if desired.problems.is_empty() {
+        ("True", "policy is valid and in force".to_owned())
     } else {
-        ("False", "InvalidSpec", health.problems.join("; "))
+        ("False", desired.problems.join("; "))
     };
     Condition {
         type_: "Ready".into(),
         status: status.into(),
-        reason: reason.into(),
+        reason: desired.reason.into(),
         message,
-        observed_generation: health.generation,
-        last_transition_time: now,
+        observed_generation: desired.generation,
+        last_transition_time,
     }
 }
 
-/// Writes policy status whenever the compiled view of a policy changes. Idempotent, so every
-/// replica may run it until leader election lands.
-pub async fn write_policy_status(
+fn policy_api(client: &kube::Client, id: &PolicyRef) -> Api<DynamicObject> {
+    match id.kind {
+        PolicyKind::Cluster => Api::all_with(
+            client.clone(),
+            &ApiResource::erase::<ClusterProtectedResource>(&()),
+        ),
+        PolicyKind::Namespaced => Api::namespaced_with(
+            client.clone(),
+            id.namespace.as_deref().unwrap_or_default(),
+            &ApiResource::erase::<ProtectedResource>(&()),
+        ),
+    }
+}
+
+/// Counts the objects a policy protects by listing the metadata of each targeted kind, and
+/// reports kinds the API server does not serve.
+async fn count_protected(
+    client: &kube::Client,
+    policy: &CompiledPolicy,
+    groups: &mut HashMap<String, Option<ApiGroup>>,
+) -> Result<i64, Vec<String>> {
+    let mut total = 0;
+    let mut problems = Vec::new();
+    for (group, kind) in policy.kinds() {
+        if !groups.contains_key(&group) {
+            groups.insert(group.clone(), discovery::group(client, &group).await.ok());
+        }
+        let Some((resource, caps)) = groups[&group]
+            .as_ref()
+            .and_then(|g| g.recommended_kind(&kind))
+        else {
+            let shown = if group.is_empty() {
+                "the core group".to_owned()
+            } else {
+                format!("API group {group:?}")
+            };
+            problems.push(format!(
+                "kind {kind} is not served in {shown}; install its CRD or fix the target"
+            ));
+            continue;
+        };
+        let api: Api<DynamicObject> = match (&policy.id.namespace, caps.scope) {
+            (Some(ns), discovery::Scope::Namespaced) => {
+                Api::namespaced_with(client.clone(), ns, &resource)
+            }
+            (Some(_), discovery::Scope::Cluster) => continue,
+            (None, _) => Api::all_with(client.clone(), &resource),
+        };
+        let list = api
+            .list_metadata(&ListParams::default())
+            .await
+            .map_err(|e| vec![format!("cannot list {}: {e}", resource.plural)])?;
+        let empty = Default::default();
+        total += list
+            .items
+            .iter()
+            .filter(|o| {
+                policy.protects(&ObjectFacts {
+                    group: &group,
+                    kind: &kind,
+                    namespace: o.metadata.namespace.as_deref(),
+                    name: o.metadata.name.as_deref().unwrap_or_default(),
+                    labels: o.metadata.labels.as_ref().unwrap_or(&empty),
+                })
+            })
+            .count() as i64;
+    }
+    if problems.is_empty() {
+        Ok(total)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Keeps every policy's status current: on policy changes, on blocked deletions, and every
+/// [`RECOUNT_INTERVAL`]. Idempotent apart from the blocked counter, which is added to under the
+/// object's resourceVersion so concurrent writers never lose a block.
+pub async fn reconcile_policy_status(
     client: kube::Client,
+    snapshot: SharedSnapshot,
     mut health_rx: watch::Receiver<Vec<PolicyHealth>>,
+    ledger: BlockLedger,
 ) {
-    let mut written: HashMap<String, (Option<i64>, Vec<String>)> = HashMap::new();
+    let mut written: HashMap<PolicyRef, Desired> = HashMap::new();
+    let mut counts: HashMap<PolicyRef, Result<i64, Vec<String>>> = HashMap::new();
+    let mut tick = tokio::time::interval(RECOUNT_INTERVAL);
     loop {
+        let recount = tokio::select! {
+            _ = tick.tick() => true,
+            changed = health_rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                true
+            }
+            _ = ledger.notified() => false,
+        };
         let health = health_rx.borrow_and_update().clone();
+        if recount {
+            let snap = snapshot.load_full();
+            let mut groups = HashMap::new();
+            counts.clear();
+            for policy in snap.policies() {
+                counts.insert(
+                    policy.id.clone(),
+                    count_protected(&client, policy, &mut groups).await,
+                );
+            }
+        }
+        let mut blocks = ledger.drain();
         for h in &health {
-            let key = h.id.label();
-            let state = (h.generation, h.problems.clone());
-            if written.get(&key) == Some(&state) {
+            let desired = match (&h.problems[..], counts.get(&h.id)) {
+                ([], Some(Ok(n))) => Desired {
+                    generation: h.generation,
+                    problems: vec![],
+                    reason: "Enforcing",
+                    protected_objects: *n,
+                },
+                ([], Some(Err(problems))) => Desired {
+                    generation: h.generation,
+                    problems: problems.clone(),
+                    reason: "UnknownKind",
+                    protected_objects: 0,
+                },
+                ([], None) => continue, // compiled after the last count; next tick
+                (problems, _) => Desired {
+                    generation: h.generation,
+                    problems: problems.to_vec(),
+                    reason: "InvalidSpec",
+                    protected_objects: 0,
+                },
+            };
+            let pending = blocks.remove(&h.id);
+            if written.get(&h.id) == Some(&desired) && pending.is_none() {
                 continue;
             }
-            let condition = ready_condition(h, Time(jiff::Timestamp::now()));
-            let patch = json!({
-                "status": {"observedGeneration": h.generation, "conditions": [condition]}
-            });
-            let params = PatchParams::apply(FIELD_MANAGER);
-            let result = match h.id.kind {
-                PolicyKind::Cluster => Api::<ClusterProtectedResource>::all(client.clone())
-                    .patch_status(&h.id.name, &params, &Patch::Merge(&patch))
-                    .await
-                    .map(|_| ()),
-                PolicyKind::Namespaced => Api::<ProtectedResource>::namespaced(
-                    client.clone(),
-                    h.id.namespace.as_deref().unwrap_or_default(),
-                )
-                .patch_status(&h.id.name, &params, &Patch::Merge(&patch))
-                .await
-                .map(|_| ()),
-            };
-            match result {
+            match write_status(&client, &h.id, &desired, pending.as_ref()).await {
                 Ok(()) => {
-                    written.insert(key, state);
+                    written.insert(h.id.clone(), desired);
                 }
                 Err(err) => {
-                    tracing::warn!(policy = %h.id.describe(), error = %err, "cannot write policy status; will retry on next change")
+                    tracing::warn!(policy = %h.id.describe(), error = %err, "cannot write policy status; will retry");
+                    if let Some(p) = pending {
+                        ledger.restore(h.id.clone(), p);
+                    }
                 }
             }
         }
-        written.retain(|k, _| health.iter().any(|h| &h.id.label() == k));
-        if health_rx.changed().await.is_err() {
-            return;
+        written.retain(|id, _| health.iter().any(|h| &h.id == id));
+    }
+}
+
+async fn write_status(
+    client: &kube::Client,
+    id: &PolicyRef,
+    desired: &Desired,
+    pending: Option<&PendingBlocks>,
+) -> kube::Result<()> {
+    let api = policy_api(client, id);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = api.get_status(&id.name).await?;
+        let status = current.data.get("status").cloned().unwrap_or_default();
+        let ready = status
+            .get("conditions")
+            .and_then(|c| c.as_array())
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"));
+        let new_condition_status = if desired.problems.is_empty() {
+            "True"
+        } else {
+            "False"
+        };
+        // Keep the transition time unless the condition's status really changed.
+        let transition = match ready {
+            Some(c) if c["status"] == new_condition_status => {
+                serde_json::from_value(c["lastTransitionTime"].clone())
+                    .unwrap_or(Time(jiff::Timestamp::now()))
+            }
+            _ => Time(jiff::Timestamp::now()),
+        };
+        let blocked = status
+            .get("blockedDeletions")
+            .and_then(|b| b.as_i64())
+            .unwrap_or(0)
+            + pending.map_or(0, |p| p.count);
+        let last: Option<LastBlocked> = match pending {
+            Some(p) => Some(p.last.clone()),
+            None => {
+                serde_json::from_value(status.get("lastBlocked").cloned().unwrap_or_default()).ok()
+            }
+        };
+        let patch = json!({
+            "metadata": {"resourceVersion": current.resource_version()},
+            "status": {
+                "observedGeneration": desired.generation,
+                "conditions": [ready_condition(desired, transition)],
+                "protectedObjects": desired.protected_objects,
+                "blockedDeletions": blocked,
+                "lastBlocked": last,
+            }
+        });
+        match api
+            .patch_status(&id.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            // Someone else wrote in between: read again and re-add our blocks.
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 5 => continue,
+            Err(e) => return Err(e),
         }
     }
 }

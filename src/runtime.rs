@@ -11,7 +11,7 @@ use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 
 use crate::certs;
 use crate::error::{Error, Result};
-use crate::index::{self, Readiness, SharedSnapshot};
+use crate::index::{self, BlockLedger, Readiness, SharedSnapshot};
 use crate::metrics::Metrics;
 use crate::operator;
 use crate::policy::Snapshot;
@@ -52,9 +52,11 @@ pub async fn run(config: RunConfig) -> Result<()> {
     let readiness = Readiness::default();
     let agents = AgentMatcher::new(&config.agents)?;
     let snapshot = SharedSnapshot::new(Snapshot::new(agents.clone(), Default::default(), vec![]));
+    let ledger = BlockLedger::default();
     let state = Arc::new(AdmissionState {
         snapshot: snapshot.clone(),
         metrics: metrics.clone(),
+        ledger: ledger.clone(),
     });
     let client = kube::Client::try_default().await.map_err(Error::Kube)?;
 
@@ -103,11 +105,13 @@ pub async fn run(config: RunConfig) -> Result<()> {
     tokio::spawn(index::run(
         client.clone(),
         agents,
-        snapshot,
+        snapshot.clone(),
         readiness.clone(),
         health_tx,
     ));
-    tokio::spawn(operator::write_policy_status(client, health_rx));
+    tokio::spawn(operator::reconcile_policy_status(
+        client, snapshot, health_rx, ledger,
+    ));
 
     let (a, b) = tokio::join!(
         https.serve(admission.into_make_service()),

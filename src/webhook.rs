@@ -19,7 +19,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::core::response::StatusSummary;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::index::{Readiness, SharedSnapshot};
+use crate::index::{BlockLedger, Readiness, SharedSnapshot};
 use crate::metrics::Metrics;
 use crate::policy::{self, Decision, Verdict};
 
@@ -35,6 +35,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct AdmissionState {
     pub snapshot: SharedSnapshot,
     pub metrics: Metrics,
+    pub ledger: BlockLedger,
 }
 
 /// Router for the HTTPS admission endpoint `/validate`.
@@ -81,6 +82,17 @@ async fn validate(
     let decision = policy::decide(&request, &state.snapshot.load(), jiff::Timestamp::now());
     let response = respond(&request, &decision);
     record(&state.metrics, &request, &decision, started.elapsed());
+    if decision.verdict == Verdict::Deny
+        && !request.dry_run
+        && let Some(policy) = &decision.decided_by
+    {
+        let object = &decision.object;
+        state.ledger.record(
+            policy.clone(),
+            request.user_info.username.as_deref().unwrap_or_default(),
+            format!("{} {}", object.kind, object.qualified_name()),
+        );
+    }
     json_review(response)
 }
 

@@ -77,6 +77,19 @@ fn policy_protects_and_a_human_approval_lets_the_agent_delete() {
     ns.pvc("data-0", false);
     ns.pvc("logs-0", false);
 
+    wait_until(
+        Duration::from_secs(40),
+        "status to count 1 protected object",
+        || {
+            stdout(&ns.kubectl(&[
+                "get",
+                "protectedresource",
+                "orders",
+                "-o",
+                "jsonpath={.status.protectedObjects}",
+            ])) == "1"
+        },
+    );
     let out = ns.kubectl_as(&agent, &["delete", "pvc", "data-0"]);
     assert!(!out.status.success());
     let err = stderr(&out);
@@ -86,6 +99,27 @@ fn policy_protects_and_a_human_approval_lets_the_agent_delete() {
             ns.name
         )),
         "{err}"
+    );
+    // The policy's status counts the block and names the last attempt.
+    wait_until(Duration::from_secs(30), "status to count the block", || {
+        stdout(&ns.kubectl(&[
+            "get",
+            "protectedresource",
+            "orders",
+            "-o",
+            "jsonpath={.status.blockedDeletions}",
+        ])) == "1"
+    });
+    let last = stdout(&ns.kubectl(&[
+        "get",
+        "protectedresource",
+        "orders",
+        "-o",
+        "jsonpath={.status.lastBlocked.subject} {.status.lastBlocked.object}",
+    ]));
+    assert_eq!(
+        last,
+        format!("{agent} PersistentVolumeClaim {}/data-0", ns.name)
     );
     assert!(
         err.trim_end().ends_with("--for 30m\nAsk #db-oncall."),
@@ -461,6 +495,24 @@ fn bad_policies_are_refused_or_reported_not_ignored() {
         assert!(!out.status.success(), "{name}: accepted");
         assert!(stderr(&out).contains(needle), "{name}: {}", stderr(&out));
     }
+    // A kind the API server does not serve is reported, not silently ignored.
+    cluster.apply(&doc(
+        "unknownkind",
+        "  targets: [{apiGroups: [example.com], kinds: [FooBar]}]\n",
+    ));
+    wait_until(
+        Duration::from_secs(30),
+        "Ready=False on unknownkind",
+        || {
+            stdout(&ns.kubectl(&[
+                "get",
+                "protectedresource",
+                "unknownkind",
+                "-o",
+                "jsonpath={.status.conditions[0].reason}: {.status.conditions[0].message}",
+            ])) == "UnknownKind: kind FooBar is not served in API group \"example.com\"; install its CRD or fix the target"
+        },
+    );
     // What the schema cannot see is reported in status, and the policy protects nothing.
     cluster.apply(&doc(
         "badglob",

@@ -25,6 +25,7 @@ fn state() -> Arc<AdmissionState> {
     Arc::new(AdmissionState {
         snapshot: SharedSnapshot::new(Snapshot::new(agents, Default::default(), vec![])),
         metrics: Metrics::new(),
+        ledger: Default::default(),
     })
 }
 

@@ -123,8 +123,8 @@ impl CompiledPolicy {
         })
     }
 
-    /// The (group, kind) pairs this policy targets, for indexing.
-    fn kinds(&self) -> impl Iterator<Item = (String, String)> + '_ {
+    /// The (group, kind) pairs this policy targets.
+    pub fn kinds(&self) -> impl Iterator<Item = (String, String)> + '_ {
         self.targets.iter().flat_map(|t| {
             t.groups
                 .iter()

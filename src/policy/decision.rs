@@ -5,7 +5,7 @@ use jiff::Timestamp;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, Operation};
 
-use super::compiled::{CompiledPolicy, ObjectFacts, Snapshot};
+use super::compiled::{CompiledPolicy, ObjectFacts, PolicyRef, Snapshot};
 use crate::api::{
     ANNOTATION_POLICY, APPROVED_BY_ANNOTATION, APPROVED_UNTIL_ANNOTATION, DEFAULT_APPROVAL_TTL,
     GROUP, Mode, PREFIX, PROTECTED_ANNOTATION,
@@ -99,7 +99,8 @@ impl ObjectRef {
         }
     }
 
-    fn qualified_name(&self) -> String {
+    /// `prod/data`, or `pv-1` for cluster-scoped objects.
+    pub fn qualified_name(&self) -> String {
         match &self.namespace {
             Some(ns) => format!("{ns}/{}", self.name),
             None => self.name.clone(),
@@ -135,6 +136,8 @@ pub struct Decision {
     pub approval: Option<ApprovalEvent>,
     /// Set when an exempt identity (break glass) acted on a protected object.
     pub exemption: Option<&'static str>,
+    /// The policy object that decided a denial or warning, for its status counters.
+    pub decided_by: Option<PolicyRef>,
     pub object: ObjectRef,
 }
 
@@ -148,6 +151,7 @@ impl Decision {
             warning: None,
             approval: None,
             exemption: None,
+            decided_by: None,
             object,
         }
     }
@@ -670,6 +674,9 @@ fn decide_delete(
         Mode::Audit => Decision::new(Verdict::Audit, object.clone(), reason),
     };
     d.policy = Some(strongest.label());
+    if let Protection::Policy(p) = strongest {
+        d.decided_by = Some(p.id.clone());
+    }
     d.approval = event;
     d
 }
@@ -699,7 +706,7 @@ fn denial_message(
 pub(crate) mod tests {
     use super::*;
     use crate::api::{ApprovalSpec, Approvers, ProtectionSpec, Subjects, Target};
-    use crate::policy::{AgentDefinition, AgentMatcher, PolicyRef, compile};
+    use crate::policy::{AgentDefinition, AgentMatcher, compile};
     use kube::core::admission::AdmissionReview;
     use serde_json::{Value, json};
 
