@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end on this machine: a local control plane, agentguard registered as a
 # validating webhook, an agent's deletion of a protected claim denied with our message, the
-# metric that recorded it, then a human deleting the same claim.
+# metric and policy status that recorded it, then a human's time-limited approval that lets
+# the agent delete that one claim.
 #
 # Leaves the control plane and agentguard running to explore; stop both with
 #   hack/cluster.sh down
@@ -20,7 +21,10 @@ eval "$(hack/cluster.sh up)"
 STATE="$ROOT/.cluster"
 K=(kubectl --kubeconfig "$KUBECONFIG")
 
-step "2. Start agentguard: every ServiceAccount in namespace '$NS' is an agent"
+step "2. Install the CRDs and start agentguard: every ServiceAccount in namespace '$NS' is an agent"
+"${K[@]}" apply --server-side --force-conflicts -f crds/ >/dev/null
+"${K[@]}" wait --for=condition=Established --timeout=60s \
+  crd/protectedresources.agentguard.dev crd/clusterprotectedresources.agentguard.dev >/dev/null
 if [[ -f "$STATE/run/agentguard.pid" ]] && kill -0 "$(cat "$STATE/run/agentguard.pid")" 2>/dev/null; then
   kill "$(cat "$STATE/run/agentguard.pid")"
 fi
@@ -30,7 +34,7 @@ import socket
 socks = [socket.socket() for _ in range(2)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
-setsid target/debug/agentguard run \
+KUBECONFIG="$KUBECONFIG" setsid target/debug/agentguard run \
   --webhook-addr "127.0.0.1:$WEBHOOK_PORT" --metrics-addr "127.0.0.1:$METRICS_PORT" \
   --tls-cert-file "$STATE/agentguard/tls.crt" --tls-key-file "$STATE/agentguard/tls.key" \
   --agent-service-accounts "$NS/*" >"$STATE/logs/agentguard.log" 2>&1 </dev/null &
@@ -57,14 +61,32 @@ webhooks:
       matchExpressions:
         - {key: kubernetes.io/metadata.name, operator: NotIn, values: [kube-system]}
     rules:
-      - operations: [DELETE]
+      - operations: [CREATE, UPDATE, DELETE]
         apiGroups: [""]
         apiVersions: [v1]
-        resources: [persistentvolumeclaims, persistentvolumes]
+        resources: [persistentvolumeclaims, persistentvolumes, serviceaccounts]
+      - operations: [CREATE, UPDATE, DELETE]
+        apiGroups: [agentguard.dev]
+        apiVersions: [v1alpha1]
+        resources: [protectedresources, clusterprotectedresources]
 YAML
 echo "registered ValidatingWebhookConfiguration agentguard (failurePolicy: Fail)"
 
-step "3. A namespace, an agent ServiceAccount with edit rights, and a protected claim"
+step "3. A policy protecting every claim, a namespace, and an agent ServiceAccount with edit rights"
+"${K[@]}" apply -f - <<'YAML'
+apiVersion: agentguard.dev/v1alpha1
+kind: ClusterProtectedResource
+metadata:
+  name: default-volumes
+spec:
+  mode: Enforce
+  targets:
+    - apiGroups: [""]
+      kinds: [PersistentVolumeClaim, PersistentVolume]
+  approval:
+    maxTTL: 1h
+  message: "Ask #db-oncall."
+YAML
 "${K[@]}" delete namespace "$NS" --ignore-not-found >/dev/null
 run "${K[@]}" create namespace "$NS"
 run "${K[@]}" -n "$NS" create serviceaccount cursor-agent
@@ -78,7 +100,6 @@ spec:
   accessModes: [ReadWriteOnce]
   resources: {requests: {storage: 10Gi}}
 YAML
-run "${K[@]}" -n "$NS" annotate pvc orders-db agentguard.dev/protected=true
 
 # The agent gets its own short-lived token (TokenRequest), not the human's credentials.
 AGENT_KUBECONFIG="$STATE/agent.kubeconfig"
@@ -108,13 +129,25 @@ echo "$out"
 grep -q "agentguard: DENIED delete of PersistentVolumeClaim $NS/orders-db" <<<"$out"
 run "${K[@]}" -n "$NS" get pvc orders-db
 
-step "5. The blocked attempt, as Prometheus sees it"
+step "5. The blocked attempt, as Prometheus and the policy's status see it"
 printf '$ curl -s http://127.0.0.1:%s/metrics | grep agentguard_deletions_blocked_total\n' "$METRICS_PORT"
 curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep '^agentguard_deletions_blocked_total' \
   || { echo "UNEXPECTED: no blocked deletion recorded" >&2; exit 1; }
 
-step "6. A human (the cluster admin) deletes the same claim"
-run "${K[@]}" -n "$NS" delete pvc orders-db --wait=true --timeout=60s
+for _ in $(seq 1 60); do
+  [[ "$("${K[@]}" get cpr default-volumes -o jsonpath='{.status.blockedDeletions}')" == 1 ]] && break
+  sleep 0.5
+done
+run "${K[@]}" get clusterprotectedresource default-volumes
+
+step "6. A human approves this one deletion for 15 minutes; the agent may now delete it"
+HUMAN=$("${K[@]}" auth whoami -o jsonpath='{.status.userInfo.username}')
+UNTIL=$(date -u -d '+15 minutes' +%Y-%m-%dT%H:%M:%SZ)
+run "${K[@]}" -n "$NS" annotate pvc orders-db "agentguard.dev/approved-by=$HUMAN" \
+  "agentguard.dev/approved-until=$UNTIL" "agentguard.dev/approval-reason=replacing the volume"
+printf '$ kubectl delete pvc orders-db   # as the agent, again\n'
+kubectl --kubeconfig "$AGENT_KUBECONFIG" delete pvc orders-db --wait=true --timeout=60s
+curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep '^agentguard_approvals_total'
 
 step "Done"
 cat <<DONE

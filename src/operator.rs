@@ -18,6 +18,8 @@ use crate::policy::{CompiledPolicy, ObjectFacts, PolicyKind, PolicyRef};
 
 /// How often protected objects are recounted (and unknown kinds rediscovered).
 const RECOUNT_INTERVAL: Duration = Duration::from_secs(15);
+/// Blocked deletions trigger a recount at most this often.
+const MIN_RECOUNT_GAP: Duration = Duration::from_secs(2);
 
 /// The status the operator wants a policy to have, without volatile fields.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +133,7 @@ pub async fn reconcile_policy_status(
     let mut written: HashMap<PolicyRef, Desired> = HashMap::new();
     let mut counts: HashMap<PolicyRef, Result<i64, Vec<String>>> = HashMap::new();
     let mut tick = tokio::time::interval(RECOUNT_INTERVAL);
+    let mut last_count = std::time::Instant::now();
     loop {
         let recount = tokio::select! {
             _ = tick.tick() => true,
@@ -140,10 +143,13 @@ pub async fn reconcile_policy_status(
                 }
                 true
             }
-            _ = ledger.notified() => false,
+            // A block usually means the object count is worth a fresh look, but an agent
+            // retrying in a loop must not turn into a stream of list calls.
+            _ = ledger.notified() => last_count.elapsed() > MIN_RECOUNT_GAP,
         };
         let health = health_rx.borrow_and_update().clone();
         if recount {
+            last_count = std::time::Instant::now();
             let snap = snapshot.load_full();
             let mut groups = HashMap::new();
             counts.clear();
