@@ -167,6 +167,50 @@ async fn metrics_count_blocks_but_not_dry_runs() {
 }
 
 #[tokio::test]
+async fn warn_mode_answers_allowed_with_a_warning() {
+    use agentguard::api::{Mode, ProtectionSpec, Target};
+    use agentguard::policy::{PolicyRef, compile};
+    let spec = ProtectionSpec {
+        mode: Mode::Warn,
+        targets: vec![Target {
+            api_groups: vec!["".into()],
+            kinds: vec!["PersistentVolumeClaim".into()],
+            names: vec![],
+            selector: None,
+            namespaces: vec![],
+        }],
+        subjects: None,
+        approval: None,
+        message: None,
+    };
+    let policy = compile(PolicyRef::cluster("volumes"), &spec).unwrap();
+    let agents = AgentMatcher::new(&AgentDefinition {
+        service_accounts: vec!["agents/*".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let state = Arc::new(AdmissionState {
+        snapshot: SharedSnapshot::new(Snapshot::new(agents, Default::default(), vec![policy])),
+        metrics: Metrics::new(),
+        ledger: Default::default(),
+    });
+    let out = post_review(
+        webhook::admission_router(state, LIMIT),
+        &review("system:serviceaccount:agents:cursor", false, false),
+    )
+    .await;
+    let r = &out["response"];
+    assert_eq!(r["allowed"], true);
+    assert_eq!(r["auditAnnotations"]["decision"], "warned");
+    assert_eq!(
+        r["auditAnnotations"]["policy"],
+        "ClusterProtectedResource/volumes"
+    );
+    let warning = r["warnings"][0].as_str().unwrap();
+    assert!(warning.starts_with("agentguard: delete of PersistentVolumeClaim prod/data by system:serviceaccount:agents:cursor is protected by ClusterProtectedResource volumes"), "{warning}");
+}
+
+#[tokio::test]
 async fn malformed_json_is_400_with_one_line() {
     for body in [
         "{",

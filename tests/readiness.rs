@@ -1,0 +1,83 @@
+//! A replica that cannot reach the API server must never report ready: it would judge with an
+//! empty view of policies and agents. Runs the real binary against a dead endpoint.
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get(port: u16, path: &str) -> Option<u16> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .into();
+    agent
+        .get(&format!("http://127.0.0.1:{port}{path}"))
+        .call()
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+#[test]
+fn not_ready_while_the_api_server_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle =
+        agentguard::certs::generate(&["127.0.0.1".into()], Duration::from_secs(600)).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), &bundle.cert_pem).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &bundle.key_pem).unwrap();
+    // Nothing listens on this port: every watch fails.
+    let dead = free_port();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: dead, cluster: {{server: 'https://127.0.0.1:{dead}', insecure-skip-tls-verify: true}}}}]\n\
+             users: [{{name: u, user: {{token: x}}}}]\ncontexts: [{{name: c, context: {{cluster: dead, user: u}}}}]\ncurrent-context: c\n"
+        ),
+    )
+    .unwrap();
+    let metrics = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentguard"))
+        .args([
+            "run",
+            "--webhook-addr",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+        .arg("--tls-cert-file")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key-file")
+        .arg(dir.path().join("tls.key"))
+        .env("KUBECONFIG", &kubeconfig)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(metrics, "/healthz") != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "agentguard never served /healthz"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Give the watches time to fail a few times; readiness must stay false throughout.
+    for _ in 0..15 {
+        assert_eq!(get(metrics, "/readyz"), Some(503));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "agentguard must keep running and retrying"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
