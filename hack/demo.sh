@@ -72,7 +72,7 @@ webhooks:
 YAML
 echo "registered ValidatingWebhookConfiguration agentguard (failurePolicy: Fail)"
 
-step "3. A policy protecting every claim, a namespace, and an agent ServiceAccount with edit rights"
+step "3. A policy protecting every claim in namespace '$NS', and an agent ServiceAccount with edit rights"
 "${K[@]}" apply -f - <<'YAML'
 apiVersion: agentguard.dev/v1alpha1
 kind: ClusterProtectedResource
@@ -82,7 +82,8 @@ spec:
   mode: Enforce
   targets:
     - apiGroups: [""]
-      kinds: [PersistentVolumeClaim, PersistentVolume]
+      kinds: [PersistentVolumeClaim]
+      namespaces: [demo]
   approval:
     maxTTL: 1h
   message: "Ask #db-oncall."

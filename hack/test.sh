@@ -10,14 +10,16 @@ log() { printf '[test %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 log "building control-plane tools (cached after the first run)"
 hack/build-tools.sh >/dev/null
 
-started_here=0
-if hack/cluster.sh status; then
-  log "reusing the running control plane"
+# A control plane of its own (not the demo's), so no policy left from elsewhere changes what
+# the tests see. Set AGENTGUARD_TEST_REUSE=1 to keep it running between runs.
+export AGENTGUARD_CLUSTER_DIR="$ROOT/.cluster-test"
+export AGENTGUARD_E2E_KUBECONFIG="$AGENTGUARD_CLUSTER_DIR/kubeconfig"
+if [[ "${AGENTGUARD_TEST_REUSE:-0}" == 1 ]] && hack/cluster.sh status; then
+  log "reusing the test control plane in $AGENTGUARD_CLUSTER_DIR"
 else
   hack/cluster.sh up >/dev/null
-  started_here=1
 fi
-cleanup() { if ((started_here)); then hack/cluster.sh down; fi; }
+cleanup() { if [[ "${AGENTGUARD_TEST_REUSE:-0}" != 1 ]]; then hack/cluster.sh down; fi; }
 trap cleanup EXIT
 
 log "cargo fmt --check"

@@ -67,6 +67,15 @@ pub struct RunArgs {
     /// Groups that are never restricted (break glass), comma separated.
     #[arg(long, value_delimiter = ',', env = "AGENTGUARD_BREAK_GLASS_GROUPS")]
     pub break_glass_groups: Vec<String>,
+    /// Kinds the agentguard.dev/protected annotation is honoured on (and indexed for cascade
+    /// checks), as Kind for the core group or group/Kind, comma separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        env = "AGENTGUARD_ANNOTATION_KINDS",
+        default_value = "PersistentVolumeClaim,PersistentVolume,snapshot.storage.k8s.io/VolumeSnapshot,snapshot.storage.k8s.io/VolumeSnapshotContent"
+    )]
+    pub annotation_kinds: Vec<String>,
     /// Largest AdmissionReview body accepted; larger bodies get 413.
     #[arg(long, default_value_t = DEFAULT_MAX_REVIEW_BYTES, env = "AGENTGUARD_MAX_REVIEW_BYTES")]
     pub max_review_bytes: usize,
@@ -103,6 +112,14 @@ pub fn main() -> anyhow::Result<()> {
                     break_glass_groups: args.break_glass_groups,
                 },
                 max_review_bytes: args.max_review_bytes,
+                annotation_kinds: args
+                    .annotation_kinds
+                    .iter()
+                    .map(|k| match k.trim().rsplit_once('/') {
+                        Some((group, kind)) => (group.to_owned(), kind.to_owned()),
+                        None => (String::new(), k.trim().to_owned()),
+                    })
+                    .collect(),
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

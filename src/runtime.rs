@@ -11,7 +11,7 @@ use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 
 use crate::certs;
 use crate::error::{Error, Result};
-use crate::index::{self, BlockLedger, Readiness, SharedSnapshot};
+use crate::index::{self, BlockLedger, Readiness, SharedObjects, SharedSnapshot};
 use crate::metrics::Metrics;
 use crate::operator;
 use crate::policy::Snapshot;
@@ -36,6 +36,9 @@ pub struct RunConfig {
     pub tls_cert_file: PathBuf,
     pub tls_key_file: PathBuf,
     pub agents: AgentDefinition,
+    /// Kinds (group, kind) on which the `agentguard.dev/protected` annotation is honoured and
+    /// which are indexed for cascade checks even when no policy targets them.
+    pub annotation_kinds: Vec<(String, String)>,
     pub max_review_bytes: usize,
 }
 
@@ -49,12 +52,14 @@ pub fn install_crypto_provider() {
 pub async fn run(config: RunConfig) -> Result<()> {
     install_crypto_provider();
     let metrics = Metrics::new();
-    let readiness = Readiness::default();
+    let readiness = Readiness::waiting_for(&[index::POLICIES_GATE, index::OBJECTS_GATE]);
     let agents = AgentMatcher::new(&config.agents)?;
     let snapshot = SharedSnapshot::new(Snapshot::new(agents.clone(), Default::default(), vec![]));
     let ledger = BlockLedger::default();
+    let objects = SharedObjects::default();
     let state = Arc::new(AdmissionState {
         snapshot: snapshot.clone(),
+        objects: objects.clone(),
         metrics: metrics.clone(),
         ledger: ledger.clone(),
     });
@@ -100,14 +105,25 @@ pub async fn run(config: RunConfig) -> Result<()> {
         config.tls_key_file.clone(),
     ));
     tokio::spawn(shutdown_on_signal(handle, readiness.clone()));
-    // Ready only after the first full sync of policies and agents (index::run flips it).
+    // Ready only after the first full sync of policies, agents and protected objects.
     let (health_tx, health_rx) = tokio::sync::watch::channel(Vec::new());
+    let (kinds_tx, kinds_rx) = tokio::sync::watch::channel(Default::default());
     tokio::spawn(index::run(
         client.clone(),
         agents,
         snapshot.clone(),
+        objects.clone(),
         readiness.clone(),
         health_tx,
+        kinds_tx,
+    ));
+    tokio::spawn(index::run_objects(
+        client.clone(),
+        config.annotation_kinds.clone(),
+        kinds_rx,
+        objects,
+        snapshot.clone(),
+        readiness.clone(),
     ));
     tokio::spawn(operator::reconcile_policy_status(
         client, snapshot, health_rx, ledger,

@@ -19,7 +19,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::core::response::StatusSummary;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::index::{BlockLedger, Readiness, SharedSnapshot};
+use crate::index::{BlockLedger, Readiness, SharedObjects, SharedSnapshot};
 use crate::metrics::Metrics;
 use crate::policy::{self, Decision, Verdict};
 
@@ -34,6 +34,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct AdmissionState {
     pub snapshot: SharedSnapshot,
+    pub objects: SharedObjects,
     pub metrics: Metrics,
     pub ledger: BlockLedger,
 }
@@ -79,7 +80,17 @@ async fn validate(
         }
     };
     let started = Instant::now();
-    let decision = policy::decide(&request, &state.snapshot.load(), jiff::Timestamp::now());
+    let decision = {
+        // A poisoned lock means a watcher panicked mid-update; the index is still the best
+        // view there is, and refusing to judge would block every deletion.
+        let objects = state.objects.read().unwrap_or_else(|e| e.into_inner());
+        policy::decide(
+            &request,
+            &state.snapshot.load(),
+            &*objects,
+            jiff::Timestamp::now(),
+        )
+    };
     let response = respond(&request, &decision);
     record(&state.metrics, &request, &decision, started.elapsed());
     if decision.verdict == Verdict::Deny

@@ -26,6 +26,7 @@ fn state() -> Arc<AdmissionState> {
         snapshot: SharedSnapshot::new(Snapshot::new(agents, Default::default(), vec![])),
         metrics: Metrics::new(),
         ledger: Default::default(),
+        objects: Default::default(),
     })
 }
 
@@ -193,6 +194,7 @@ async fn warn_mode_answers_allowed_with_a_warning() {
         snapshot: SharedSnapshot::new(Snapshot::new(agents, Default::default(), vec![policy])),
         metrics: Metrics::new(),
         ledger: Default::default(),
+        objects: Default::default(),
     });
     let out = post_review(
         webhook::admission_router(state, LIMIT),

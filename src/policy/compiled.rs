@@ -301,6 +301,11 @@ impl Snapshot {
         &self.policies
     }
 
+    /// A policy by identity.
+    pub fn policy(&self, id: &PolicyRef) -> Option<&CompiledPolicy> {
+        self.policies.iter().find(|p| &p.id == id)
+    }
+
     /// Policies that protect this object: one hash lookup, then the filters of those few.
     pub fn protecting<'s>(&'s self, object: &ObjectFacts<'_>) -> Vec<&'s CompiledPolicy> {
         self.by_kind

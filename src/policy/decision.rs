@@ -5,6 +5,7 @@ use jiff::Timestamp;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, Operation};
 
+use super::cascade::{CascadeHit, ProtectedObjects, cascade_of, retention_deletes};
 use super::compiled::{CompiledPolicy, ObjectFacts, PolicyRef, Snapshot};
 use crate::api::{
     ANNOTATION_POLICY, APPROVED_BY_ANNOTATION, APPROVED_UNTIL_ANNOTATION, DEFAULT_APPROVAL_TTL,
@@ -86,10 +87,13 @@ impl ObjectRef {
             .and_then(|m| m.name.clone())
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| req.name.clone());
-        let namespace = meta
-            .and_then(|m| m.namespace.clone())
-            .or_else(|| req.namespace.clone())
-            .filter(|n| !n.is_empty());
+        // The object's own metadata is the truth when present: for a Namespace the request's
+        // namespace field names the namespace itself, yet it is cluster-scoped.
+        let namespace = match meta {
+            Some(m) => m.namespace.clone(),
+            None => req.namespace.clone(),
+        }
+        .filter(|n| !n.is_empty());
         Self {
             kind: req.kind.kind.clone(),
             group: req.kind.group.clone(),
@@ -406,6 +410,7 @@ fn verb(op: &Operation) -> &'static str {
 pub fn decide(
     req: &AdmissionRequest<DynamicObject>,
     snapshot: &Snapshot,
+    objects: &dyn ProtectedObjects,
     now: Timestamp,
 ) -> Decision {
     let object = ObjectRef::of(req);
@@ -431,9 +436,9 @@ pub fn decide(
     }
     match req.operation {
         Operation::Create | Operation::Update => {
-            decide_write(req, snapshot, now, object, username, groups)
+            decide_write(req, snapshot, objects, now, object, username, groups)
         }
-        Operation::Delete => decide_delete(req, snapshot, now, object, username, groups),
+        Operation::Delete => decide_delete(req, snapshot, objects, now, object, username, groups),
         Operation::Connect => Decision::allow(object, "operation is not guarded"),
     }
 }
@@ -441,12 +446,44 @@ pub fn decide(
 fn decide_write(
     req: &AdmissionRequest<DynamicObject>,
     snapshot: &Snapshot,
+    objects: &dyn ProtectedObjects,
     now: Timestamp,
     object: ObjectRef,
     username: &str,
     groups: &[String],
 ) -> Decision {
     let (old, new) = (req.old_object.as_ref(), req.object.as_ref());
+    if let (Some(old), Some(new)) = (old, new)
+        && let Some((hit, action)) = destructive_update(&object, old, new, objects)
+    {
+        let mut found = protections(snapshot, &object, new);
+        let mut through = String::new();
+        if let Some(hit) = hit {
+            through = format!(", through {}", hit.object);
+            found.extend(
+                hit.policies
+                    .iter()
+                    .filter_map(|id| snapshot.policy(id))
+                    .map(Protection::Policy),
+            );
+            if hit.annotation {
+                found.push(Protection::Annotation);
+            }
+        }
+        if !found.is_empty() {
+            return judge(Judged {
+                snapshot,
+                now,
+                object,
+                username,
+                groups,
+                found,
+                through,
+                approval_on: new,
+                action,
+            });
+        }
+    }
     let changed = changed_guard_keys(old, new);
     if changed.is_empty() {
         return Decision::allow(object, "no agentguard.dev/* metadata changed");
@@ -551,6 +588,7 @@ fn judge_new_approval(
 fn decide_delete(
     req: &AdmissionRequest<DynamicObject>,
     snapshot: &Snapshot,
+    objects: &dyn ProtectedObjects,
     now: Timestamp,
     object: ObjectRef,
     username: &str,
@@ -575,7 +613,74 @@ fn decide_delete(
             None => Decision::allow(object, "identity is not restricted"),
         };
     };
-    let found = protections(snapshot, &object, old);
+    let mut found = protections(snapshot, &object, old);
+    let mut through = String::new();
+    if let Some((hit, how)) = cascade_of(req, old, objects) {
+        // Judge the root as the protected data it would take with it.
+        through = format!(
+            ", through {hit_object}: {how} it{more}",
+            hit_object = hit.object,
+            more = if hit.count > 1 {
+                format!(" and {} more protected objects", hit.count - 1)
+            } else {
+                String::new()
+            }
+        );
+        let inherited = hit
+            .policies
+            .iter()
+            .filter_map(|id| snapshot.policy(id))
+            .map(Protection::Policy)
+            .chain(hit.annotation.then_some(Protection::Annotation));
+        for p in inherited {
+            if !found.iter().any(|f| f.label() == p.label()) {
+                found.push(p);
+            }
+        }
+    }
+    judge(Judged {
+        snapshot,
+        now,
+        object,
+        username,
+        groups,
+        found,
+        through,
+        approval_on: old,
+        action: "delete",
+    })
+}
+
+/// A destructive request and what protects its target, ready to be judged.
+struct Judged<'s, 'r> {
+    snapshot: &'s Snapshot,
+    now: Timestamp,
+    object: ObjectRef,
+    username: &'r str,
+    groups: &'r [String],
+    found: Vec<Protection<'s>>,
+    /// How a cascade root reaches protected data (empty for the data itself).
+    through: String,
+    /// The object whose approval annotations count.
+    approval_on: &'r DynamicObject,
+    /// `delete`, or an update that destroys data by other means.
+    action: &'r str,
+}
+
+/// The common judgement of a destructive request: exemptions, restriction per protection,
+/// approval, then the strictest mode among what is left.
+fn judge(j: Judged<'_, '_>) -> Decision {
+    let Judged {
+        snapshot,
+        now,
+        object,
+        username,
+        groups,
+        found,
+        through,
+        approval_on,
+        action,
+    } = j;
     if found.is_empty() {
         return Decision::allow(object, "object is not protected");
     }
@@ -602,7 +707,7 @@ fn decide_delete(
         d.policy = found.first().map(|p| p.label());
         return d;
     }
-    let approval = Approval::of(annotations(Some(old)));
+    let approval = Approval::of(annotations(Some(approval_on)));
     let unapproved: Vec<_> = restricted
         .iter()
         .filter_map(|(p, r)| {
@@ -631,10 +736,11 @@ fn decide_delete(
         }
         None => String::new(),
     };
+    let protected_by = format!("{}{through}", strongest.describe());
     let reason = format!(
         "{}; protected by {}; {}",
         restriction.reason,
-        strongest.describe(),
+        protected_by,
         match problem {
             None => "no approval".to_owned(),
             Some(ApprovalProblem::Expired(w)) | Some(ApprovalProblem::Invalid(w)) => w.clone(),
@@ -653,8 +759,9 @@ fn decide_delete(
                 reason,
                 denial_message(
                     &object,
+                    action,
                     username,
-                    &strongest.describe(),
+                    &protected_by,
                     extra,
                     &approval_note,
                 ),
@@ -663,10 +770,10 @@ fn decide_delete(
         Mode::Warn => {
             let mut d = Decision::new(Verdict::Warn, object.clone(), reason);
             d.warning = Some(format!(
-                "agentguard: delete of {} {} by {username} is protected by {} (mode Warn; Enforce would deny it). Ask a human first: {}",
+                "agentguard: {action} of {} {} by {username} is protected by {} (mode Warn; Enforce would deny it). Ask a human first: {}",
                 object.kind,
                 object.qualified_name(),
-                strongest.describe(),
+                protected_by,
                 object.approve_command()
             ));
             d
@@ -681,10 +788,61 @@ fn decide_delete(
     d
 }
 
+/// An UPDATE that makes another component destroy data later: a PersistentVolume's reclaim
+/// policy set to Delete (the volume goes when its claim does), or a StatefulSet's claim
+/// retention set to delete claims when it is deleted. Returns the protected object reached
+/// through it (if any besides the object itself) and the action for messages.
+fn destructive_update(
+    object: &ObjectRef,
+    old: &DynamicObject,
+    new: &DynamicObject,
+    objects: &dyn ProtectedObjects,
+) -> Option<(Option<CascadeHit>, &'static str)> {
+    let field = |o: &DynamicObject, path: &str| {
+        o.data
+            .pointer(path)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    match (object.group.as_str(), object.kind.as_str()) {
+        ("", "PersistentVolume") => {
+            let path = "/spec/persistentVolumeReclaimPolicy";
+            if field(new, path).as_deref() != Some("Delete")
+                || field(old, path).as_deref() == Some("Delete")
+            {
+                return None;
+            }
+            let claim = match (
+                field(new, "/spec/claimRef/namespace"),
+                field(new, "/spec/claimRef/name"),
+            ) {
+                (Some(ns), Some(name)) => objects.claim(&ns, &name),
+                _ => None,
+            };
+            Some((claim, "update (persistentVolumeReclaimPolicy: Delete)"))
+        }
+        ("apps", "StatefulSet") => {
+            if !retention_deletes(new, "whenDeleted") || retention_deletes(old, "whenDeleted") {
+                return None;
+            }
+            let name = new.metadata.name.as_deref().unwrap_or_default();
+            let namespace = new.metadata.namespace.as_deref().unwrap_or_default();
+            let hit =
+                objects.claims_with_prefix(namespace, &super::cascade::claim_prefixes(new, name));
+            Some((
+                hit,
+                "update (persistentVolumeClaimRetentionPolicy.whenDeleted: Delete)",
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// The denial text an agent reads. Its shape is part of the contract (DESIGN.md): it says what
 /// was refused, why, that the agent must not look for another route, and how a human approves.
 fn denial_message(
     object: &ObjectRef,
+    action: &str,
     username: &str,
     protected_by: &str,
     extra: Option<&str>,
@@ -692,7 +850,7 @@ fn denial_message(
 ) -> String {
     let extra = extra.map(|m| format!("\n{}", m.trim())).unwrap_or_default();
     format!(
-        "agentguard: DENIED delete of {kind} {qualified} by {username}.\n\
+        "agentguard: DENIED {action} of {kind} {qualified} by {username}.\n\
          Protected by {protected_by}. This may hold production data.{approval_note}\n\
          Do not retry, and do not try another way to delete, move, or unprotect it.\n\
          Stop and ask a human to approve: {command}{extra}",
@@ -817,7 +975,7 @@ pub(crate) mod tests {
         }
 
         pub fn decide(&self, snapshot: &Snapshot) -> Decision {
-            decide(&self.build(), snapshot, now())
+            decide(&self.build(), snapshot, &(), now())
         }
     }
 
@@ -1138,6 +1296,7 @@ pub(crate) mod tests {
         };
         let m = denial_message(
             &object,
+            "delete",
             AGENT,
             "annotation agentguard.dev/protected=true",
             None,

@@ -4,11 +4,13 @@
 //! lookups.
 
 mod agents;
+mod cascade;
 mod compiled;
 mod decision;
 mod glob;
 
 pub use agents::{AgentDefinition, AgentMatcher, Restriction, SubjectMatcher};
+pub use cascade::{CascadeHit, ProtectedObjects};
 pub use compiled::{
     ApproverSet, CompiledPolicy, ObjectFacts, PolicyKind, PolicyRef, Snapshot, compile,
     parse_duration,

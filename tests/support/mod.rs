@@ -164,6 +164,8 @@ impl Cluster {
 pub struct TestNamespace<'c> {
     pub cluster: &'c Cluster,
     pub name: String,
+    /// Cluster-scoped objects (kind/name) this test made, deleted with the namespace.
+    cluster_scoped: std::cell::RefCell<Vec<String>>,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -181,7 +183,11 @@ impl<'c> TestNamespace<'c> {
     pub fn create(cluster: &'c Cluster, prefix: &str) -> Self {
         let name = unique(&format!("e2e-{prefix}"));
         cluster.kubectl_ok(&["create", "namespace", &name]);
-        Self { cluster, name }
+        Self {
+            cluster,
+            name,
+            cluster_scoped: Default::default(),
+        }
     }
 
     /// `kubectl -n <ns>` as admin.
@@ -262,8 +268,42 @@ impl<'c> TestNamespace<'c> {
     }
 }
 
+impl TestNamespace<'_> {
+    /// Registers a cluster-scoped object (`kind/name`) for deletion when the test ends.
+    pub fn owns_cluster_object(&self, object: &str) {
+        self.cluster_scoped.borrow_mut().push(object.to_owned());
+    }
+
+    /// Grants the namespace's ServiceAccount `sa` cluster-wide `verbs` on `resources` through a
+    /// ClusterRole and binding removed when the test ends.
+    pub fn grant_cluster(&self, sa: &str, verbs: &str, resources: &str) {
+        let name = unique(&format!("{}-{sa}", self.name));
+        self.cluster.kubectl_ok(&[
+            "create",
+            "clusterrole",
+            &name,
+            &format!("--verb={verbs}"),
+            &format!("--resource={resources}"),
+        ]);
+        self.cluster.kubectl_ok(&[
+            "create",
+            "clusterrolebinding",
+            &name,
+            &format!("--clusterrole={name}"),
+            &format!("--serviceaccount={}:{sa}", self.name),
+        ]);
+        self.owns_cluster_object(&format!("clusterrole/{name}"));
+        self.owns_cluster_object(&format!("clusterrolebinding/{name}"));
+    }
+}
+
 impl Drop for TestNamespace<'_> {
     fn drop(&mut self) {
+        for object in self.cluster_scoped.borrow().iter() {
+            let _ = self
+                .cluster
+                .kubectl(&["delete", object, "--ignore-not-found", "--wait=false"]);
+        }
         let _ = self
             .cluster
             .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
@@ -295,6 +335,9 @@ pub struct GuardOptions {
     pub agent_service_accounts: Option<String>,
     /// `--break-glass-groups`.
     pub break_glass_groups: Option<String>,
+    /// Extra webhook rules (YAML list items, indented for `rules:`), e.g. for cluster-scoped
+    /// kinds, which a namespaceSelector cannot scope to this test.
+    pub extra_rules: String,
 }
 
 impl<'c> Guard<'c> {
@@ -383,9 +426,18 @@ webhooks:
         apiGroups: [agentguard.dev]
         apiVersions: [v1alpha1]
         resources: [protectedresources]
-"#,
+      - operations: [UPDATE]
+        apiGroups: [apps]
+        apiVersions: [v1]
+        resources: [statefulsets]
+      - operations: [DELETE]
+        apiGroups: ["*"]
+        apiVersions: ["*"]
+        resources: ["*"]
+{extra}"#,
             name = guard.webhook_name,
-            ns = ns.name
+            ns = ns.name,
+            extra = options.extra_rules,
         ));
         // A new configuration takes a moment to reach the admission chain: probe until the
         // API server really calls us, never sleep a fixed time.

@@ -2,6 +2,11 @@
 //! agent definition, compiled into an immutable [`Snapshot`] that is swapped whole on change.
 //! Readers take no lock: one atomic load per review.
 
+pub mod objects;
+mod watch_objects;
+
+pub use watch_objects::run_objects;
+
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -31,7 +36,7 @@ impl SharedSnapshot {
     }
 }
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -116,6 +121,11 @@ pub fn build_snapshot(
     )
 }
 
+/// Readiness gate of the policy and labelled-ServiceAccount watches.
+pub const POLICIES_GATE: &str = "policies";
+/// Readiness gate of the protected-object watches.
+pub const OBJECTS_GATE: &str = "objects";
+
 /// Watches policies and labelled ServiceAccounts and keeps `shared` current. `readiness` turns
 /// true only after every watch has listed once, so a replica never judges with an empty view.
 /// Never returns; watch errors are retried with backoff.
@@ -123,8 +133,10 @@ pub async fn run(
     client: kube::Client,
     agents: AgentMatcher,
     shared: SharedSnapshot,
+    objects: SharedObjects,
     readiness: Readiness,
     health_tx: watch::Sender<Vec<PolicyHealth>>,
+    kinds_tx: watch::Sender<Option<BTreeSet<(String, String)>>>,
 ) {
     let (protected, w1) = reflector::store::<ProtectedResource>();
     let (cluster_protected, w2) = reflector::store::<ClusterProtectedResource>();
@@ -177,11 +189,21 @@ pub async fn run(
             continue;
         }
         let (snapshot, health) = build_snapshot(&agents, &stores);
+        let kinds: BTreeSet<(String, String)> =
+            snapshot.policies().iter().flat_map(|p| p.kinds()).collect();
+        objects
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .reprotect(&snapshot);
         shared.store(snapshot);
-        if !readiness.is_ready() {
-            tracing::info!("policy and agent caches synced; ready");
-            readiness.set(true);
-        }
+        // The object watches wait for the first value before they report synced, so a replica
+        // is not ready before it knows which kinds to index.
+        kinds_tx.send_if_modified(|current| {
+            let changed = current.as_ref() != Some(&kinds);
+            *current = Some(kinds);
+            changed
+        });
+        readiness.synced(POLICIES_GATE);
         health_tx.send_if_modified(|current| {
             let changed = *current != health;
             *current = health;
@@ -202,18 +224,49 @@ fn init_done<K>(
     }
 }
 
-/// Readiness shared between the runtime and the watchers (which flip it) and `/readyz` (which
-/// reports it).
+/// The protected-object index shared between its watchers (writers) and the webhook (readers).
+/// Reads take a read lock for the length of one lookup; writes are single watch events.
+pub type SharedObjects = Arc<std::sync::RwLock<objects::ObjectIndex>>;
+
+/// Readiness: false until every named cache has synced once, and false again on shutdown.
+/// `/readyz` reports it, so a replica never judges with an empty view.
 #[derive(Debug, Default, Clone)]
-pub struct Readiness(Arc<std::sync::atomic::AtomicBool>);
+pub struct Readiness(Arc<ReadinessInner>);
+
+#[derive(Debug, Default)]
+struct ReadinessInner {
+    pending: std::sync::Mutex<HashSet<&'static str>>,
+    ready: std::sync::atomic::AtomicBool,
+}
 
 impl Readiness {
+    /// Not ready until each of `gates` is marked synced.
+    pub fn waiting_for(gates: &[&'static str]) -> Self {
+        let r = Self::default();
+        *r.0.pending.lock().unwrap_or_else(|e| e.into_inner()) = gates.iter().copied().collect();
+        r
+    }
+
+    /// Marks one cache synced; ready once none is pending.
+    pub fn synced(&self, gate: &'static str) {
+        let mut pending = self.0.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.remove(gate) {
+            tracing::info!(cache = gate, "cache synced");
+        }
+        if pending.is_empty() && !self.is_ready() {
+            tracing::info!("all caches synced; ready");
+            self.set(true);
+        }
+    }
+
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, std::sync::atomic::Ordering::Release);
+        self.0
+            .ready
+            .store(ready, std::sync::atomic::Ordering::Release);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Acquire)
+        self.0.ready.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

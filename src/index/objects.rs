@@ -1,0 +1,562 @@
+//! The protected-object index: metadata of every object of the watched kinds (managedFields
+//! dropped), with which of them are protected, by whom, and lookups by namespace, kind and owner
+//! so each cascade check is a hash lookup. Pure data: the watchers feed it, decisions read it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::api::{Mode, PROTECTED_ANNOTATION};
+use crate::policy::{CascadeHit, ObjectFacts, PolicyRef, ProtectedObjects, Snapshot};
+
+/// Kind and name of an object, as messages name it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectKey {
+    pub group: String,
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// `PersistentVolumeClaim prod/data`.
+    pub fn describe(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} {ns}/{}", self.kind, self.name),
+            None => format!("{} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// What the index keeps of one object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectEntry {
+    pub key: ObjectKey,
+    pub uid: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotated: bool,
+    /// UIDs from ownerReferences.
+    pub owners: Vec<String>,
+}
+
+impl ObjectEntry {
+    pub fn new(
+        key: ObjectKey,
+        uid: String,
+        labels: BTreeMap<String, String>,
+        annotations: &BTreeMap<String, String>,
+        owners: Vec<String>,
+    ) -> Self {
+        let annotated = annotations
+            .get(PROTECTED_ANNOTATION)
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        Self {
+            key,
+            uid,
+            labels,
+            annotated,
+            owners,
+        }
+    }
+}
+
+/// Who protects an object: its annotation and/or policies, and the strictest mode among them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProtectedBy {
+    pub annotation: bool,
+    pub policies: Vec<PolicyRef>,
+    pub mode: Mode,
+}
+
+/// A protected object found under a cascade root.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found<'a> {
+    pub key: &'a ObjectKey,
+    pub by: &'a ProtectedBy,
+    /// How many protected objects the root would take with it.
+    pub count: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct ObjectIndex {
+    objects: HashMap<String, ObjectEntry>,
+    protected: HashMap<String, ProtectedBy>,
+    by_namespace: HashMap<String, HashSet<String>>,
+    by_kind: HashMap<(String, String), HashSet<String>>,
+    by_key: HashMap<ObjectKey, String>,
+    /// Owner UID → UIDs of the objects it owns (all watched objects, protected or not, so a
+    /// chain through a watched intermediate is followed).
+    by_owner: HashMap<String, HashSet<String>>,
+}
+
+fn protection_of(entry: &ObjectEntry, snapshot: &Snapshot) -> Option<ProtectedBy> {
+    let facts = ObjectFacts {
+        group: &entry.key.group,
+        kind: &entry.key.kind,
+        namespace: entry.key.namespace.as_deref(),
+        name: &entry.key.name,
+        labels: &entry.labels,
+    };
+    let policies = snapshot.protecting(&facts);
+    if policies.is_empty() && !entry.annotated {
+        return None;
+    }
+    let mode = policies
+        .iter()
+        .map(|p| p.mode)
+        .chain(entry.annotated.then_some(Mode::Enforce))
+        .max()
+        .unwrap_or(Mode::Enforce);
+    Some(ProtectedBy {
+        annotation: entry.annotated,
+        policies: policies.into_iter().map(|p| p.id.clone()).collect(),
+        mode,
+    })
+}
+
+impl ObjectIndex {
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    pub fn protected_count(&self) -> usize {
+        self.protected.len()
+    }
+
+    /// Adds or replaces an object, judging its protection against `snapshot`.
+    pub fn upsert(&mut self, entry: ObjectEntry, snapshot: &Snapshot) {
+        self.remove(&entry.uid.clone());
+        for owner in &entry.owners {
+            self.by_owner
+                .entry(owner.clone())
+                .or_default()
+                .insert(entry.uid.clone());
+        }
+        if let Some(by) = protection_of(&entry, snapshot) {
+            self.mark_protected(&entry, by);
+        }
+        self.by_key.insert(entry.key.clone(), entry.uid.clone());
+        self.objects.insert(entry.uid.clone(), entry);
+    }
+
+    fn mark_protected(&mut self, entry: &ObjectEntry, by: ProtectedBy) {
+        if let Some(ns) = &entry.key.namespace {
+            self.by_namespace
+                .entry(ns.clone())
+                .or_default()
+                .insert(entry.uid.clone());
+        }
+        self.by_kind
+            .entry((entry.key.group.clone(), entry.key.kind.clone()))
+            .or_default()
+            .insert(entry.uid.clone());
+        self.protected.insert(entry.uid.clone(), by);
+    }
+
+    pub fn remove(&mut self, uid: &str) {
+        let Some(old) = self.objects.remove(uid) else {
+            return;
+        };
+        if self.by_key.get(&old.key).is_some_and(|u| u == uid) {
+            self.by_key.remove(&old.key);
+        }
+        for owner in &old.owners {
+            remove_from(&mut self.by_owner, owner, uid);
+        }
+        if self.protected.remove(uid).is_some() {
+            if let Some(ns) = &old.key.namespace {
+                remove_from(&mut self.by_namespace, ns, uid);
+            }
+            remove_from(
+                &mut self.by_kind,
+                &(old.key.group.clone(), old.key.kind.clone()),
+                uid,
+            );
+        }
+    }
+
+    /// Re-judges every object, after policies changed.
+    pub fn reprotect(&mut self, snapshot: &Snapshot) {
+        self.protected.clear();
+        self.by_namespace.clear();
+        self.by_kind.clear();
+        let judged: Vec<(ObjectEntry, ProtectedBy)> = self
+            .objects
+            .values()
+            .filter_map(|e| protection_of(e, snapshot).map(|by| (e.clone(), by)))
+            .collect();
+        for (entry, by) in judged {
+            self.mark_protected(&entry, by);
+        }
+    }
+
+    /// Keeps only the objects `keep` accepts (a watch stopped, or relisted without them).
+    pub fn retain(&mut self, keep: impl Fn(&ObjectEntry) -> bool) {
+        let gone: Vec<String> = self
+            .objects
+            .values()
+            .filter(|e| !keep(e))
+            .map(|e| e.uid.clone())
+            .collect();
+        for uid in gone {
+            self.remove(&uid);
+        }
+    }
+
+    pub fn protection(&self, uid: &str) -> Option<&ProtectedBy> {
+        self.protected.get(uid)
+    }
+
+    fn found(&self, uids: &HashSet<String>) -> Option<Found<'_>> {
+        // The strictest, then the first by name, so messages are stable.
+        let (uid, by) = uids
+            .iter()
+            .filter_map(|u| self.protected.get(u).map(|b| (u, b)))
+            .max_by(|(ua, a), (ub, b)| {
+                a.mode
+                    .cmp(&b.mode)
+                    .then_with(|| self.objects[*ub].key.name.cmp(&self.objects[*ua].key.name))
+            })?;
+        Some(Found {
+            key: &self.objects[uid].key,
+            by,
+            count: uids.len(),
+        })
+    }
+
+    /// A protected object in the namespace, if any.
+    pub fn protected_in_namespace(&self, namespace: &str) -> Option<Found<'_>> {
+        self.by_namespace.get(namespace).and_then(|u| self.found(u))
+    }
+
+    /// A protected object of the kind, if any (deleting its CRD deletes them all).
+    pub fn protected_of_kind(&self, group: &str, kind: &str) -> Option<Found<'_>> {
+        self.by_kind
+            .get(&(group.to_owned(), kind.to_owned()))
+            .and_then(|u| self.found(u))
+    }
+
+    /// A protected object the garbage collector would delete after `owner_uid`: owned
+    /// directly, or through a chain of watched objects.
+    pub fn protected_owned_by(&self, owner_uid: &str) -> Option<Found<'_>> {
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut queue = vec![owner_uid];
+        let mut protected = HashSet::new();
+        while let Some(uid) = queue.pop() {
+            for child in self.by_owner.get(uid).into_iter().flatten() {
+                if seen.insert(child) {
+                    if self.protected.contains_key(child) {
+                        protected.insert(child.clone());
+                    }
+                    queue.push(child);
+                }
+            }
+        }
+        if protected.is_empty() {
+            None
+        } else {
+            self.found(&protected)
+        }
+    }
+
+    /// Protected PersistentVolumeClaims in `namespace` whose names are `<prefix><ordinal>`
+    /// for one of `prefixes` (a StatefulSet's `<template>-<statefulset>-`).
+    pub fn protected_claims_with_prefix(
+        &self,
+        namespace: &str,
+        prefixes: &[String],
+    ) -> Option<Found<'_>> {
+        let uids: HashSet<String> = self
+            .by_namespace
+            .get(namespace)?
+            .iter()
+            .filter(|u| {
+                let key = &self.objects[*u].key;
+                key.group.is_empty()
+                    && key.kind == "PersistentVolumeClaim"
+                    && prefixes.iter().any(|p| {
+                        key.name.strip_prefix(p.as_str()).is_some_and(|ord| {
+                            !ord.is_empty() && ord.bytes().all(|b| b.is_ascii_digit())
+                        })
+                    })
+            })
+            .cloned()
+            .collect();
+        self.found(&uids)
+    }
+}
+
+impl<'a> Found<'a> {
+    fn hit(&self) -> CascadeHit {
+        CascadeHit {
+            object: self.key.describe(),
+            count: self.count,
+            annotation: self.by.annotation,
+            policies: self.by.policies.clone(),
+        }
+    }
+}
+
+impl ProtectedObjects for ObjectIndex {
+    fn in_namespace(&self, namespace: &str) -> Option<CascadeHit> {
+        self.protected_in_namespace(namespace).map(|f| f.hit())
+    }
+
+    fn of_kind(&self, group: &str, kind: &str) -> Option<CascadeHit> {
+        self.protected_of_kind(group, kind).map(|f| f.hit())
+    }
+
+    fn owned_by(&self, uid: &str) -> Option<CascadeHit> {
+        self.protected_owned_by(uid).map(|f| f.hit())
+    }
+
+    fn claims_with_prefix(&self, namespace: &str, prefixes: &[String]) -> Option<CascadeHit> {
+        self.protected_claims_with_prefix(namespace, prefixes)
+            .map(|f| f.hit())
+    }
+
+    fn claim(&self, namespace: &str, name: &str) -> Option<CascadeHit> {
+        let key = ObjectKey {
+            group: String::new(),
+            kind: "PersistentVolumeClaim".into(),
+            namespace: Some(namespace.to_owned()),
+            name: name.to_owned(),
+        };
+        let uid = self.by_key.get(&key)?;
+        let by = self.protected.get(uid)?;
+        Some(
+            Found {
+                key: &self.objects[uid].key,
+                by,
+                count: 1,
+            }
+            .hit(),
+        )
+    }
+}
+
+fn remove_from<K: std::hash::Hash + Eq>(map: &mut HashMap<K, HashSet<String>>, key: &K, uid: &str) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(uid);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ProtectionSpec, Target};
+    use crate::policy::{AgentMatcher, compile};
+
+    fn snapshot(kinds: &[&str]) -> Snapshot {
+        let policies = kinds
+            .iter()
+            .map(|k| {
+                let spec = ProtectionSpec {
+                    mode: Mode::Enforce,
+                    targets: vec![Target {
+                        api_groups: vec!["".into(), "db.example.com".into()],
+                        kinds: vec![k.to_string()],
+                        names: vec!["data-*".into()],
+                        selector: None,
+                        namespaces: vec![],
+                    }],
+                    subjects: None,
+                    approval: None,
+                    message: None,
+                };
+                compile(PolicyRef::cluster(&format!("p-{k}")), &spec).unwrap()
+            })
+            .collect();
+        Snapshot::new(AgentMatcher::default(), Default::default(), policies)
+    }
+
+    fn entry(
+        group: &str,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        owners: &[&str],
+        annotated: bool,
+    ) -> ObjectEntry {
+        let annotations: BTreeMap<String, String> = if annotated {
+            [(PROTECTED_ANNOTATION.to_owned(), "true".to_owned())].into()
+        } else {
+            BTreeMap::new()
+        };
+        ObjectEntry::new(
+            ObjectKey {
+                group: group.into(),
+                kind: kind.into(),
+                namespace: (!ns.is_empty()).then(|| ns.to_owned()),
+                name: name.into(),
+            },
+            uid.into(),
+            BTreeMap::new(),
+            &annotations,
+            owners.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    #[test]
+    fn lookups_by_namespace_kind_owner_and_statefulset_names() {
+        let snap = snapshot(&["PersistentVolumeClaim", "Database"]);
+        let mut index = ObjectIndex::default();
+        index.upsert(
+            entry(
+                "db.example.com",
+                "Database",
+                "prod",
+                "data-orders",
+                "db-1",
+                &[],
+                false,
+            ),
+            &snap,
+        );
+        index.upsert(
+            entry(
+                "",
+                "PersistentVolumeClaim",
+                "prod",
+                "data-orders-0",
+                "pvc-1",
+                &["sts-1"],
+                false,
+            ),
+            &snap,
+        );
+        index.upsert(
+            entry(
+                "",
+                "PersistentVolumeClaim",
+                "prod",
+                "scratch",
+                "pvc-2",
+                &["sts-2"],
+                false,
+            ),
+            &snap,
+        );
+        index.upsert(
+            entry(
+                "",
+                "PersistentVolumeClaim",
+                "dev",
+                "scratch",
+                "pvc-3",
+                &[],
+                true,
+            ),
+            &snap,
+        );
+        // A chain: app → database CR (watched) → claim.
+        index.upsert(
+            entry(
+                "db.example.com",
+                "Database",
+                "prod",
+                "other",
+                "db-2",
+                &["app-1"],
+                false,
+            ),
+            &snap,
+        );
+        index.upsert(
+            entry(
+                "",
+                "PersistentVolumeClaim",
+                "prod",
+                "data-other-0",
+                "pvc-4",
+                &["db-2"],
+                false,
+            ),
+            &snap,
+        );
+
+        assert_eq!(index.protected_count(), 4);
+        assert_eq!(index.protected_in_namespace("prod").unwrap().count, 3);
+        assert_eq!(
+            index.protected_in_namespace("dev").unwrap().key.name,
+            "scratch"
+        );
+        assert!(index.protected_in_namespace("staging").is_none());
+        assert_eq!(
+            index
+                .protected_of_kind("db.example.com", "Database")
+                .unwrap()
+                .key
+                .name,
+            "data-orders"
+        );
+        assert!(index.protected_of_kind("apps", "Deployment").is_none());
+        assert_eq!(
+            index.protected_owned_by("sts-1").unwrap().key.name,
+            "data-orders-0"
+        );
+        assert!(index.protected_owned_by("sts-2").is_none());
+        assert_eq!(
+            index.protected_owned_by("app-1").unwrap().key.name,
+            "data-other-0"
+        );
+        let prefixes = ["data-orders-".to_owned()];
+        assert!(
+            index
+                .protected_claims_with_prefix("prod", &prefixes)
+                .is_some()
+        );
+        assert!(
+            index
+                .protected_claims_with_prefix("prod", &["data-order-".to_owned()])
+                .is_none()
+        );
+
+        index.remove("pvc-1");
+        assert!(index.protected_owned_by("sts-1").is_none());
+        assert_eq!(index.protected_in_namespace("prod").unwrap().count, 2);
+    }
+
+    #[test]
+    fn policy_changes_rejudge_every_object() {
+        let mut index = ObjectIndex::default();
+        index.upsert(
+            entry(
+                "",
+                "PersistentVolumeClaim",
+                "prod",
+                "data-0",
+                "a",
+                &[],
+                false,
+            ),
+            &snapshot(&[]),
+        );
+        assert_eq!(index.protected_count(), 0);
+        index.reprotect(&snapshot(&["PersistentVolumeClaim"]));
+        assert_eq!(index.protected_count(), 1);
+        index.reprotect(&snapshot(&[]));
+        assert!(index.protected_in_namespace("prod").is_none());
+        // An update that adds the annotation protects it without any policy.
+        index.upsert(
+            entry(
+                "",
+                "PersistentVolumeClaim",
+                "prod",
+                "data-0",
+                "a",
+                &[],
+                true,
+            ),
+            &snapshot(&[]),
+        );
+        assert!(index.protected_in_namespace("prod").unwrap().by.annotation);
+        assert_eq!(index.len(), 1);
+    }
+}

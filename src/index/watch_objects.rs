@@ -1,0 +1,180 @@
+//! Feeds the protected-object index: one metadata-only watch per kind that policies target,
+//! plus the kinds the `agentguard.dev/protected` annotation is honoured on. Watches start and
+//! stop as policies change; kinds the API server does not serve are retried periodically.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta, ResourceExt};
+use kube::discovery;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::objects::{ObjectEntry, ObjectKey};
+use super::{OBJECTS_GATE, Readiness, SharedObjects, SharedSnapshot};
+
+type Kind = (String, String);
+
+/// How often kinds that are not served (yet) are looked up again.
+const RETRY_UNRESOLVED: Duration = Duration::from_secs(15);
+
+fn entry(meta: &PartialObjectMeta<DynamicObject>, group: &str, kind: &str) -> Option<ObjectEntry> {
+    let uid = meta.uid()?;
+    let empty = Default::default();
+    Some(ObjectEntry::new(
+        ObjectKey {
+            group: group.to_owned(),
+            kind: kind.to_owned(),
+            namespace: meta.namespace(),
+            name: meta.name_any(),
+        },
+        uid,
+        meta.labels().clone(),
+        meta.metadata.annotations.as_ref().unwrap_or(&empty),
+        meta.owner_references()
+            .iter()
+            .map(|o| o.uid.clone())
+            .collect(),
+    ))
+}
+
+async fn watch_kind(
+    client: kube::Client,
+    resource: ApiResource,
+    kind: Kind,
+    objects: SharedObjects,
+    snapshot: SharedSnapshot,
+    synced: mpsc::UnboundedSender<Kind>,
+) {
+    let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client, &resource);
+    let mut stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .boxed();
+    let (group, kind_name) = (&kind.0, &kind.1);
+    let mut seen: HashSet<String> = HashSet::new();
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(err) => {
+                tracing::warn!(kind = %kind_name, error = %err, "object watch error; retrying");
+                continue;
+            }
+        };
+        let snap = snapshot.load();
+        let mut index = objects.write().unwrap_or_else(|e| e.into_inner());
+        match event {
+            watcher::Event::Init => seen.clear(),
+            watcher::Event::InitApply(meta) => {
+                if let Some(e) = entry(&meta, group, kind_name) {
+                    seen.insert(e.uid.clone());
+                    index.upsert(e, &snap);
+                }
+            }
+            watcher::Event::InitDone => {
+                // A relist: whatever of this kind was not listed again is gone.
+                index.retain(|e| {
+                    &e.key.group != group || &e.key.kind != kind_name || seen.contains(&e.uid)
+                });
+                drop(index);
+                let _ = synced.send(kind.clone());
+            }
+            watcher::Event::Apply(meta) => {
+                if let Some(e) = entry(&meta, group, kind_name) {
+                    index.upsert(e, &snap);
+                }
+            }
+            watcher::Event::Delete(meta) => {
+                if let Some(uid) = meta.uid() {
+                    index.remove(&uid);
+                }
+            }
+        }
+    }
+}
+
+/// Keeps one watch per wanted kind: the kinds policies target (from `kinds_rx`, `None` until
+/// the policies first synced) plus
+/// `annotation_kinds`. Marks the objects gate synced once every served kind has listed.
+pub async fn run_objects(
+    client: kube::Client,
+    annotation_kinds: Vec<Kind>,
+    mut kinds_rx: watch::Receiver<Option<BTreeSet<Kind>>>,
+    objects: SharedObjects,
+    snapshot: SharedSnapshot,
+    readiness: Readiness,
+) {
+    let mut running: HashMap<Kind, JoinHandle<()>> = HashMap::new();
+    let mut listed: HashSet<Kind> = HashSet::new();
+    let (synced_tx, mut synced_rx) = mpsc::unbounded_channel::<Kind>();
+    let mut retry = tokio::time::interval(RETRY_UNRESOLVED);
+    loop {
+        // None until the policies have synced once: readiness waits for their kinds too.
+        let policy_kinds = kinds_rx.borrow_and_update().clone();
+        let policies_seen = policy_kinds.is_some();
+        let mut wanted: BTreeSet<Kind> = policy_kinds.unwrap_or_default();
+        wanted.extend(annotation_kinds.iter().cloned());
+        for kind in running
+            .keys()
+            .filter(|k| !wanted.contains(*k))
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            running.remove(&kind).expect("present").abort();
+            listed.remove(&kind);
+            objects
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|e| e.key.group != kind.0 || e.key.kind != kind.1);
+            tracing::info!(group = %kind.0, kind = %kind.1, "stopped watching");
+        }
+        let mut groups: HashMap<String, Option<discovery::ApiGroup>> = HashMap::new();
+        let missing: Vec<Kind> = wanted
+            .iter()
+            .filter(|k| !running.contains_key(*k))
+            .cloned()
+            .collect();
+        for kind in &missing {
+            if !groups.contains_key(&kind.0) {
+                groups.insert(
+                    kind.0.clone(),
+                    discovery::group(&client, &kind.0).await.ok(),
+                );
+            }
+            let Some((resource, _)) = groups[&kind.0]
+                .as_ref()
+                .and_then(|g| g.recommended_kind(&kind.1))
+            else {
+                tracing::debug!(group = %kind.0, kind = %kind.1, "kind not served; will look again");
+                continue;
+            };
+            tracing::info!(group = %kind.0, kind = %kind.1, "watching");
+            running.insert(
+                kind.clone(),
+                tokio::spawn(watch_kind(
+                    client.clone(),
+                    resource,
+                    kind.clone(),
+                    objects.clone(),
+                    snapshot.clone(),
+                    synced_tx.clone(),
+                )),
+            );
+        }
+        if policies_seen && running.keys().all(|k| listed.contains(k)) {
+            readiness.synced(OBJECTS_GATE);
+        }
+        tokio::select! {
+            changed = kinds_rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            Some(kind) = synced_rx.recv() => {
+                listed.insert(kind);
+            }
+            _ = retry.tick() => {}
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! End-to-end: cascade roots. Agents rarely delete the volume itself; they delete what owns it
+//! and let Kubernetes' controllers (never restricted) finish the job. Each root is denied to an
+//! agent, and a human's cascade still completes with kube-controller-manager running.
+//! Requires `hack/cluster.sh up`; fails (never skips) when the control plane is absent.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Cluster, Guard, GuardOptions, TestNamespace, stderr, stdout, wait_until};
+
+fn uid(ns: &TestNamespace<'_>, what: &str) -> String {
+    ns.kubectl_ok(&["get", what, "-o", "jsonpath={.metadata.uid}"])
+}
+
+#[test]
+fn namespace_with_protected_data_is_denied_and_a_humans_deletion_completes() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "nsroot");
+    let agent = ns.agent("cursor-agent");
+    ns.grant_cluster("cursor-agent", "delete", "namespaces");
+    let _guard = Guard::start(&ns, &agent);
+    ns.pvc("data", true);
+
+    let out = cluster.kubectl(&[&format!("--as={agent}"), "delete", "namespace", &ns.name]);
+    assert!(
+        !out.status.success(),
+        "the agent deleted a namespace holding protected data"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "agentguard: DENIED delete of Namespace {ns} by {agent}.",
+            ns = ns.name
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("through PersistentVolumeClaim {}/", ns.name)),
+        "{err}"
+    );
+    assert!(ns.pvc_intact("data"));
+
+    // A human deletes it: the namespace controller removes the claims under its own name, and
+    // must not be blocked half way.
+    ns.kubectl_ok(&["get", "pvc", "data"]);
+    cluster.kubectl_ok(&["delete", "namespace", &ns.name, "--wait=false"]);
+    wait_until(Duration::from_secs(90), "the namespace to be gone", || {
+        stdout(&cluster.kubectl(&[
+            "get",
+            "namespace",
+            &ns.name,
+            "--ignore-not-found",
+            "-o",
+            "name",
+        ]))
+        .trim()
+        .is_empty()
+    });
+}
+
+#[test]
+fn owner_of_a_protected_claim_is_denied_unless_orphaning() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "owner");
+    let agent = ns.agent("cursor-agent");
+    let _guard = Guard::start(&ns, &agent);
+    ns.kubectl_ok(&["create", "configmap", "orders-db"]);
+    let owner = uid(&ns, "configmap/orders-db");
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\n  namespace: {}\n  annotations: {{agentguard.dev/protected: \"true\"}}\n  \
+         ownerReferences: [{{apiVersion: v1, kind: ConfigMap, name: orders-db, uid: {owner}}}]\n\
+         spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 1Gi}}}}}}\n",
+        ns.name
+    ));
+    // The index learns the owner edge from the claim's watch.
+    wait_until(Duration::from_secs(30), "owner edge indexed", || {
+        stderr(&ns.kubectl_as(
+            &agent,
+            &["delete", "configmap", "orders-db", "--dry-run=server"],
+        ))
+        .contains("agentguard: DENIED")
+    });
+    let out = ns.kubectl_as(&agent, &["delete", "configmap", "orders-db"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("the garbage collector would then delete its dependent"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("through PersistentVolumeClaim {}/data", ns.name)),
+        "{err}"
+    );
+
+    // Orphaning leaves the claim in place, so it is allowed.
+    let out = ns.kubectl_as(
+        &agent,
+        &["delete", "configmap", "orders-db", "--cascade=orphan"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until(
+        Duration::from_secs(30),
+        "the garbage collector to orphan the claim",
+        || {
+            ns.kubectl_ok(&[
+                "get",
+                "pvc",
+                "data",
+                "-o",
+                "jsonpath={.metadata.ownerReferences}",
+            ])
+            .trim()
+            .is_empty()
+        },
+    );
+    assert!(ns.pvc_intact("data"));
+}
+
+#[test]
+fn statefulset_that_would_delete_protected_claims_is_denied() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "sts");
+    let agent = ns.agent("cursor-agent");
+    let _guard = Guard::start(&ns, &agent);
+    ns.pvc("data-db-0", true);
+    let sts = |when_deleted: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\n  namespace: {}\nspec:\n  replicas: 0\n  serviceName: db\n  \
+             selector: {{matchLabels: {{app: db}}}}\n  persistentVolumeClaimRetentionPolicy: {{whenDeleted: {when_deleted}, whenScaled: Retain}}\n  \
+             template:\n    metadata: {{labels: {{app: db}}}}\n    spec: {{containers: [{{name: db, image: postgres}}]}}\n  \
+             volumeClaimTemplates:\n    - metadata: {{name: data}}\n      spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 1Gi}}}}}}\n",
+            ns.name
+        )
+    };
+    cluster.apply(&sts("Retain"));
+    // Switching retention to Delete is how an agent would arrange the deletion for later.
+    let out = ns.kubectl_as(
+        &agent,
+        &[
+            "patch",
+            "statefulset",
+            "db",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"persistentVolumeClaimRetentionPolicy":{"whenDeleted":"Delete"}}}"#,
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "the agent switched retention to Delete"
+    );
+    assert!(
+        stderr(&out).contains("update (persistentVolumeClaimRetentionPolicy.whenDeleted: Delete)"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A human set it to Delete; now deleting the StatefulSet would delete data-db-0.
+    cluster.apply(&sts("Delete"));
+    let out = ns.kubectl_as(&agent, &["delete", "statefulset", "db"]);
+    assert!(!out.status.success(), "the agent deleted the StatefulSet");
+    let err = stderr(&out);
+    assert!(
+        err.contains("its PVC retention policy (whenDeleted: Delete) deletes"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("PersistentVolumeClaim {}/data-db-0", ns.name)),
+        "{err}"
+    );
+    assert!(ns.pvc_intact("data-db-0"));
+}
+
+#[test]
+fn crd_whose_instances_are_protected_is_denied() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "crd");
+    let agent = ns.agent("cursor-agent");
+    ns.grant_cluster("cursor-agent", "delete", "customresourcedefinitions");
+    let group = format!("{}.example.com", ns.name);
+    let options = GuardOptions {
+        extra_rules: "      - operations: [DELETE]\n        apiGroups: [apiextensions.k8s.io]\n        apiVersions: [v1]\n        resources: [customresourcedefinitions]\n".into(),
+        ..Default::default()
+    };
+    let _guard = Guard::start_with(&ns, &agent, &options);
+    cluster.apply(&format!(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: databases.{group}\nspec:\n  group: {group}\n  scope: Namespaced\n  \
+         names: {{plural: databases, singular: database, kind: Database}}\n  versions:\n    - name: v1\n      served: true\n      storage: true\n      \
+         schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}\n"
+    ));
+    ns.owns_cluster_object(&format!("crd/databases.{group}"));
+    cluster.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        &format!("crd/databases.{group}"),
+    ]);
+    cluster.apply(&format!(
+        "apiVersion: agentguard.dev/v1alpha1\nkind: ProtectedResource\nmetadata:\n  name: databases\n  namespace: {ns}\nspec:\n  targets: [{{apiGroups: [{group}], kinds: [Database]}}]\n---\n\
+         apiVersion: {group}/v1\nkind: Database\nmetadata:\n  name: orders\n  namespace: {ns}\n",
+        ns = ns.name
+    ));
+    ns.kubectl_ok(&[
+        "create",
+        "role",
+        "databases",
+        "--verb=*",
+        &format!("--resource=databases.{group}"),
+    ]);
+    ns.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "databases",
+        "--role=databases",
+        &format!("--serviceaccount={}:cursor-agent", ns.name),
+    ]);
+    // A new policy on a CRD kind starts protecting within seconds.
+    wait_until(
+        Duration::from_secs(30),
+        "the instance to be protected",
+        || {
+            stderr(&ns.kubectl_as(
+                &agent,
+                &[
+                    "delete",
+                    &format!("databases.{group}"),
+                    "orders",
+                    "--dry-run=server",
+                ],
+            ))
+            .contains("agentguard: DENIED")
+        },
+    );
+    let out = cluster.kubectl(&[
+        &format!("--as={agent}"),
+        "delete",
+        "crd",
+        &format!("databases.{group}"),
+    ]);
+    assert!(!out.status.success(), "the agent deleted the CRD");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "through Database {}/orders: its instances include it",
+            ns.name
+        )),
+        "{err}"
+    );
+    assert!(
+        cluster
+            .kubectl(&["get", "crd", &format!("databases.{group}")])
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn reclaim_policy_of_a_protected_claims_volume_cannot_be_set_to_delete() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "reclaim");
+    let agent = ns.agent("cursor-agent");
+    ns.grant_cluster("cursor-agent", "get,patch,update", "persistentvolumes");
+    let options = GuardOptions {
+        extra_rules: "      - operations: [UPDATE]\n        apiGroups: [\"\"]\n        apiVersions: [v1]\n        resources: [persistentvolumes]\n".into(),
+        ..Default::default()
+    };
+    let _guard = Guard::start_with(&ns, &agent, &options);
+    let pv = format!("pv-{}", ns.name);
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: {pv}\nspec:\n  capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n  \
+         persistentVolumeReclaimPolicy: Retain\n  hostPath: {{path: /tmp/{pv}}}\n  claimRef: {{namespace: {ns}, name: data}}\n",
+        ns = ns.name
+    ));
+    ns.owns_cluster_object(&format!("pv/{pv}"));
+    ns.pvc("data", true);
+    let out = cluster.kubectl(&[
+        &format!("--as={agent}"),
+        "patch",
+        "pv",
+        &pv,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"persistentVolumeReclaimPolicy":"Delete"}}"#,
+    ]);
+    assert!(
+        !out.status.success(),
+        "the agent set reclaimPolicy Delete on a protected claim's volume"
+    );
+    let err = stderr(&out);
+    assert!(err.contains(&format!("agentguard: DENIED update (persistentVolumeReclaimPolicy: Delete) of PersistentVolume {pv}")), "{err}");
+    assert!(
+        err.contains(&format!("through PersistentVolumeClaim {}/data", ns.name)),
+        "{err}"
+    );
+    let policy = cluster.kubectl_ok(&[
+        "get",
+        "pv",
+        &pv,
+        "-o",
+        "jsonpath={.spec.persistentVolumeReclaimPolicy}",
+    ]);
+    assert_eq!(policy, "Retain");
+}
