@@ -864,7 +864,7 @@ fn denial_message(
 pub(crate) mod tests {
     use super::*;
     use crate::api::{ApprovalSpec, Approvers, ProtectionSpec, Subjects, Target};
-    use crate::policy::{AgentDefinition, AgentMatcher, compile};
+    use crate::policy::{AgentDefinition, AgentMatcher, CascadeHit, ProtectedObjects, compile};
     use kube::core::admission::AdmissionReview;
     use serde_json::{Value, json};
 
@@ -917,6 +917,7 @@ pub(crate) mod tests {
     }
 
     pub struct Req {
+        pub options: Value,
         pub op: &'static str,
         pub user: String,
         pub groups: Vec<String>,
@@ -929,6 +930,7 @@ pub(crate) mod tests {
     impl Req {
         pub fn delete(user: &str, old: Value) -> Self {
             Self {
+                options: Value::Null,
                 op: "DELETE",
                 user: user.into(),
                 groups: vec!["system:authenticated".into()],
@@ -967,7 +969,8 @@ pub(crate) mod tests {
                     "userInfo": {"username": self.user, "groups": self.groups},
                     "object": self.new,
                     "oldObject": self.old,
-                    "dryRun": false
+                    "dryRun": false,
+                    "options": self.options
                 }
             }))
             .unwrap();
@@ -1473,5 +1476,193 @@ pub(crate) mod tests {
                 "{op} cluster policy"
             );
         }
+    }
+
+    /// A view with one protected claim in `prod`, owned by uid `owner-1`.
+    struct OneClaim;
+
+    impl ProtectedObjects for OneClaim {
+        fn in_namespace(&self, ns: &str) -> Option<CascadeHit> {
+            (ns == "prod").then(hit)
+        }
+        fn of_kind(&self, group: &str, kind: &str) -> Option<CascadeHit> {
+            (group.is_empty() && kind == "PersistentVolumeClaim").then(hit)
+        }
+        fn owned_by(&self, uid: &str) -> Option<CascadeHit> {
+            (uid == "owner-1").then(hit)
+        }
+        fn claims_with_prefix(&self, ns: &str, prefixes: &[String]) -> Option<CascadeHit> {
+            (ns == "prod" && prefixes.iter().any(|p| p == "data-db-")).then(hit)
+        }
+        fn claim(&self, ns: &str, name: &str) -> Option<CascadeHit> {
+            (ns == "prod" && name == "data").then(hit)
+        }
+    }
+
+    fn hit() -> CascadeHit {
+        CascadeHit {
+            object: "PersistentVolumeClaim prod/data".into(),
+            count: 1,
+            annotation: true,
+            policies: vec![],
+        }
+    }
+
+    fn root(kind: (&'static str, &'static str, &'static str), old: Value, options: Value) -> Req {
+        let mut r = Req::delete(AGENT, old);
+        r.kind = kind;
+        r.options = options;
+        r
+    }
+
+    #[test]
+    fn cascade_roots_are_judged_as_the_data_they_take() {
+        let snap = snapshot(vec![], &[]);
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}});
+        let owner = |annotations: Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "db", "namespace": "prod", "uid": "owner-1", "annotations": annotations}});
+        let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db", "namespace": "prod", "uid": "sts-9"},
+            "spec": {"persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete"}, "volumeClaimTemplates": [{"metadata": {"name": "data"}}]}});
+        let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "x"},
+            "spec": {"group": "", "names": {"kind": "PersistentVolumeClaim"}}});
+        let ns_kind = ("", "Namespace", "namespaces");
+        let cm_kind = ("", "ConfigMap", "configmaps");
+        let cases: Vec<(&str, Req, Verdict)> = vec![
+            (
+                "namespace",
+                root(ns_kind, ns.clone(), Value::Null),
+                Verdict::Deny,
+            ),
+            (
+                "other namespace",
+                root(ns_kind, json!({"metadata": {"name": "dev"}}), Value::Null),
+                Verdict::Allow,
+            ),
+            (
+                "owner",
+                root(
+                    cm_kind,
+                    owner(json!({})),
+                    json!({"propagationPolicy": "Background"}),
+                ),
+                Verdict::Deny,
+            ),
+            (
+                "owner, no options",
+                root(cm_kind, owner(json!({})), Value::Null),
+                Verdict::Deny,
+            ),
+            (
+                "owner, orphan",
+                root(
+                    cm_kind,
+                    owner(json!({})),
+                    json!({"propagationPolicy": "Orphan"}),
+                ),
+                Verdict::Allow,
+            ),
+            (
+                "owner, orphanDependents",
+                root(cm_kind, owner(json!({})), json!({"orphanDependents": true})),
+                Verdict::Allow,
+            ),
+            (
+                "owner approved",
+                root(
+                    cm_kind,
+                    owner(
+                        json!({"agentguard.dev/approved-by": "alice", "agentguard.dev/approved-until": at(600)}),
+                    ),
+                    Value::Null,
+                ),
+                Verdict::Allow,
+            ),
+            (
+                "statefulset",
+                root(("apps", "StatefulSet", "statefulsets"), sts, Value::Null),
+                Verdict::Deny,
+            ),
+            (
+                "crd",
+                root(
+                    (
+                        "apiextensions.k8s.io",
+                        "CustomResourceDefinition",
+                        "customresourcedefinitions",
+                    ),
+                    crd,
+                    Value::Null,
+                ),
+                Verdict::Deny,
+            ),
+        ];
+        for (what, req, verdict) in cases {
+            let d = decide(&req.build(), &snap, &OneClaim, now());
+            assert_eq!(d.verdict, verdict, "{what}: {}", d.reason);
+        }
+        let d = decide(
+            &root(ns_kind, ns.clone(), Value::Null).build(),
+            &snap,
+            &OneClaim,
+            now(),
+        );
+        let message = d.message.unwrap();
+        assert!(
+            message.starts_with(&format!(
+                "agentguard: DENIED delete of Namespace prod by {AGENT}.\n"
+            )),
+            "{message}"
+        );
+        assert!(
+            message.contains("through PersistentVolumeClaim prod/data: it holds it."),
+            "{message}"
+        );
+        assert!(
+            message.ends_with("approve namespace/prod --for 30m"),
+            "{message}"
+        );
+        // The namespace controller finishing a human's deletion is never blocked.
+        let mut controller = root(ns_kind, ns, Value::Null);
+        controller.user = "system:serviceaccount:kube-system:namespace-controller".into();
+        assert_eq!(
+            decide(&controller.build(), &snap, &OneClaim, now()).verdict,
+            Verdict::Allow
+        );
+    }
+
+    #[test]
+    fn updates_that_arrange_a_later_deletion() {
+        let snap = snapshot(vec![], &[]);
+        let pv = |policy: &str| {
+            json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-1"},
+            "spec": {"persistentVolumeReclaimPolicy": policy, "claimRef": {"namespace": "prod", "name": "data"}}})
+        };
+        let mut r = Req::update(AGENT, pv("Retain"), pv("Delete"));
+        r.kind = ("", "PersistentVolume", "persistentvolumes");
+        let d = decide(&r.build(), &snap, &OneClaim, now());
+        assert_eq!(d.verdict, Verdict::Deny, "{}", d.reason);
+        assert!(d.message.unwrap().starts_with(&format!("agentguard: DENIED update (persistentVolumeReclaimPolicy: Delete) of PersistentVolume pv-1 by {AGENT}.")));
+        // Not a protected claim's volume: allowed.
+        assert_eq!(
+            decide(&r.build(), &snap, &(), now()).verdict,
+            Verdict::Allow
+        );
+        // Already Delete: not a change.
+        let same = Req {
+            kind: ("", "PersistentVolume", "persistentvolumes"),
+            ..Req::update(AGENT, pv("Delete"), pv("Delete"))
+        };
+        assert_eq!(
+            decide(&same.build(), &snap, &OneClaim, now()).verdict,
+            Verdict::Allow
+        );
+        // A human may.
+        let human = Req {
+            user: "alice".into(),
+            ..r
+        };
+        assert_eq!(
+            decide(&human.build(), &snap, &OneClaim, now()).verdict,
+            Verdict::Allow
+        );
     }
 }
