@@ -37,40 +37,20 @@ print(*[s.getsockname()[1] for s in socks])')
 KUBECONFIG="$KUBECONFIG" setsid target/debug/agentguard run \
   --webhook-addr "127.0.0.1:$WEBHOOK_PORT" --metrics-addr "127.0.0.1:$METRICS_PORT" \
   --tls-cert-file "$STATE/agentguard/tls.crt" --tls-key-file "$STATE/agentguard/tls.key" \
-  --agent-service-accounts "$NS/*" >"$STATE/logs/agentguard.log" 2>&1 </dev/null &
+  --agent-service-accounts "$NS/*" \
+  --webhook-url "https://127.0.0.1:$WEBHOOK_PORT/validate" --ca-file "$STATE/agentguard/ca.crt" \
+  --namespace agentguard >"$STATE/logs/agentguard.log" 2>&1 </dev/null &
 echo $! >"$STATE/run/agentguard.pid"
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$METRICS_PORT/readyz" >/dev/null && break; sleep 0.2; done
 curl -sf "http://127.0.0.1:$METRICS_PORT/readyz" >/dev/null || { tail "$STATE/logs/agentguard.log"; exit 1; }
 echo "agentguard is ready: webhook https://127.0.0.1:$WEBHOOK_PORT/validate, metrics http://127.0.0.1:$METRICS_PORT/metrics"
 
-"${K[@]}" apply -f - >/dev/null <<YAML
-apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingWebhookConfiguration
-metadata:
-  name: agentguard
-webhooks:
-  - name: validate.agentguard.dev
-    admissionReviewVersions: [v1]
-    sideEffects: None
-    failurePolicy: Fail
-    timeoutSeconds: 5
-    clientConfig:
-      url: https://127.0.0.1:$WEBHOOK_PORT/validate
-      caBundle: $(base64 -w0 "$STATE/agentguard/ca.crt")
-    namespaceSelector:
-      matchExpressions:
-        - {key: kubernetes.io/metadata.name, operator: NotIn, values: [kube-system]}
-    rules:
-      - operations: [CREATE, UPDATE, DELETE]
-        apiGroups: [""]
-        apiVersions: [v1]
-        resources: [persistentvolumeclaims, persistentvolumes, serviceaccounts]
-      - operations: [CREATE, UPDATE, DELETE]
-        apiGroups: [agentguard.dev]
-        apiVersions: [v1alpha1]
-        resources: [protectedresources, clusterprotectedresources]
-YAML
-echo "registered ValidatingWebhookConfiguration agentguard (failurePolicy: Fail)"
+# agentguard writes and keeps its own ValidatingWebhookConfiguration (failurePolicy: Fail).
+for _ in $(seq 1 100); do
+  "${K[@]}" get validatingwebhookconfiguration agentguard >/dev/null 2>&1 && break
+  sleep 0.2
+done
+run "${K[@]}" get validatingwebhookconfiguration agentguard -o jsonpath='{.webhooks[0].name}: failurePolicy={.webhooks[0].failurePolicy}{"\n"}'
 
 step "3. A policy protecting every claim in namespace '$NS', and an agent ServiceAccount with edit rights"
 "${K[@]}" apply -f - <<'YAML'

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::operator::webhook_config::{WebhookParams, WebhookTarget};
 use crate::policy::AgentDefinition;
 use crate::runtime::{self, RunConfig};
 use crate::webhook::DEFAULT_MAX_REVIEW_BYTES;
@@ -76,6 +77,34 @@ pub struct RunArgs {
         default_value = "PersistentVolumeClaim,PersistentVolume,snapshot.storage.k8s.io/VolumeSnapshot,snapshot.storage.k8s.io/VolumeSnapshotContent"
     )]
     pub annotation_kinds: Vec<String>,
+    /// Keep the ValidatingWebhookConfiguration equal to what policies need, and restore it when
+    /// deleted or edited.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "AGENTGUARD_MANAGE_WEBHOOK_CONFIGURATION")]
+    pub manage_webhook_configuration: bool,
+    /// Name of the ValidatingWebhookConfiguration.
+    #[arg(
+        long,
+        default_value = "agentguard",
+        env = "AGENTGUARD_WEBHOOK_CONFIGURATION_NAME"
+    )]
+    pub webhook_configuration_name: String,
+    /// URL the API server calls when the webhook runs outside the cluster
+    /// (e.g. https://127.0.0.1:8443/validate). Otherwise --webhook-service is used.
+    #[arg(long, env = "AGENTGUARD_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// Service the API server calls, as namespace/name:port.
+    #[arg(long, env = "AGENTGUARD_WEBHOOK_SERVICE")]
+    pub webhook_service: Option<String>,
+    /// PEM CA bundle the API server should trust for the webhook (caBundle).
+    #[arg(long, env = "AGENTGUARD_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// agentguard's own namespace, never judged so it can always be repaired.
+    #[arg(long, default_value = "agentguard", env = "POD_NAMESPACE")]
+    pub namespace: String,
+    /// Only judge namespaces carrying this label (key=value); default every namespace but
+    /// agentguard's own and kube-system.
+    #[arg(long, env = "AGENTGUARD_WEBHOOK_NAMESPACE_LABEL")]
+    pub webhook_namespace_label: Option<String>,
     /// Largest AdmissionReview body accepted; larger bodies get 413.
     #[arg(long, default_value_t = DEFAULT_MAX_REVIEW_BYTES, env = "AGENTGUARD_MAX_REVIEW_BYTES")]
     pub max_review_bytes: usize,
@@ -100,7 +129,9 @@ pub fn main() -> anyhow::Result<()> {
     init_tracing(cli.log_format);
     match cli.command {
         Command::Run(args) => {
+            let webhook_configuration = webhook_params(&args)?;
             let config = RunConfig {
+                webhook_configuration,
                 webhook_addr: args.webhook_addr,
                 metrics_addr: args.metrics_addr,
                 tls_cert_file: args.tls_cert_file,
@@ -134,6 +165,54 @@ pub fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn webhook_params(args: &RunArgs) -> anyhow::Result<Option<WebhookParams>> {
+    if !args.manage_webhook_configuration {
+        return Ok(None);
+    }
+    let target = match (&args.webhook_url, &args.webhook_service) {
+        (Some(url), None) => WebhookTarget::Url(url.clone()),
+        (None, Some(service)) => {
+            let (ns_name, port) = service.rsplit_once(':').unwrap_or((service, "443"));
+            let (namespace, name) = ns_name
+                .split_once('/')
+                .context("--webhook-service must be namespace/name:port")?;
+            WebhookTarget::Service {
+                namespace: namespace.into(),
+                name: name.into(),
+                port: port
+                    .parse()
+                    .context("--webhook-service port must be a number")?,
+            }
+        }
+        (Some(_), Some(_)) => anyhow::bail!("give --webhook-url or --webhook-service, not both"),
+        (None, None) => anyhow::bail!(
+            "managing the webhook configuration needs --webhook-url or --webhook-service \
+             (or --manage-webhook-configuration=false)"
+        ),
+    };
+    let ca_file = args.ca_file.as_ref().context(
+        "managing the webhook configuration needs --ca-file (the CA that signed --tls-cert-file)",
+    )?;
+    let ca_bundle =
+        std::fs::read(ca_file).with_context(|| format!("cannot read {}", ca_file.display()))?;
+    let namespace_label = match &args.webhook_namespace_label {
+        None => None,
+        Some(l) => Some(
+            l.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .context("--webhook-namespace-label must be key=value")?,
+        ),
+    };
+    Ok(Some(WebhookParams {
+        configuration_name: args.webhook_configuration_name.clone(),
+        target,
+        ca_bundle,
+        own_namespace: args.namespace.clone(),
+        namespace_label,
+        timeout_seconds: 5,
+    }))
 }
 
 fn write_certs(args: &CertsArgs) -> anyhow::Result<()> {

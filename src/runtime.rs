@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::index::{self, BlockLedger, Readiness, SharedObjects, SharedSnapshot};
 use crate::metrics::Metrics;
 use crate::operator;
+use crate::operator::webhook_config::{self, WebhookParams};
 use crate::policy::Snapshot;
 use crate::policy::{AgentDefinition, AgentMatcher};
 use crate::webhook::{self, AdmissionState};
@@ -40,6 +41,8 @@ pub struct RunConfig {
     /// which are indexed for cascade checks even when no policy targets them.
     pub annotation_kinds: Vec<(String, String)>,
     pub max_review_bytes: usize,
+    /// Manage the ValidatingWebhookConfiguration with these parameters (None: someone else does).
+    pub webhook_configuration: Option<WebhookParams>,
 }
 
 /// Installs ring as the process-wide rustls provider. kube-client panics when more than one
@@ -121,10 +124,19 @@ pub async fn run(config: RunConfig) -> Result<()> {
         client.clone(),
         config.annotation_kinds.clone(),
         kinds_rx,
-        objects,
+        objects.clone(),
         snapshot.clone(),
         readiness.clone(),
     ));
+    if let Some(params) = config.webhook_configuration.clone() {
+        tokio::spawn(webhook_config::reconcile(
+            client.clone(),
+            params,
+            config.annotation_kinds.clone(),
+            snapshot.clone(),
+            objects,
+        ));
+    }
     tokio::spawn(operator::reconcile_policy_status(
         client, snapshot, health_rx, ledger,
     ));

@@ -33,8 +33,16 @@ pub struct ObjectEntry {
     pub uid: String,
     pub labels: BTreeMap<String, String>,
     pub annotated: bool,
-    /// UIDs from ownerReferences.
-    pub owners: Vec<String>,
+    /// From ownerReferences.
+    pub owners: Vec<Owner>,
+}
+
+/// One ownerReference: whom the garbage collector follows, and its kind (for webhook rules).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: String,
+    pub group: String,
+    pub kind: String,
 }
 
 impl ObjectEntry {
@@ -43,7 +51,7 @@ impl ObjectEntry {
         uid: String,
         labels: BTreeMap<String, String>,
         annotations: &BTreeMap<String, String>,
-        owners: Vec<String>,
+        owners: Vec<Owner>,
     ) -> Self {
         let annotated = annotations
             .get(PROTECTED_ANNOTATION)
@@ -130,7 +138,7 @@ impl ObjectIndex {
         self.remove(&entry.uid.clone());
         for owner in &entry.owners {
             self.by_owner
-                .entry(owner.clone())
+                .entry(owner.uid.clone())
                 .or_default()
                 .insert(entry.uid.clone());
         }
@@ -163,7 +171,7 @@ impl ObjectIndex {
             self.by_key.remove(&old.key);
         }
         for owner in &old.owners {
-            remove_from(&mut self.by_owner, owner, uid);
+            remove_from(&mut self.by_owner, &owner.uid, uid);
         }
         if self.protected.remove(uid).is_some() {
             if let Some(ns) = &old.key.namespace {
@@ -203,6 +211,16 @@ impl ObjectIndex {
         for uid in gone {
             self.remove(&uid);
         }
+    }
+
+    /// Kinds (group, kind) that own protected objects: deleting one of them is a cascade root,
+    /// so the webhook must see their deletions.
+    pub fn owner_kinds_of_protected(&self) -> std::collections::BTreeSet<(String, String)> {
+        self.protected
+            .keys()
+            .flat_map(|uid| self.objects[uid].owners.iter())
+            .map(|o| (o.group.clone(), o.kind.clone()))
+            .collect()
     }
 
     pub fn protection(&self, uid: &str) -> Option<&ProtectedBy> {
@@ -399,7 +417,14 @@ mod tests {
             uid.into(),
             BTreeMap::new(),
             &annotations,
-            owners.iter().map(|s| s.to_string()).collect(),
+            owners
+                .iter()
+                .map(|s| Owner {
+                    uid: s.to_string(),
+                    group: "apps".into(),
+                    kind: "StatefulSet".into(),
+                })
+                .collect(),
         )
     }
 

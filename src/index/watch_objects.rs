@@ -12,7 +12,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::objects::{ObjectEntry, ObjectKey};
+use super::objects::{ObjectEntry, ObjectKey, Owner};
 use super::{OBJECTS_GATE, Readiness, SharedObjects, SharedSnapshot};
 
 type Kind = (String, String);
@@ -35,7 +35,15 @@ fn entry(meta: &PartialObjectMeta<DynamicObject>, group: &str, kind: &str) -> Op
         meta.metadata.annotations.as_ref().unwrap_or(&empty),
         meta.owner_references()
             .iter()
-            .map(|o| o.uid.clone())
+            .map(|o| Owner {
+                uid: o.uid.clone(),
+                group: o
+                    .api_version
+                    .rsplit_once('/')
+                    .map(|(g, _)| g.to_owned())
+                    .unwrap_or_default(),
+                kind: o.kind.clone(),
+            })
             .collect(),
     ))
 }

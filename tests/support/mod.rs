@@ -318,6 +318,7 @@ pub struct Guard<'c> {
     pub webhook_name: String,
     pub metrics_port: u16,
     pub dir: tempfile::TempDir,
+    managed: bool,
 }
 
 fn free_port() -> u16 {
@@ -338,6 +339,9 @@ pub struct GuardOptions {
     /// Extra webhook rules (YAML list items, indented for `rules:`), e.g. for cluster-scoped
     /// kinds, which a namespaceSelector cannot scope to this test.
     pub extra_rules: String,
+    /// Let agentguard manage its own ValidatingWebhookConfiguration (scoped to namespaces
+    /// labelled `agentguard-e2e=<namespace>`), instead of the harness registering one.
+    pub managed: bool,
 }
 
 impl<'c> Guard<'c> {
@@ -356,6 +360,15 @@ impl<'c> Guard<'c> {
             .expect("generate certificates");
         std::fs::write(dir.path().join("tls.crt"), &bundle.cert_pem).unwrap();
         std::fs::write(dir.path().join("tls.key"), &bundle.key_pem).unwrap();
+        std::fs::write(dir.path().join("ca.crt"), &bundle.ca_pem).unwrap();
+        if options.managed {
+            ns.kubectl_ok(&[
+                "label",
+                "namespace",
+                &ns.name,
+                &format!("agentguard-e2e={}", ns.name),
+            ]);
+        }
         let webhook_port = free_port();
         let metrics_port = free_port();
         let log = std::fs::File::create(dir.path().join("agentguard.log")).unwrap();
@@ -383,6 +396,16 @@ impl<'c> Guard<'c> {
                     .iter()
                     .map(|g| format!("--break-glass-groups={g}")),
             )
+            .args(if options.managed {
+                vec![
+                    format!("--webhook-configuration-name=agentguard-{}", ns.name),
+                    format!("--webhook-url=https://127.0.0.1:{webhook_port}/validate"),
+                    format!("--ca-file={}", dir.path().join("ca.crt").display()),
+                    format!("--webhook-namespace-label=agentguard-e2e={}", ns.name),
+                ]
+            } else {
+                vec!["--manage-webhook-configuration=false".to_owned()]
+            })
             .env("KUBECONFIG", &cluster.kubeconfig)
             .env("RUST_LOG", "info,agentguard=debug")
             .stdout(Stdio::null())
@@ -395,13 +418,15 @@ impl<'c> Guard<'c> {
             webhook_name: format!("agentguard-{}", ns.name),
             metrics_port,
             dir,
+            managed: options.managed,
         };
         wait_until(Duration::from_secs(30), "agentguard /readyz", || {
             guard.http_get("/readyz").is_some_and(|(s, _)| s == 200)
         });
         let ca = base64::engine::general_purpose::STANDARD.encode(&bundle.ca_pem);
-        cluster.apply(&format!(
-            r#"apiVersion: admissionregistration.k8s.io/v1
+        if !options.managed {
+            cluster.apply(&format!(
+                r#"apiVersion: admissionregistration.k8s.io/v1
 kind: ValidatingWebhookConfiguration
 metadata:
   name: {name}
@@ -435,10 +460,11 @@ webhooks:
         apiVersions: ["*"]
         resources: ["*"]
 {extra}"#,
-            name = guard.webhook_name,
-            ns = ns.name,
-            extra = options.extra_rules,
-        ));
+                name = guard.webhook_name,
+                ns = ns.name,
+                extra = options.extra_rules,
+            ));
+        }
         // A new configuration takes a moment to reach the admission chain: probe until the
         // API server really calls us, never sleep a fixed time.
         ns.pvc("agentguard-probe", true);
@@ -501,7 +527,11 @@ webhooks:
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
         // The configuration goes first: with failurePolicy Fail and no process behind it,
-        // it would block the namespace controller from emptying the test namespace.
+        // it would block the namespace controller from emptying the test namespace. A managed
+        // configuration would be restored by the process, so the process goes first then.
+        if self.managed {
+            self.kill();
+        }
         let _ = self.cluster.kubectl(&[
             "delete",
             "validatingwebhookconfiguration",

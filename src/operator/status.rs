@@ -1,4 +1,4 @@
-//! The operator's reconciling side. For now: each policy's status says whether it is in force
+//! Policy status: whether each policy is in force
 //! (`Ready`, with a reason a user can act on when it is not), how many objects it protects, how
 //! many deletions it blocked, and the last blocked attempt.
 

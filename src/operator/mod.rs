@@ -1,0 +1,7 @@
+//! The operator's reconciling side: policy status, and the ValidatingWebhookConfiguration that
+//! routes requests to the webhook.
+
+mod status;
+pub mod webhook_config;
+
+pub use status::reconcile_policy_status;

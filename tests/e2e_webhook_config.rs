@@ -1,0 +1,165 @@
+//! End-to-end: agentguard owns its ValidatingWebhookConfiguration. It creates it, keeps its
+//! rules equal to what policies need, and restores it within seconds when someone deletes or
+//! weakens it. Requires `hack/cluster.sh up`; fails (never skips) without a control plane.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Cluster, Guard, GuardOptions, TestNamespace, stderr, stdout, wait_until};
+
+fn vwc(cluster: &Cluster, name: &str, path: &str) -> String {
+    stdout(&cluster.kubectl(&[
+        "get",
+        "validatingwebhookconfiguration",
+        name,
+        "-o",
+        &format!("jsonpath={path}"),
+    ]))
+}
+
+#[test]
+fn managed_configuration_is_created_restored_and_follows_policies() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "managed");
+    let agent = ns.agent("cursor-agent");
+    let options = GuardOptions {
+        managed: true,
+        ..Default::default()
+    };
+    // Starting waits until the API server really calls agentguard through the configuration
+    // agentguard made itself (an agent's dry-run delete of a protected claim is denied).
+    let guard = Guard::start_with(&ns, &agent, &options);
+    let name = guard.webhook_name.clone();
+    assert_eq!(vwc(&cluster, &name, "{.webhooks[0].failurePolicy}"), "Fail");
+    assert_eq!(vwc(&cluster, &name, "{.webhooks[0].sideEffects}"), "None");
+    let rules = vwc(&cluster, &name, "{.webhooks[0].rules}");
+    for resource in [
+        "persistentvolumeclaims",
+        "namespaces",
+        "customresourcedefinitions",
+        "statefulsets",
+        "protectedresources",
+    ] {
+        assert!(rules.contains(resource), "{resource} missing from {rules}");
+    }
+
+    // matchConditions let agentguard-relevant updates through, and judge them.
+    ns.pvc("data", true);
+    let out = ns.kubectl_as(
+        &agent,
+        &["annotate", "pvc", "data", "agentguard.dev/protected-"],
+    );
+    assert!(!out.status.success(), "the agent unprotected the claim");
+    assert!(
+        stderr(&out).contains("agentguard: DENIED"),
+        "{}",
+        stderr(&out)
+    );
+    // Other updates do not reach the webhook at all.
+    let updates = |g: &Guard<'_>| {
+        g.metric(
+            "agentguard_admission_requests_total",
+            &[
+                ("operation", "UPDATE"),
+                ("resource", "persistentvolumeclaims"),
+                ("decision", "allowed"),
+                ("dry_run", "false"),
+            ],
+        )
+    };
+    ns.pvc("scratch", false);
+    let before = updates(&guard);
+    ns.kubectl_ok(&["label", "pvc", "scratch", "tier=cold"]);
+    assert_eq!(
+        updates(&guard),
+        before,
+        "an irrelevant update reached the webhook"
+    );
+
+    // Deleted: restored within seconds, and still enforcing.
+    cluster.kubectl_ok(&["delete", "validatingwebhookconfiguration", &name]);
+    wait_until(
+        Duration::from_secs(15),
+        "the configuration to be restored",
+        || {
+            cluster
+                .kubectl(&["get", "validatingwebhookconfiguration", &name])
+                .status
+                .success()
+        },
+    );
+    wait_until(
+        Duration::from_secs(15),
+        "the restored configuration to enforce",
+        || {
+            stderr(&ns.kubectl_as(&agent, &["delete", "pvc", "data", "--dry-run=server"]))
+                .contains("agentguard: DENIED")
+        },
+    );
+
+    // Weakened: put back.
+    cluster.kubectl_ok(&[
+        "patch",
+        "validatingwebhookconfiguration",
+        &name,
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/webhooks/0/failurePolicy","value":"Ignore"}]"#,
+    ]);
+    wait_until(
+        Duration::from_secs(15),
+        "failurePolicy Fail to be restored",
+        || vwc(&cluster, &name, "{.webhooks[0].failurePolicy}") == "Fail",
+    );
+
+    // A policy on a new CRD kind adds its resource to the rules within seconds.
+    let group = format!("{}.example.com", ns.name);
+    cluster.apply(&format!(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: backups.{group}\nspec:\n  group: {group}\n  scope: Namespaced\n  \
+         names: {{plural: backups, singular: backup, kind: Backup}}\n  versions:\n    - name: v1\n      served: true\n      storage: true\n      \
+         schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}\n"
+    ));
+    ns.owns_cluster_object(&format!("crd/backups.{group}"));
+    cluster.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        &format!("crd/backups.{group}"),
+    ]);
+    cluster.apply(&format!(
+        "apiVersion: agentguard.dev/v1alpha1\nkind: ProtectedResource\nmetadata:\n  name: backups\n  namespace: {ns}\nspec:\n  targets: [{{apiGroups: [{group}], kinds: [Backup]}}]\n---\n\
+         apiVersion: {group}/v1\nkind: Backup\nmetadata:\n  name: nightly\n  namespace: {ns}\n",
+        ns = ns.name
+    ));
+    wait_until(
+        Duration::from_secs(15),
+        "the Backup kind in the rules",
+        || vwc(&cluster, &name, "{.webhooks[0].rules}").contains("backups"),
+    );
+    ns.kubectl_ok(&[
+        "create",
+        "role",
+        "backups",
+        "--verb=*",
+        &format!("--resource=backups.{group}"),
+    ]);
+    ns.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "backups",
+        "--role=backups",
+        &format!("--serviceaccount={}:cursor-agent", ns.name),
+    ]);
+    wait_until(
+        Duration::from_secs(15),
+        "the Backup to be protected",
+        || {
+            stderr(&ns.kubectl_as(&agent, &["delete", &format!("backups.{group}"), "nightly"]))
+                .contains(&format!(
+                    "agentguard: DENIED delete of Backup {}/nightly",
+                    ns.name
+                ))
+        },
+    );
+}
