@@ -35,7 +35,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the admission webhook (HTTPS) and the metrics and health endpoints (HTTP).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write a CA and a serving certificate (ca.crt, tls.crt, tls.key) for development and tests.
     Certs(CertsArgs),
     /// Print the ProtectedResource and ClusterProtectedResource CRDs as YAML.
