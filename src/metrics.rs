@@ -21,6 +21,7 @@ pub struct Metrics {
     deletions_blocked: IntCounterVec,
     admission_duration: HistogramVec,
     approvals: IntCounterVec,
+    protected_objects: IntGaugeVec,
 }
 
 impl Metrics {
@@ -63,6 +64,15 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let protected_objects = IntGaugeVec::new(
+            Opts::new(
+                "protected_objects",
+                "Objects currently protected, by resource.",
+            )
+            .namespace(NAMESPACE),
+            &["resource"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "build_info",
@@ -80,6 +90,7 @@ impl Metrics {
             Box::new(deletions_blocked.clone()),
             Box::new(admission_duration.clone()),
             Box::new(approvals.clone()),
+            Box::new(protected_objects.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -92,6 +103,17 @@ impl Metrics {
             deletions_blocked,
             admission_duration,
             approvals,
+            protected_objects,
+        }
+    }
+
+    /// Sets the number of protected objects of each resource; resources not named drop to 0.
+    pub fn set_protected_objects(&self, counts: &[(String, i64)]) {
+        self.protected_objects.reset();
+        for (resource, count) in counts {
+            self.protected_objects
+                .with_label_values(&[resource])
+                .set(*count);
         }
     }
 

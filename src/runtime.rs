@@ -100,7 +100,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
         .header_read_timeout(HEADER_READ_TIMEOUT);
 
     let admission = webhook::admission_router(state, config.max_review_bytes);
-    let ops = webhook::ops_router(metrics, readiness.clone());
+    let ops = webhook::ops_router(metrics.clone(), readiness.clone());
 
     tokio::spawn(reload_certificates(
         tls,
@@ -127,6 +127,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
         objects.clone(),
         snapshot.clone(),
         readiness.clone(),
+        metrics.clone(),
     ));
     if let Some(params) = config.webhook_configuration.clone() {
         tokio::spawn(webhook_config::reconcile(
@@ -137,6 +138,11 @@ pub async fn run(config: RunConfig) -> Result<()> {
             objects,
         ));
     }
+    tokio::spawn(operator::events::publish_blocked_attempts(
+        client.clone(),
+        ledger.clone(),
+        std::env::var("POD_NAME").ok(),
+    ));
     tokio::spawn(operator::reconcile_policy_status(
         client, snapshot, health_rx, ledger,
     ));

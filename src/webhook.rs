@@ -19,9 +19,10 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::core::response::StatusSummary;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::index::{BlockLedger, Readiness, SharedObjects, SharedSnapshot};
+use crate::index::{BlockLedger, BlockedAttempt, Readiness, SharedObjects, SharedSnapshot};
 use crate::metrics::Metrics;
 use crate::policy::{self, Decision, Verdict};
+use k8s_openapi::api::core::v1::ObjectReference;
 
 /// The API server's own request limit is 3 MiB per object; an UPDATE review carries the old
 /// and the new object plus envelope, so the default leaves room for two full objects.
@@ -95,14 +96,34 @@ async fn validate(
     record(&state.metrics, &request, &decision, started.elapsed());
     if decision.verdict == Verdict::Deny
         && !request.dry_run
-        && let Some(policy) = &decision.decided_by
+        && decision.approval != Some(policy::ApprovalEvent::Rejected)
     {
         let object = &decision.object;
-        state.ledger.record(
-            policy.clone(),
-            request.user_info.username.as_deref().unwrap_or_default(),
-            format!("{} {}", object.kind, object.qualified_name()),
-        );
+        let subject = request.user_info.username.as_deref().unwrap_or_default();
+        if let Some(policy) = &decision.decided_by {
+            state.ledger.record(
+                policy.clone(),
+                subject,
+                format!("{} {}", object.kind, object.qualified_name()),
+            );
+        }
+        let target = request.old_object.as_ref().or(request.object.as_ref());
+        state.ledger.record_attempt(BlockedAttempt {
+            object: ObjectReference {
+                api_version: Some(match request.kind.group.as_str() {
+                    "" => request.kind.version.clone(),
+                    group => format!("{group}/{}", request.kind.version),
+                }),
+                kind: Some(object.kind.clone()),
+                namespace: object.namespace.clone(),
+                name: Some(object.name.clone()),
+                uid: target.and_then(|o| o.metadata.uid.clone()),
+                ..Default::default()
+            },
+            subject: subject.to_owned(),
+            protected_by: decision.policy.clone().unwrap_or_default(),
+            count: 1,
+        });
     }
     json_review(response)
 }

@@ -246,8 +246,61 @@ fn metrics_record_each_block_with_contract_labels() {
         text.contains("agentguard_admission_duration_seconds_bucket{operation=\"DELETE\""),
         "{text}"
     );
+    // Every agentguard in the test cluster sees every protected claim; at least this test's
+    // two (the claim and the harness's probe) are counted.
+    support::wait_until(
+        std::time::Duration::from_secs(20),
+        "the protected-objects gauge",
+        || {
+            guard.metric(
+                "agentguard_protected_objects",
+                &[("resource", "persistentvolumeclaims")],
+            ) >= 2.0
+        },
+    );
     assert!(text.contains(&format!(
         "agentguard_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     )));
+}
+
+#[test]
+fn blocked_attempts_show_as_one_event_on_the_object() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "events");
+    let agent = ns.agent("cursor-agent");
+    let _guard = Guard::start(&ns, &agent);
+    ns.pvc("data", true);
+    for _ in 0..3 {
+        assert!(
+            !ns.kubectl_as(&agent, &["delete", "pvc", "data"])
+                .status
+                .success()
+        );
+    }
+    let events = || {
+        stdout(&ns.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=DeletionBlocked,involvedObject.name=data",
+            "-o",
+            "jsonpath={range .items[*]}{.type} {.involvedObject.kind} {.message}{\"\\n\"}{end}",
+        ]))
+    };
+    support::wait_until(
+        std::time::Duration::from_secs(30),
+        "a DeletionBlocked event",
+        || events().contains(&agent),
+    );
+    let lines: Vec<String> = events().lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 1, "attempts fold into one event: {lines:?}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "Warning PersistentVolumeClaim agentguard blocked {agent} from destroying this object (annotation)"
+        )),
+        "{lines:?}"
+    );
+    let described = ns.kubectl_ok(&["describe", "pvc", "data"]);
+    assert!(described.contains("DeletionBlocked"), "{described}");
 }

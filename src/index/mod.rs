@@ -276,6 +276,19 @@ impl Readiness {
 pub struct BlockLedger {
     pending: Arc<std::sync::Mutex<std::collections::HashMap<PolicyRef, PendingBlocks>>>,
     notify: Arc<tokio::sync::Notify>,
+    attempts: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), BlockedAttempt>>>,
+    attempts_notify: Arc<tokio::sync::Notify>,
+}
+
+/// One blocked attempt, for the Event on the object (aggregated per object and subject).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockedAttempt {
+    pub object: k8s_openapi::api::core::v1::ObjectReference,
+    pub subject: String,
+    /// `ClusterProtectedResource/default-volumes`, or `annotation`.
+    pub protected_by: String,
+    /// Attempts since the last drain.
+    pub count: u32,
 }
 
 /// Blocks of one policy since the last drain.
@@ -301,6 +314,32 @@ impl BlockLedger {
         entry.last = last;
         drop(pending);
         self.notify.notify_one();
+    }
+
+    /// Records an attempt for the object's Event; repeated attempts by the same subject on the
+    /// same object fold into one.
+    pub fn record_attempt(&self, attempt: BlockedAttempt) {
+        let key = (
+            attempt.object.uid.clone().unwrap_or_default(),
+            attempt.subject.clone(),
+        );
+        let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+        attempts
+            .entry(key)
+            .and_modify(|a| a.count += attempt.count)
+            .or_insert(attempt);
+        drop(attempts);
+        self.attempts_notify.notify_one();
+    }
+
+    pub fn drain_attempts(&self) -> Vec<BlockedAttempt> {
+        std::mem::take(&mut *self.attempts.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_values()
+            .collect()
+    }
+
+    pub async fn attempts_notified(&self) {
+        self.attempts_notify.notified().await
     }
 
     pub fn drain(&self) -> std::collections::HashMap<PolicyRef, PendingBlocks> {

@@ -223,6 +223,14 @@ impl ObjectIndex {
             .collect()
     }
 
+    /// Number of protected objects per (group, kind).
+    pub fn protected_per_kind(&self) -> Vec<((String, String), usize)> {
+        self.by_kind
+            .iter()
+            .map(|(k, uids)| (k.clone(), uids.len()))
+            .collect()
+    }
+
     pub fn protection(&self, uid: &str) -> Option<&ProtectedBy> {
         self.protected.get(uid)
     }

@@ -17,8 +17,9 @@ use super::{OBJECTS_GATE, Readiness, SharedObjects, SharedSnapshot};
 
 type Kind = (String, String);
 
-/// How often kinds that are not served (yet) are looked up again.
-const RETRY_UNRESOLVED: Duration = Duration::from_secs(15);
+/// How often kinds that are not served (yet) are looked up again, and the protected-object
+/// gauge refreshed.
+const RETRY_UNRESOLVED: Duration = Duration::from_secs(5);
 
 fn entry(meta: &PartialObjectMeta<DynamicObject>, group: &str, kind: &str) -> Option<ObjectEntry> {
     let uid = meta.uid()?;
@@ -112,7 +113,9 @@ pub async fn run_objects(
     objects: SharedObjects,
     snapshot: SharedSnapshot,
     readiness: Readiness,
+    metrics: crate::metrics::Metrics,
 ) {
+    let mut plurals: HashMap<Kind, String> = HashMap::new();
     let mut running: HashMap<Kind, JoinHandle<()>> = HashMap::new();
     let mut listed: HashSet<Kind> = HashSet::new();
     let (synced_tx, mut synced_rx) = mpsc::unbounded_channel::<Kind>();
@@ -158,6 +161,7 @@ pub async fn run_objects(
                 continue;
             };
             tracing::info!(group = %kind.0, kind = %kind.1, "watching");
+            plurals.insert(kind.clone(), resource.plural.clone());
             running.insert(
                 kind.clone(),
                 tokio::spawn(watch_kind(
@@ -170,6 +174,14 @@ pub async fn run_objects(
                 )),
             );
         }
+        let counts: Vec<(String, i64)> = objects
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .protected_per_kind()
+            .into_iter()
+            .filter_map(|(k, n)| plurals.get(&k).map(|p| (p.clone(), n as i64)))
+            .collect();
+        metrics.set_protected_objects(&counts);
         if policies_seen && running.keys().all(|k| listed.contains(k)) {
             readiness.synced(OBJECTS_GATE);
         }
