@@ -129,6 +129,11 @@ pub async fn run(config: RunConfig) -> Result<()> {
         readiness.clone(),
         metrics.clone(),
     ));
+    tokio::spawn(operator::pin_volumes(
+        client.clone(),
+        snapshot.clone(),
+        objects.clone(),
+    ));
     if let Some(params) = config.webhook_configuration.clone() {
         tokio::spawn(webhook_config::reconcile(
             client.clone(),

@@ -302,3 +302,48 @@ fn reclaim_policy_of_a_protected_claims_volume_cannot_be_set_to_delete() {
     ]);
     assert_eq!(policy, "Retain");
 }
+
+#[test]
+fn protected_claims_keep_their_volume_unless_the_policy_opts_out() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "retain");
+    let agent = ns.agent("cursor-agent");
+    let _guard = Guard::start(&ns, &agent);
+    cluster.apply(&format!(
+        "apiVersion: agentguard.dev/v1alpha1\nkind: ProtectedResource\nmetadata:\n  name: scratch\n  namespace: {}\nspec:\n  \
+         retainVolumes: false\n  targets: [{{apiGroups: [\"\"], kinds: [PersistentVolumeClaim], names: [\"scratch\"]}}]\n",
+        ns.name
+    ));
+    let pv = |claim: &str| {
+        let name = format!("pv-{}-{claim}", ns.name);
+        cluster.apply(&format!(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: {name}\nspec:\n  capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n  \
+             persistentVolumeReclaimPolicy: Delete\n  hostPath: {{path: /tmp/{name}}}\n  claimRef: {{namespace: {ns}, name: {claim}}}\n",
+            ns = ns.name
+        ));
+        ns.owns_cluster_object(&format!("pv/{name}"));
+        name
+    };
+    let data_pv = pv("data");
+    let scratch_pv = pv("scratch");
+    ns.pvc("data", true);
+    ns.pvc("scratch", false);
+    let reclaim = |name: &str| {
+        cluster.kubectl_ok(&[
+            "get",
+            "pv",
+            name,
+            "-o",
+            "jsonpath={.spec.persistentVolumeReclaimPolicy}",
+        ])
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "the protected claim's volume to be pinned to Retain",
+        || reclaim(&data_pv) == "Retain",
+    );
+    // The policy protecting "scratch" opted out: its volume keeps Delete. (Pinning runs every
+    // few seconds; the first volume was pinned, so this one had its chance too.)
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(reclaim(&scratch_pv), "Delete");
+}

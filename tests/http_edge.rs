@@ -183,6 +183,7 @@ async fn warn_mode_answers_allowed_with_a_warning() {
         subjects: None,
         approval: None,
         message: None,
+        retain_volumes: None,
     };
     let policy = compile(PolicyRef::cluster("volumes"), &spec).unwrap();
     let agents = AgentMatcher::new(&AgentDefinition {

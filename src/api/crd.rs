@@ -112,6 +112,11 @@ pub struct ProtectionSpec {
     /// How approvals are accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalSpec>,
+    /// Keep the disk: set the reclaim policy of the PersistentVolumes bound to protected claims
+    /// to Retain, so even an approved or mistaken deletion leaves the data for recovery.
+    /// Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_volumes: Option<bool>,
     /// Text appended to the denial message, e.g. whom to ask.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]

@@ -394,6 +394,7 @@ mod tests {
                     subjects: None,
                     approval: None,
                     message: None,
+                    retain_volumes: None,
                 };
                 compile(PolicyRef::cluster(&format!("p-{k}")), &spec).unwrap()
             })

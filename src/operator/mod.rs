@@ -3,6 +3,8 @@
 
 pub mod events;
 mod status;
+mod volumes;
 pub mod webhook_config;
 
 pub use status::reconcile_policy_status;
+pub use volumes::pin_volumes;

@@ -91,6 +91,8 @@ pub struct CompiledPolicy {
     pub max_ttl: Duration,
     pub approvers: Option<ApproverSet>,
     pub message: Option<String>,
+    /// Pin the volumes of protected claims to reclaimPolicy Retain.
+    pub retain_volumes: bool,
 }
 
 /// The parts of an object that targets match on.
@@ -228,6 +230,7 @@ pub fn compile(id: PolicyRef, spec: &ProtectionSpec) -> Result<CompiledPolicy, V
         max_ttl,
         approvers,
         message: spec.message.clone().filter(|m| !m.trim().is_empty()),
+        retain_volumes: spec.retain_volumes.unwrap_or(true),
     })
 }
 
@@ -376,6 +379,7 @@ mod tests {
             subjects: None,
             approval: None,
             message: None,
+            retain_volumes: None,
         }
     }
 

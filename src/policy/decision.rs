@@ -894,6 +894,7 @@ pub(crate) mod tests {
             subjects: None,
             approval: None,
             message: None,
+            retain_volumes: None,
         }
     }
 

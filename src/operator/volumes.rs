@@ -1,0 +1,84 @@
+//! Keep the data: the PersistentVolume bound to a protected claim gets reclaimPolicy Retain
+//! (unless every policy protecting the claim opts out with `retainVolumes: false`), so even an
+//! approved or mistaken deletion of the claim leaves the disk for `kubectl agentguard restore`.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::PersistentVolume;
+use kube::api::{Api, Patch, PatchParams, ResourceExt};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use serde_json::json;
+
+use crate::index::{SharedObjects, SharedSnapshot};
+use crate::policy::{CascadeHit, ProtectedObjects};
+
+const PIN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Whether the protection on a claim asks for its volume to be kept.
+fn wants_retain(hit: &CascadeHit, snapshot: &crate::policy::Snapshot) -> bool {
+    hit.annotation
+        || hit.policies.is_empty()
+        || hit
+            .policies
+            .iter()
+            .any(|id| snapshot.policy(id).is_none_or(|p| p.retain_volumes))
+}
+
+/// Watches PersistentVolumes and pins those bound to protected claims. Never returns.
+pub async fn pin_volumes(client: kube::Client, snapshot: SharedSnapshot, objects: SharedObjects) {
+    let api: Api<PersistentVolume> = Api::all(client);
+    let (store, writer) = reflector::store();
+    let mut events = reflector::reflector(writer, watcher(api.clone(), watcher::Config::default()))
+        .default_backoff()
+        .boxed();
+    let mut tick = tokio::time::interval(PIN_INTERVAL);
+    loop {
+        tokio::select! {
+            event = events.next() => {
+                if let Some(Err(err)) = event {
+                    tracing::warn!(error = %err, "PersistentVolume watch error; retrying");
+                }
+                continue;
+            }
+            _ = tick.tick() => {}
+        }
+        let snap = snapshot.load_full();
+        let to_pin: Vec<String> = {
+            let index = objects.read().unwrap_or_else(|e| e.into_inner());
+            store
+                .state()
+                .iter()
+                .filter(|pv| {
+                    let spec = pv.spec.as_ref();
+                    let policy = spec.and_then(|s| s.persistent_volume_reclaim_policy.as_deref());
+                    let claim = spec.and_then(|s| s.claim_ref.as_ref());
+                    policy != Some("Retain")
+                        && claim.is_some_and(|c| {
+                            index
+                                .claim(
+                                    c.namespace.as_deref().unwrap_or_default(),
+                                    c.name.as_deref().unwrap_or_default(),
+                                )
+                                .is_some_and(|hit| wants_retain(&hit, &snap))
+                        })
+                })
+                .map(|pv| pv.name_any())
+                .collect()
+        };
+        for name in to_pin {
+            let patch = json!({"spec": {"persistentVolumeReclaimPolicy": "Retain"}});
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(volume = %name, "reclaimPolicy set to Retain: its claim is protected")
+                }
+                Err(err) => {
+                    tracing::warn!(volume = %name, error = %err, "cannot pin reclaimPolicy to Retain")
+                }
+            }
+        }
+    }
+}
