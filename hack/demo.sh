@@ -23,6 +23,8 @@ K=(kubectl --kubeconfig "$KUBECONFIG")
 
 step "2. Install the CRDs and start agentguard: every ServiceAccount in namespace '$NS' is an agent"
 "${K[@]}" apply --server-side --force-conflicts -f crds/ >/dev/null
+# agentguard's own namespace: excluded from the webhook, and home of its leader-election Lease.
+"${K[@]}" create namespace agentguard --dry-run=client -o yaml | "${K[@]}" apply -f - >/dev/null
 "${K[@]}" wait --for=condition=Established --timeout=60s \
   crd/protectedresources.agentguard.dev crd/clusterprotectedresources.agentguard.dev >/dev/null
 if [[ -f "$STATE/run/agentguard.pid" ]] && kill -0 "$(cat "$STATE/run/agentguard.pid")" 2>/dev/null; then

@@ -105,6 +105,16 @@ pub struct RunArgs {
     /// agentguard's own and kube-system.
     #[arg(long, env = "AGENTGUARD_WEBHOOK_NAMESPACE_LABEL")]
     pub webhook_namespace_label: Option<String>,
+    /// Elect one leader among replicas (coordination.k8s.io Lease) to reconcile cluster-wide
+    /// state; every replica serves the webhook either way.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "AGENTGUARD_LEADER_ELECTION")]
+    pub leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "agentguard", env = "AGENTGUARD_LEASE_NAME")]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: --namespace).
+    #[arg(long, env = "AGENTGUARD_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
     /// Largest AdmissionReview body accepted; larger bodies get 413.
     #[arg(long, default_value_t = DEFAULT_MAX_REVIEW_BYTES, env = "AGENTGUARD_MAX_REVIEW_BYTES")]
     pub max_review_bytes: usize,
@@ -130,7 +140,14 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             let webhook_configuration = webhook_params(&args)?;
+            let lease = args.leader_election.then(|| {
+                (
+                    args.lease_namespace.clone().unwrap_or_else(|| args.namespace.clone()),
+                    args.lease_name.clone(),
+                )
+            });
             let config = RunConfig {
+                lease,
                 webhook_configuration,
                 webhook_addr: args.webhook_addr,
                 metrics_addr: args.metrics_addr,

@@ -43,6 +43,8 @@ pub struct RunConfig {
     pub max_review_bytes: usize,
     /// Manage the ValidatingWebhookConfiguration with these parameters (None: someone else does).
     pub webhook_configuration: Option<WebhookParams>,
+    /// Lease (namespace, name) for leader election; None: this replica always leads.
+    pub lease: Option<(String, String)>,
 }
 
 /// Installs ring as the process-wide rustls provider. kube-client panics when more than one
@@ -129,10 +131,22 @@ pub async fn run(config: RunConfig) -> Result<()> {
         readiness.clone(),
         metrics.clone(),
     ));
+    let leader = match config.lease.clone() {
+        Some((namespace, name)) => {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+                format!("{}-{}", hostname(), std::process::id())
+            });
+            tokio::spawn(operator::leader::run(client.clone(), namespace, name, identity, tx));
+            rx
+        }
+        None => tokio::sync::watch::channel(true).1,
+    };
     tokio::spawn(operator::pin_volumes(
         client.clone(),
         snapshot.clone(),
         objects.clone(),
+        leader.clone(),
     ));
     if let Some(params) = config.webhook_configuration.clone() {
         tokio::spawn(webhook_config::reconcile(
@@ -141,6 +155,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
             config.annotation_kinds.clone(),
             snapshot.clone(),
             objects,
+            leader,
         ));
     }
     tokio::spawn(operator::events::publish_blocked_attempts(
@@ -215,6 +230,12 @@ async fn reload_certificates(tls: RustlsConfig, cert: PathBuf, key: PathBuf) {
             }
         }
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "agentguard".into())
 }
 
 fn bind(addr: SocketAddr) -> Result<TcpListener> {

@@ -163,3 +163,64 @@ fn managed_configuration_is_created_restored_and_follows_policies() {
         },
     );
 }
+
+#[test]
+fn a_new_leader_takes_over_when_the_leader_dies() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "leader");
+    let agent = ns.agent("cursor-agent");
+    let options = GuardOptions {
+        managed: true,
+        ..Default::default()
+    };
+    let mut guard = Guard::start_with(&ns, &agent, &options);
+    let lease = format!("agentguard-{}", ns.name);
+    let holder = || {
+        stdout(&ns.kubectl(&[
+            "get",
+            "lease",
+            &lease,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]))
+    };
+    assert_eq!(holder(), format!("a-{}", ns.name));
+
+    // A second replica serves the webhook too, but does not lead.
+    let (webhook_b, metrics_b) = (support::free_port(), support::free_port());
+    let mut replica =
+        support::spawn_agentguard(&ns, &options, guard.dir.path(), webhook_b, metrics_b, "b");
+    wait_until(Duration::from_secs(30), "replica b to be ready", || {
+        support::http_status(metrics_b, "/readyz") == Some(200)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        holder(),
+        format!("a-{}", ns.name),
+        "b took a lease a still renews"
+    );
+
+    guard.kill();
+    wait_until(Duration::from_secs(40), "b to take the lease", || {
+        holder() == format!("b-{}", ns.name)
+    });
+    // The new leader reconciles: the configuration now points at b, and agents are still denied.
+    let name = guard.webhook_name.clone();
+    wait_until(
+        Duration::from_secs(15),
+        "the configuration to point at b",
+        || {
+            vwc(&cluster, &name, "{.webhooks[0].clientConfig.url}")
+                .contains(&format!(":{webhook_b}/"))
+        },
+    );
+    wait_until(Duration::from_secs(15), "b to enforce", || {
+        stderr(&ns.kubectl_as(
+            &agent,
+            &["delete", "pvc", "agentguard-probe", "--dry-run=server"],
+        ))
+        .contains("agentguard: DENIED")
+    });
+    replica.kill().unwrap();
+    replica.wait().unwrap();
+}

@@ -2,6 +2,7 @@
 //! routes requests to the webhook.
 
 pub mod events;
+pub mod leader;
 mod status;
 mod volumes;
 pub mod webhook_config;

@@ -25,8 +25,14 @@ fn wants_retain(hit: &CascadeHit, snapshot: &crate::policy::Snapshot) -> bool {
             .any(|id| snapshot.policy(id).is_none_or(|p| p.retain_volumes))
 }
 
-/// Watches PersistentVolumes and pins those bound to protected claims. Never returns.
-pub async fn pin_volumes(client: kube::Client, snapshot: SharedSnapshot, objects: SharedObjects) {
+/// Watches PersistentVolumes and pins those bound to protected claims, while `leader` says
+/// this replica leads. Never returns.
+pub async fn pin_volumes(
+    client: kube::Client,
+    snapshot: SharedSnapshot,
+    objects: SharedObjects,
+    leader: tokio::sync::watch::Receiver<bool>,
+) {
     let api: Api<PersistentVolume> = Api::all(client);
     let (store, writer) = reflector::store();
     let mut events = reflector::reflector(writer, watcher(api.clone(), watcher::Config::default()))
@@ -42,6 +48,9 @@ pub async fn pin_volumes(client: kube::Client, snapshot: SharedSnapshot, objects
                 continue;
             }
             _ = tick.tick() => {}
+        }
+        if !*leader.borrow() {
+            continue;
         }
         let snap = snapshot.load_full();
         let to_pin: Vec<String> = {

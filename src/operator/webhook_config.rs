@@ -187,13 +187,14 @@ pub fn desired(params: &WebhookParams, guarded: &Resources) -> ValidatingWebhook
 type Kind = (String, String);
 
 /// Keeps the configuration equal to [`desired`] for the kinds in force, and restores it when
-/// it is deleted or edited. Never returns.
+/// it is deleted or edited, while `leader` says this replica leads. Never returns.
 pub async fn reconcile(
     client: kube::Client,
     params: WebhookParams,
     annotation_kinds: Vec<Kind>,
     snapshot: SharedSnapshot,
     objects: SharedObjects,
+    mut leader: tokio::sync::watch::Receiver<bool>,
 ) {
     let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let mut changes = watcher(
@@ -209,7 +210,13 @@ pub async fn reconcile(
         let external_change = tokio::select! {
             _ = tick.tick() => false,
             event = changes.next() => matches!(event, Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)))),
+            _ = leader.changed() => true,
         };
+        if !*leader.borrow_and_update() {
+            // Only the leader writes; a new leader applies at once.
+            applied = None;
+            continue;
+        }
         let mut kinds: BTreeSet<Kind> = annotation_kinds.iter().cloned().collect();
         kinds.extend(snapshot.load().policies().iter().flat_map(|p| p.kinds()));
         kinds.extend(

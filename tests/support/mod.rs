@@ -321,7 +321,7 @@ pub struct Guard<'c> {
     managed: bool,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -342,6 +342,61 @@ pub struct GuardOptions {
     /// Let agentguard manage its own ValidatingWebhookConfiguration (scoped to namespaces
     /// labelled `agentguard-e2e=<namespace>`), instead of the harness registering one.
     pub managed: bool,
+}
+
+/// Starts one agentguard process for `ns`, logging to `<dir>/agentguard-<replica>.log`.
+pub fn spawn_agentguard(
+    ns: &TestNamespace<'_>,
+    options: &GuardOptions,
+    dir: &Path,
+    webhook_port: u16,
+    metrics_port: u16,
+    replica: &str,
+) -> Child {
+    let log = std::fs::File::create(dir.join(format!("agentguard-{replica}.log"))).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_agentguard"))
+        .args([
+            "run",
+            "--webhook-addr",
+            &format!("127.0.0.1:{webhook_port}"),
+        ])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .arg("--tls-cert-file")
+        .arg(dir.join("tls.crt"))
+        .arg("--tls-key-file")
+        .arg(dir.join("tls.key"))
+        .arg(format!(
+            "--agent-service-accounts={}",
+            options
+                .agent_service_accounts
+                .clone()
+                .unwrap_or_else(|| format!("{}/*", ns.name))
+        ))
+        .args(
+            options
+                .break_glass_groups
+                .iter()
+                .map(|g| format!("--break-glass-groups={g}")),
+        )
+        .args(if options.managed {
+            vec![
+                format!("--webhook-configuration-name=agentguard-{}", ns.name),
+                format!("--webhook-url=https://127.0.0.1:{webhook_port}/validate"),
+                format!("--ca-file={}", dir.join("ca.crt").display()),
+                format!("--webhook-namespace-label=agentguard-e2e={}", ns.name),
+            ]
+        } else {
+            vec!["--manage-webhook-configuration=false".to_owned()]
+        })
+        .arg(format!("--lease-namespace={}", ns.name))
+        .arg(format!("--lease-name=agentguard-{}", ns.name))
+        .env("POD_NAME", format!("{replica}-{}", ns.name))
+        .env("KUBECONFIG", &ns.cluster.kubeconfig)
+        .env("RUST_LOG", "info,agentguard=debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start agentguard")
 }
 
 impl<'c> Guard<'c> {
@@ -371,47 +426,7 @@ impl<'c> Guard<'c> {
         }
         let webhook_port = free_port();
         let metrics_port = free_port();
-        let log = std::fs::File::create(dir.path().join("agentguard.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_agentguard"))
-            .args([
-                "run",
-                "--webhook-addr",
-                &format!("127.0.0.1:{webhook_port}"),
-            ])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .arg("--tls-cert-file")
-            .arg(dir.path().join("tls.crt"))
-            .arg("--tls-key-file")
-            .arg(dir.path().join("tls.key"))
-            .arg(format!(
-                "--agent-service-accounts={}",
-                options
-                    .agent_service_accounts
-                    .clone()
-                    .unwrap_or_else(|| format!("{}/*", ns.name))
-            ))
-            .args(
-                options
-                    .break_glass_groups
-                    .iter()
-                    .map(|g| format!("--break-glass-groups={g}")),
-            )
-            .args(if options.managed {
-                vec![
-                    format!("--webhook-configuration-name=agentguard-{}", ns.name),
-                    format!("--webhook-url=https://127.0.0.1:{webhook_port}/validate"),
-                    format!("--ca-file={}", dir.path().join("ca.crt").display()),
-                    format!("--webhook-namespace-label=agentguard-e2e={}", ns.name),
-                ]
-            } else {
-                vec!["--manage-webhook-configuration=false".to_owned()]
-            })
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .env("RUST_LOG", "info,agentguard=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start agentguard");
+        let child = spawn_agentguard(ns, options, dir.path(), webhook_port, metrics_port, "a");
         let mut guard = Self {
             cluster,
             child: Some(child),
@@ -486,7 +501,7 @@ webhooks:
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agentguard.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("agentguard-a.log")).unwrap_or_default()
     }
 
     /// Kills the webhook process, leaving its configuration registered.
@@ -540,6 +555,20 @@ impl Drop for Guard<'_> {
         ]);
         self.kill();
     }
+}
+
+/// The HTTP status of a plain GET on loopback, or None when nothing answers.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    agent
+        .get(&format!("http://127.0.0.1:{port}{path}"))
+        .call()
+        .ok()
+        .map(|r| r.status().as_u16())
 }
 
 pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
