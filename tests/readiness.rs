@@ -56,6 +56,7 @@ fn not_ready_while_the_api_server_is_unreachable() {
         .arg(dir.path().join("tls.crt"))
         .arg("--tls-key-file")
         .arg(dir.path().join("tls.key"))
+        .args(["--manage-webhook-configuration=false", "--leader-election=false"])
         .env("KUBECONFIG", &kubeconfig)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
