@@ -178,43 +178,18 @@ fn crd_whose_instances_are_protected_is_denied() {
     let ns = TestNamespace::create(&cluster, "crd");
     let agent = ns.agent("cursor-agent");
     ns.grant_cluster("cursor-agent", "delete", "customresourcedefinitions");
-    let group = format!("{}.example.com", ns.name);
     let options = GuardOptions {
         extra_rules: "      - operations: [DELETE]\n        apiGroups: [apiextensions.k8s.io]\n        apiVersions: [v1]\n        resources: [customresourcedefinitions]\n".into(),
         ..Default::default()
     };
     let _guard = Guard::start_with(&ns, &agent, &options);
-    cluster.apply(&format!(
-        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: databases.{group}\nspec:\n  group: {group}\n  scope: Namespaced\n  \
-         names: {{plural: databases, singular: database, kind: Database}}\n  versions:\n    - name: v1\n      served: true\n      storage: true\n      \
-         schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}\n"
-    ));
-    ns.owns_cluster_object(&format!("crd/databases.{group}"));
-    cluster.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        &format!("crd/databases.{group}"),
-    ]);
+    let group = ns.crd("databases", "Database");
     cluster.apply(&format!(
         "apiVersion: agentguard.dev/v1alpha1\nkind: ProtectedResource\nmetadata:\n  name: databases\n  namespace: {ns}\nspec:\n  targets: [{{apiGroups: [{group}], kinds: [Database]}}]\n---\n\
          apiVersion: {group}/v1\nkind: Database\nmetadata:\n  name: orders\n  namespace: {ns}\n",
         ns = ns.name
     ));
-    ns.kubectl_ok(&[
-        "create",
-        "role",
-        "databases",
-        "--verb=*",
-        &format!("--resource=databases.{group}"),
-    ]);
-    ns.kubectl_ok(&[
-        "create",
-        "rolebinding",
-        "databases",
-        "--role=databases",
-        &format!("--serviceaccount={}:cursor-agent", ns.name),
-    ]);
+    ns.grant("cursor-agent", &format!("databases.{group}"));
     // A new policy on a CRD kind starts protecting within seconds.
     wait_until(
         Duration::from_secs(30),

@@ -114,19 +114,7 @@ fn managed_configuration_is_created_restored_and_follows_policies() {
     );
 
     // A policy on a new CRD kind adds its resource to the rules within seconds.
-    let group = format!("{}.example.com", ns.name);
-    cluster.apply(&format!(
-        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: backups.{group}\nspec:\n  group: {group}\n  scope: Namespaced\n  \
-         names: {{plural: backups, singular: backup, kind: Backup}}\n  versions:\n    - name: v1\n      served: true\n      storage: true\n      \
-         schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}\n"
-    ));
-    ns.owns_cluster_object(&format!("crd/backups.{group}"));
-    cluster.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        &format!("crd/backups.{group}"),
-    ]);
+    let group = ns.crd("backups", "Backup");
     cluster.apply(&format!(
         "apiVersion: agentguard.dev/v1alpha1\nkind: ProtectedResource\nmetadata:\n  name: backups\n  namespace: {ns}\nspec:\n  targets: [{{apiGroups: [{group}], kinds: [Backup]}}]\n---\n\
          apiVersion: {group}/v1\nkind: Backup\nmetadata:\n  name: nightly\n  namespace: {ns}\n",
@@ -137,20 +125,7 @@ fn managed_configuration_is_created_restored_and_follows_policies() {
         "the Backup kind in the rules",
         || vwc(&cluster, &name, "{.webhooks[0].rules}").contains("backups"),
     );
-    ns.kubectl_ok(&[
-        "create",
-        "role",
-        "backups",
-        "--verb=*",
-        &format!("--resource=backups.{group}"),
-    ]);
-    ns.kubectl_ok(&[
-        "create",
-        "rolebinding",
-        "backups",
-        "--role=backups",
-        &format!("--serviceaccount={}:cursor-agent", ns.name),
-    ]);
+    ns.grant("cursor-agent", &format!("backups.{group}"));
     wait_until(
         Duration::from_secs(15),
         "the Backup to be protected",

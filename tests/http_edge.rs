@@ -171,20 +171,10 @@ async fn metrics_count_blocks_but_not_dry_runs() {
 async fn warn_mode_answers_allowed_with_a_warning() {
     use agentguard::api::{Mode, ProtectionSpec, Target};
     use agentguard::policy::{PolicyRef, compile};
-    let spec = ProtectionSpec {
-        mode: Mode::Warn,
-        targets: vec![Target {
-            api_groups: vec!["".into()],
-            kinds: vec!["PersistentVolumeClaim".into()],
-            names: vec![],
-            selector: None,
-            namespaces: vec![],
-        }],
-        subjects: None,
-        approval: None,
-        message: None,
-        retain_volumes: None,
-    };
+    let spec = ProtectionSpec::new(
+        Mode::Warn,
+        vec![Target::kinds(&[""], &["PersistentVolumeClaim"])],
+    );
     let policy = compile(PolicyRef::cluster("volumes"), &spec).unwrap();
     let agents = AgentMatcher::new(&AgentDefinition {
         service_accounts: vec!["agents/*".into()],

@@ -1,30 +1,12 @@
 //! A replica that cannot reach the API server must never report ready: it would judge with an
 //! empty view of policies and agents. Runs the real binary against a dead endpoint.
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod support;
 
-fn get(port: u16, path: &str) -> Option<u16> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(2)))
-        .build()
-        .into();
-    agent
-        .get(&format!("http://127.0.0.1:{port}{path}"))
-        .call()
-        .ok()
-        .map(|r| r.status().as_u16())
-}
+use support::{free_port, http_status as get};
 
 #[test]
 fn not_ready_while_the_api_server_is_unreachable() {
@@ -56,7 +38,10 @@ fn not_ready_while_the_api_server_is_unreachable() {
         .arg(dir.path().join("tls.crt"))
         .arg("--tls-key-file")
         .arg(dir.path().join("tls.key"))
-        .args(["--manage-webhook-configuration=false", "--leader-election=false"])
+        .args([
+            "--manage-webhook-configuration=false",
+            "--leader-election=false",
+        ])
         .env("KUBECONFIG", &kubeconfig)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -224,6 +224,33 @@ pub struct ProtectionStatus {
     pub last_blocked: Option<LastBlocked>,
 }
 
+impl Target {
+    /// Every object of `kinds` in `api_groups`, with no further filter.
+    pub fn kinds(api_groups: &[&str], kinds: &[&str]) -> Self {
+        Self {
+            api_groups: api_groups.iter().map(|s| s.to_string()).collect(),
+            kinds: kinds.iter().map(|s| s.to_string()).collect(),
+            names: vec![],
+            selector: None,
+            namespaces: vec![],
+        }
+    }
+}
+
+impl ProtectionSpec {
+    /// A spec with these targets and defaults for everything else.
+    pub fn new(mode: Mode, targets: Vec<Target>) -> Self {
+        Self {
+            mode,
+            targets,
+            subjects: None,
+            approval: None,
+            retain_volumes: None,
+            message: None,
+        }
+    }
+}
+
 /// Both CRDs as one multi-document YAML stream: the output of `agentguard crd` and the
 /// content of `crds/`.
 pub fn crd_yaml() -> String {

@@ -382,20 +382,9 @@ mod tests {
         let policies = kinds
             .iter()
             .map(|k| {
-                let spec = ProtectionSpec {
-                    mode: Mode::Enforce,
-                    targets: vec![Target {
-                        api_groups: vec!["".into(), "db.example.com".into()],
-                        kinds: vec![k.to_string()],
-                        names: vec!["data-*".into()],
-                        selector: None,
-                        namespaces: vec![],
-                    }],
-                    subjects: None,
-                    approval: None,
-                    message: None,
-                    retain_volumes: None,
-                };
+                let mut target = Target::kinds(&["", "db.example.com"], &[k]);
+                target.names = vec!["data-*".into()];
+                let spec = ProtectionSpec::new(Mode::Enforce, vec![target]);
                 compile(PolicyRef::cluster(&format!("p-{k}")), &spec).unwrap()
             })
             .collect();

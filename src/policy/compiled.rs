@@ -373,24 +373,11 @@ mod tests {
     use crate::api::{ApprovalSpec, Subjects, Target};
 
     fn spec(targets: Vec<Target>) -> ProtectionSpec {
-        ProtectionSpec {
-            mode: Mode::Enforce,
-            targets,
-            subjects: None,
-            approval: None,
-            message: None,
-            retain_volumes: None,
-        }
+        ProtectionSpec::new(Mode::Enforce, targets)
     }
 
     fn target(kind: &str) -> Target {
-        Target {
-            api_groups: vec!["".into()],
-            kinds: vec![kind.into()],
-            names: vec![],
-            selector: None,
-            namespaces: vec![],
-        }
+        Target::kinds(&[""], &[kind])
     }
 
     #[test]

@@ -882,20 +882,7 @@ pub(crate) mod tests {
     }
 
     pub fn spec(mode: Mode, kind: &str) -> ProtectionSpec {
-        ProtectionSpec {
-            mode,
-            targets: vec![Target {
-                api_groups: vec!["".into()],
-                kinds: vec![kind.into()],
-                names: vec![],
-                selector: None,
-                namespaces: vec![],
-            }],
-            subjects: None,
-            approval: None,
-            message: None,
-            retain_volumes: None,
-        }
+        ProtectionSpec::new(mode, vec![Target::kinds(&[""], &[kind])])
     }
 
     pub fn snapshot(policies: Vec<(PolicyRef, ProtectionSpec)>, labelled: &[&str]) -> Snapshot {

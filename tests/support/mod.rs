@@ -274,6 +274,45 @@ impl TestNamespace<'_> {
         self.cluster_scoped.borrow_mut().push(object.to_owned());
     }
 
+    /// Installs a namespaced CRD `<plural>.<namespace>.example.com` (kind `kind`, any fields),
+    /// removed when the test ends, waits until it is served, and returns its group.
+    pub fn crd(&self, plural: &str, kind: &str) -> String {
+        let group = format!("{}.example.com", self.name);
+        let singular = kind.to_ascii_lowercase();
+        self.cluster.apply(&format!(
+            "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: {plural}.{group}\nspec:\n  group: {group}\n  scope: Namespaced\n  \
+             names: {{plural: {plural}, singular: {singular}, kind: {kind}}}\n  versions:\n    - name: v1\n      served: true\n      storage: true\n      \
+             schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}\n"
+        ));
+        self.owns_cluster_object(&format!("crd/{plural}.{group}"));
+        self.cluster.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            &format!("crd/{plural}.{group}"),
+        ]);
+        group
+    }
+
+    /// Grants the namespace's ServiceAccount `sa` every verb on `resource` in this namespace.
+    pub fn grant(&self, sa: &str, resource: &str) {
+        let name = unique(&format!("{sa}-all"));
+        self.kubectl_ok(&[
+            "create",
+            "role",
+            &name,
+            "--verb=*",
+            &format!("--resource={resource}"),
+        ]);
+        self.kubectl_ok(&[
+            "create",
+            "rolebinding",
+            &name,
+            &format!("--role={name}"),
+            &format!("--serviceaccount={}:{sa}", self.name),
+        ]);
+    }
+
     /// Grants the namespace's ServiceAccount `sa` cluster-wide `verbs` on `resources` through a
     /// ClusterRole and binding removed when the test ends.
     pub fn grant_cluster(&self, sa: &str, verbs: &str, resources: &str) {
