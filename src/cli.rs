@@ -142,7 +142,9 @@ pub fn main() -> anyhow::Result<()> {
             let webhook_configuration = webhook_params(&args)?;
             let lease = args.leader_election.then(|| {
                 (
-                    args.lease_namespace.clone().unwrap_or_else(|| args.namespace.clone()),
+                    args.lease_namespace
+                        .clone()
+                        .unwrap_or_else(|| args.namespace.clone()),
                     args.lease_name.clone(),
                 )
             });

@@ -19,13 +19,25 @@ pub fn can_take(lease: &LeaseSpec, identity: &str, now: jiff::Timestamp) -> bool
     if holder.is_empty() || holder == identity {
         return true;
     }
-    let duration = lease.lease_duration_seconds.unwrap_or(LEASE_DURATION.as_secs() as i32);
-    let renewed = lease.renew_time.as_ref().or(lease.acquire_time.as_ref()).map(|t| t.0);
+    let duration = lease
+        .lease_duration_seconds
+        .unwrap_or(LEASE_DURATION.as_secs() as i32);
+    let renewed = lease
+        .renew_time
+        .as_ref()
+        .or(lease.acquire_time.as_ref())
+        .map(|t| t.0);
     renewed.is_none_or(|t| t + jiff::SignedDuration::from_secs(duration.into()) < now)
 }
 
 /// Campaigns for the lease forever, publishing leadership on `leader_tx`.
-pub async fn run(client: kube::Client, namespace: String, name: String, identity: String, leader_tx: watch::Sender<bool>) {
+pub async fn run(
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    identity: String,
+    leader_tx: watch::Sender<bool>,
+) {
     let api: Api<Lease> = Api::namespaced(client, &namespace);
     let mut tick = tokio::time::interval(RETRY_PERIOD);
     loop {
@@ -51,7 +63,12 @@ pub async fn run(client: kube::Client, namespace: String, name: String, identity
     }
 }
 
-async fn try_acquire(api: &Api<Lease>, name: &str, identity: &str, now: jiff::Timestamp) -> kube::Result<bool> {
+async fn try_acquire(
+    api: &Api<Lease>,
+    name: &str,
+    identity: &str,
+    now: jiff::Timestamp,
+) -> kube::Result<bool> {
     let fresh_spec = |transitions: i32, acquired: Option<MicroTime>| LeaseSpec {
         holder_identity: Some(identity.to_owned()),
         lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
@@ -62,7 +79,10 @@ async fn try_acquire(api: &Api<Lease>, name: &str, identity: &str, now: jiff::Ti
     };
     let Some(mut lease) = api.get_opt(name).await? else {
         let lease = Lease {
-            metadata: ObjectMeta { name: Some(name.to_owned()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                ..Default::default()
+            },
             spec: Some(fresh_spec(0, None)),
         };
         return match api.create(&PostParams::default(), &lease).await {
@@ -77,7 +97,10 @@ async fn try_acquire(api: &Api<Lease>, name: &str, identity: &str, now: jiff::Ti
     }
     let ours = spec.holder_identity.as_deref() == Some(identity);
     let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
-    lease.spec = Some(fresh_spec(transitions, if ours { spec.acquire_time } else { None }));
+    lease.spec = Some(fresh_spec(
+        transitions,
+        if ours { spec.acquire_time } else { None },
+    ));
     // resourceVersion in the object makes this a compare-and-swap: two replicas racing for an
     // expired lease cannot both win.
     match api.replace(name, &PostParams::default(), &lease).await {
@@ -95,7 +118,9 @@ mod tests {
         LeaseSpec {
             holder_identity: Some(holder.into()),
             lease_duration_seconds: Some(15),
-            renew_time: Some(MicroTime(now - jiff::SignedDuration::from_secs(renewed_secs_ago))),
+            renew_time: Some(MicroTime(
+                now - jiff::SignedDuration::from_secs(renewed_secs_ago),
+            )),
             ..Default::default()
         }
     }
@@ -104,8 +129,14 @@ mod tests {
     fn lease_rules() {
         let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
         assert!(can_take(&lease("a", 5, now), "a", now), "renew our own");
-        assert!(!can_take(&lease("b", 5, now), "a", now), "someone else's fresh lease");
-        assert!(can_take(&lease("b", 16, now), "a", now), "someone else's expired lease");
+        assert!(
+            !can_take(&lease("b", 5, now), "a", now),
+            "someone else's fresh lease"
+        );
+        assert!(
+            can_take(&lease("b", 16, now), "a", now),
+            "someone else's expired lease"
+        );
         assert!(can_take(&lease("", 1, now), "a", now), "released lease");
         assert!(can_take(&LeaseSpec::default(), "a", now), "empty lease");
     }
