@@ -16,9 +16,11 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::error::{Error, Result};
 
 /// A CA and a serving certificate it signed, all PEM.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertificateBundle {
     pub ca_pem: String,
+    /// The CA's private key (kept only by the self-managed mode, in its Secret).
+    pub ca_key_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
 }
@@ -40,6 +42,7 @@ pub fn generate(hosts: &[String], validity: std::time::Duration) -> Result<Certi
     ca_params.not_after = not_after;
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
+    let ca_key_pem = ca_key.serialize_pem();
     let issuer = Issuer::new(ca_params, ca_key);
 
     let mut params = CertificateParams::new(hosts.to_vec())?;
@@ -56,6 +59,7 @@ pub fn generate(hosts: &[String], validity: std::time::Duration) -> Result<Certi
 
     Ok(CertificateBundle {
         ca_pem: ca_cert.pem(),
+        ca_key_pem,
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
@@ -89,6 +93,22 @@ pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<ServerConfig
     Ok(Arc::new(config))
 }
 
+/// When the first certificate in `cert_pem` expires.
+pub fn not_after(cert_pem: &[u8]) -> Result<jiff::Timestamp> {
+    let pem_error = |detail: String| Error::Pem {
+        what: "certificate".into(),
+        detail,
+    };
+    let der = CertificateDer::pem_slice_iter(cert_pem)
+        .next()
+        .ok_or_else(|| pem_error("no CERTIFICATE block found".into()))?
+        .map_err(|e| pem_error(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| pem_error(e.to_string()))?;
+    jiff::Timestamp::from_second(cert.validity().not_after.timestamp())
+        .map_err(|e| pem_error(e.to_string()))
+}
+
 /// [`server_config`] from PEM files.
 pub fn server_config_from_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
     let read = |path: &Path| {
@@ -117,6 +137,15 @@ mod tests {
             config.alpn_protocols,
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         );
+    }
+
+    #[test]
+    fn expiry_is_read_from_the_certificate() {
+        let before = jiff::Timestamp::now();
+        let bundle = generate(&["127.0.0.1".into()], std::time::Duration::from_secs(3600)).unwrap();
+        let expiry = not_after(bundle.cert_pem.as_bytes()).unwrap();
+        let secs = expiry.as_second() - before.as_second();
+        assert!((3599..=3601).contains(&secs), "{secs}");
     }
 
     #[test]

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::operator::certificates::RotationParams;
 use crate::operator::webhook_config::{WebhookParams, WebhookTarget};
 use crate::policy::AgentDefinition;
-use crate::runtime::{self, RunConfig};
+use crate::runtime::{self, RunConfig, TlsSource};
 use crate::webhook::DEFAULT_MAX_REVIEW_BYTES;
 
 #[derive(Debug, Parser)]
@@ -50,12 +51,36 @@ pub struct RunArgs {
     /// Address of the plain-HTTP endpoints /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080", env = "AGENTGUARD_METRICS_ADDR")]
     pub metrics_addr: SocketAddr,
-    /// PEM serving certificate (chain) for the webhook. Reloaded when the file changes.
-    #[arg(long, env = "AGENTGUARD_TLS_CERT_FILE")]
-    pub tls_cert_file: PathBuf,
+    /// PEM serving certificate (chain) for the webhook, e.g. mounted by cert-manager.
+    /// Reloaded when the file changes. Not with --cert-secret.
+    #[arg(
+        long,
+        env = "AGENTGUARD_TLS_CERT_FILE",
+        requires = "tls_key_file",
+        conflicts_with = "cert_secret"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
     /// PEM private key of the serving certificate.
-    #[arg(long, env = "AGENTGUARD_TLS_KEY_FILE")]
-    pub tls_key_file: PathBuf,
+    #[arg(long, env = "AGENTGUARD_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Self-managed certificates: keep a CA and serving certificate in this Secret (`name` in
+    /// --namespace, or `namespace/name`), create them at start and rotate them before expiry.
+    #[arg(long, env = "AGENTGUARD_CERT_SECRET")]
+    pub cert_secret: Option<String>,
+    /// DNS names or IPs of the self-managed serving certificate, comma separated (default: the
+    /// Service's names from --webhook-service, or the host of --webhook-url).
+    #[arg(long, value_delimiter = ',', env = "AGENTGUARD_CERT_HOSTS")]
+    pub cert_hosts: Vec<String>,
+    /// Validity of self-managed certificates (h, m, s units).
+    #[arg(long, default_value = "2160h", env = "AGENTGUARD_CERT_VALIDITY")]
+    pub cert_validity: String,
+    /// Start rotating when this much validity is left.
+    #[arg(long, default_value = "720h", env = "AGENTGUARD_CERT_ROTATE_BEFORE")]
+    pub cert_rotate_before: String,
+    /// How long the next CA is published in the webhook configuration before its certificate
+    /// is served.
+    #[arg(long, default_value = "30s", env = "AGENTGUARD_CERT_PROMOTE_AFTER")]
+    pub cert_promote_after: String,
     /// Agent ServiceAccounts as namespace/name globs, comma separated (e.g. "ci/*,*/cursor-*").
     #[arg(long, value_delimiter = ',', env = "AGENTGUARD_AGENT_SERVICE_ACCOUNTS")]
     pub agent_service_accounts: Vec<String>,
@@ -153,8 +178,8 @@ pub fn main() -> anyhow::Result<()> {
                 webhook_configuration,
                 webhook_addr: args.webhook_addr,
                 metrics_addr: args.metrics_addr,
-                tls_cert_file: args.tls_cert_file,
-                tls_key_file: args.tls_key_file,
+                tls: tls_source(&args)?,
+                ca_file: args.ca_file.clone(),
                 agents: AgentDefinition {
                     service_accounts: args.agent_service_accounts,
                     groups: args.agent_groups,
@@ -211,11 +236,12 @@ fn webhook_params(args: &RunArgs) -> anyhow::Result<Option<WebhookParams>> {
              (or --manage-webhook-configuration=false)"
         ),
     };
-    let ca_file = args.ca_file.as_ref().context(
-        "managing the webhook configuration needs --ca-file (the CA that signed --tls-cert-file)",
-    )?;
-    let ca_bundle =
-        std::fs::read(ca_file).with_context(|| format!("cannot read {}", ca_file.display()))?;
+    if args.cert_secret.is_none() && args.ca_file.is_none() {
+        anyhow::bail!(
+            "managing the webhook configuration needs --ca-file (the CA that signed \
+             --tls-cert-file), or self-managed certificates with --cert-secret"
+        );
+    }
     let namespace_label = match &args.webhook_namespace_label {
         None => None,
         Some(l) => Some(
@@ -227,10 +253,67 @@ fn webhook_params(args: &RunArgs) -> anyhow::Result<Option<WebhookParams>> {
     Ok(Some(WebhookParams {
         configuration_name: args.webhook_configuration_name.clone(),
         target,
-        ca_bundle,
         own_namespace: args.namespace.clone(),
         namespace_label,
         timeout_seconds: 5,
+    }))
+}
+
+fn tls_source(args: &RunArgs) -> anyhow::Result<TlsSource> {
+    if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) {
+        return Ok(TlsSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+    }
+    let Some(secret) = &args.cert_secret else {
+        anyhow::bail!(
+            "give --tls-cert-file and --tls-key-file, or --cert-secret for self-managed certificates"
+        );
+    };
+    let duration = |flag: &str, text: &str| {
+        crate::policy::parse_duration(text)
+            .with_context(|| format!("{flag} {text:?} is not a duration like 720h or 30s"))
+    };
+    let mut hosts = args.cert_hosts.clone();
+    if hosts.is_empty() {
+        if let Some(service) = &args.webhook_service {
+            let ns_name = service
+                .rsplit_once(':')
+                .map_or(service.as_str(), |(n, _)| n);
+            if let Some((ns, name)) = ns_name.split_once('/') {
+                hosts.extend([
+                    format!("{name}.{ns}.svc"),
+                    format!("{name}.{ns}.svc.cluster.local"),
+                ]);
+            }
+        }
+        if let Some(url) = &args.webhook_url {
+            let host = url
+                .trim_start_matches("https://")
+                .split(['/', ':'])
+                .next()
+                .unwrap_or_default();
+            if !host.is_empty() {
+                hosts.push(host.to_owned());
+            }
+        }
+    }
+    anyhow::ensure!(
+        !hosts.is_empty(),
+        "--cert-secret needs --cert-hosts (or --webhook-service / --webhook-url to derive them)"
+    );
+    let (secret_namespace, secret_name) = match secret.split_once('/') {
+        Some((ns, name)) => (ns.to_owned(), name.to_owned()),
+        None => (args.namespace.clone(), secret.clone()),
+    };
+    Ok(TlsSource::Secret(RotationParams {
+        secret_namespace,
+        secret_name,
+        hosts,
+        validity: duration("--cert-validity", &args.cert_validity)?,
+        rotate_before: duration("--cert-rotate-before", &args.cert_rotate_before)?,
+        promote_after: duration("--cert-promote-after", &args.cert_promote_after)?,
     }))
 }
 

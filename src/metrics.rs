@@ -22,6 +22,7 @@ pub struct Metrics {
     admission_duration: HistogramVec,
     approvals: IntCounterVec,
     protected_objects: IntGaugeVec,
+    certificate_expiry: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -73,6 +74,14 @@ impl Metrics {
             &["resource"],
         )
         .expect("valid metric");
+        let certificate_expiry = prometheus::IntGauge::with_opts(
+            Opts::new(
+                "certificate_expiry_timestamp_seconds",
+                "When the serving certificate expires (Unix time).",
+            )
+            .namespace(NAMESPACE),
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "build_info",
@@ -91,6 +100,7 @@ impl Metrics {
             Box::new(admission_duration.clone()),
             Box::new(approvals.clone()),
             Box::new(protected_objects.clone()),
+            Box::new(certificate_expiry.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -104,7 +114,13 @@ impl Metrics {
             admission_duration,
             approvals,
             protected_objects,
+            certificate_expiry,
         }
+    }
+
+    /// Records when the certificate being served expires.
+    pub fn set_certificate_expiry(&self, unix_seconds: i64) {
+        self.certificate_expiry.set(unix_seconds);
     }
 
     /// Sets the number of protected objects of each resource; resources not named drop to 0.

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::index::{self, BlockLedger, Readiness, SharedObjects, SharedSnapshot};
 use crate::metrics::Metrics;
 use crate::operator;
+use crate::operator::certificates::{self, RotationParams};
 use crate::operator::webhook_config::{self, WebhookParams};
 use crate::policy::Snapshot;
 use crate::policy::{AgentDefinition, AgentMatcher};
@@ -35,8 +36,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct RunConfig {
     pub webhook_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
-    pub tls_cert_file: PathBuf,
-    pub tls_key_file: PathBuf,
+    pub tls: TlsSource,
+    /// PEM CA bundle for the webhook configuration when certificates come from files.
+    pub ca_file: Option<PathBuf>,
     pub agents: AgentDefinition,
     /// Kinds (group, kind) on which the `agentguard.dev/protected` annotation is honoured and
     /// which are indexed for cascade checks even when no policy targets them.
@@ -46,6 +48,15 @@ pub struct RunConfig {
     pub webhook_configuration: Option<WebhookParams>,
     /// Lease (namespace, name) for leader election; None: this replica always leads.
     pub lease: Option<(String, String)>,
+}
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// PEM files (e.g. mounted by cert-manager), reloaded when they change.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Self-managed: a CA and certificate in a Secret, issued and rotated by the leader.
+    Secret(RotationParams),
 }
 
 /// Installs ring as the process-wide rustls provider. kube-client panics when more than one
@@ -58,7 +69,16 @@ pub fn install_crypto_provider() {
 pub async fn run(config: RunConfig) -> Result<()> {
     install_crypto_provider();
     let metrics = Metrics::new();
-    let readiness = Readiness::waiting_for(&[index::POLICIES_GATE, index::OBJECTS_GATE]);
+    let readiness = match &config.tls {
+        TlsSource::Files { .. } => {
+            Readiness::waiting_for(&[index::POLICIES_GATE, index::OBJECTS_GATE])
+        }
+        TlsSource::Secret(_) => Readiness::waiting_for(&[
+            index::POLICIES_GATE,
+            index::OBJECTS_GATE,
+            certificates::CERTIFICATES_GATE,
+        ]),
+    };
     let agents = AgentMatcher::new(&config.agents)?;
     let snapshot = SharedSnapshot::new(Snapshot::new(agents.clone(), Default::default(), vec![]));
     let ledger = BlockLedger::default();
@@ -71,10 +91,22 @@ pub async fn run(config: RunConfig) -> Result<()> {
     });
     let client = kube::Client::try_default().await.map_err(Error::Kube)?;
 
-    let tls = RustlsConfig::from_config(certs::server_config_from_files(
-        &config.tls_cert_file,
-        &config.tls_key_file,
-    )?);
+    let tls = RustlsConfig::from_config(match &config.tls {
+        TlsSource::Files { cert, key } => {
+            let loaded = certs::server_config_from_files(cert, key)?;
+            record_expiry(&metrics, cert);
+            loaded
+        }
+        // Until the Secret's certificate is loaded, serve a throwaway one nobody trusts; the
+        // replica is not ready meanwhile.
+        TlsSource::Secret(params) => {
+            let placeholder = certs::generate(&params.hosts, std::time::Duration::from_secs(3600))?;
+            certs::server_config(
+                placeholder.cert_pem.as_bytes(),
+                placeholder.key_pem.as_bytes(),
+            )?
+        }
+    });
     let webhook_listener = bind(config.webhook_addr)?;
     let metrics_listener = bind(config.metrics_addr)?;
     tracing::info!(webhook = %config.webhook_addr, metrics = %config.metrics_addr, "listening");
@@ -110,11 +142,6 @@ pub async fn run(config: RunConfig) -> Result<()> {
     let admission = webhook::admission_router(state, config.max_review_bytes);
     let ops = webhook::ops_router(metrics.clone(), readiness.clone());
 
-    tokio::spawn(reload_certificates(
-        tls,
-        config.tls_cert_file.clone(),
-        config.tls_key_file.clone(),
-    ));
     tokio::spawn(shutdown_on_signal(handle, readiness.clone()));
     // Ready only after the first full sync of policies, agents and protected objects.
     let (health_tx, health_rx) = tokio::sync::watch::channel(Vec::new());
@@ -153,6 +180,30 @@ pub async fn run(config: RunConfig) -> Result<()> {
         }
         None => tokio::sync::watch::channel(true).1,
     };
+    let (ca_tx, ca_rx) = tokio::sync::watch::channel(Vec::new());
+    match config.tls.clone() {
+        TlsSource::Files { cert, key } => {
+            if let Some(ca_file) = &config.ca_file {
+                let ca = std::fs::read(ca_file).map_err(|source| Error::ReadFile {
+                    path: ca_file.clone(),
+                    source,
+                })?;
+                ca_tx.send_replace(ca);
+            }
+            tokio::spawn(reload_certificates(tls, cert, key, metrics.clone()));
+        }
+        TlsSource::Secret(params) => {
+            tokio::spawn(certificates::run(
+                client.clone(),
+                params,
+                tls,
+                ca_tx,
+                leader.clone(),
+                readiness.clone(),
+                metrics.clone(),
+            ));
+        }
+    }
     tokio::spawn(operator::pin_volumes(
         client.clone(),
         snapshot.clone(),
@@ -167,6 +218,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
             snapshot.clone(),
             objects,
             leader,
+            ca_rx,
         ));
     }
     tokio::spawn(operator::events::publish_blocked_attempts(
@@ -217,7 +269,7 @@ async fn shutdown_on_signal(handle: Handle<SocketAddr>, readiness: Readiness) {
 
 /// Swaps in the serving certificate when its files change. A broken pair (half-written files,
 /// a key that does not match) is logged and the previous certificate keeps serving.
-async fn reload_certificates(tls: RustlsConfig, cert: PathBuf, key: PathBuf) {
+async fn reload_certificates(tls: RustlsConfig, cert: PathBuf, key: PathBuf, metrics: Metrics) {
     let stamp = |cert: &PathBuf, key: &PathBuf| -> Option<(SystemTime, SystemTime)> {
         let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         Some((modified(cert)?, modified(key)?))
@@ -233,6 +285,7 @@ async fn reload_certificates(tls: RustlsConfig, cert: PathBuf, key: PathBuf) {
         match certs::server_config_from_files(&cert, &key) {
             Ok(config) => {
                 tls.reload_from_config(config);
+                record_expiry(&metrics, &cert);
                 last = now;
                 tracing::info!(cert = %cert.display(), "serving certificate reloaded");
             }
@@ -240,6 +293,16 @@ async fn reload_certificates(tls: RustlsConfig, cert: PathBuf, key: PathBuf) {
                 tracing::warn!(error = %err, "new serving certificate rejected; keeping the old one")
             }
         }
+    }
+}
+
+fn record_expiry(metrics: &Metrics, cert: &std::path::Path) {
+    match std::fs::read(cert)
+        .map_err(|e| e.to_string())
+        .and_then(|pem| certs::not_after(&pem).map_err(|e| e.to_string()))
+    {
+        Ok(expiry) => metrics.set_certificate_expiry(expiry.as_second()),
+        Err(err) => tracing::warn!(error = %err, "cannot read the serving certificate's expiry"),
     }
 }
 

@@ -199,3 +199,73 @@ fn a_new_leader_takes_over_when_the_leader_dies() {
     replica.kill().unwrap();
     replica.wait().unwrap();
 }
+
+#[test]
+fn self_managed_certificates_rotate_under_load_without_a_failed_request() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "rotate");
+    let agent = ns.agent("cursor-agent");
+    // 60 s certificates rotated when 40 s are left: a rotation starts ~20 s in and its new
+    // certificate is served 8 s later.
+    let options = GuardOptions {
+        managed: true,
+        self_certs: Some(("60s", "40s", "8s")),
+        ..Default::default()
+    };
+    let guard = Guard::start_with(&ns, &agent, &options);
+    let served = || {
+        ns.kubectl_ok(&[
+            "get",
+            "secret",
+            "agentguard-tls",
+            "-o",
+            "jsonpath={.data.tls\\.crt}",
+        ])
+    };
+    let first = served();
+    let expiry_before = guard.metric("agentguard_certificate_expiry_timestamp_seconds", &[]);
+    assert!(expiry_before > 0.0, "the expiry metric is set");
+    ns.pvc("data", true);
+
+    // A steady stream of an agent's refused deletion and a human's guarded update, through the
+    // rotation. Every one must be judged by agentguard: no TLS or call failure, ever.
+    let started = std::time::Instant::now();
+    let (mut judged, mut rotated_at) = (0, None);
+    while started.elapsed() < Duration::from_secs(45) {
+        let out = ns.kubectl_as(&agent, &["delete", "pvc", "data", "--dry-run=server"]);
+        let err = stderr(&out);
+        assert!(
+            err.contains("agentguard: DENIED"),
+            "request {judged} not judged: {err}"
+        );
+        let out = ns.kubectl(&[
+            "annotate",
+            "--overwrite",
+            "pvc",
+            "data",
+            &format!("agentguard.dev/note=tick-{judged}"),
+        ]);
+        assert!(
+            out.status.success(),
+            "human update {judged} refused: {}",
+            stderr(&out)
+        );
+        judged += 1;
+        if rotated_at.is_none() && served() != first {
+            rotated_at = Some(started.elapsed());
+        }
+    }
+    let rotated_at = rotated_at.expect("the serving certificate rotated within 45 s");
+    assert!(judged > 20, "only {judged} rounds");
+    assert!(
+        guard.metric("agentguard_certificate_expiry_timestamp_seconds", &[]) > expiry_before,
+        "the expiry metric follows the new certificate"
+    );
+    let bundle = vwc(
+        &cluster,
+        &guard.webhook_name,
+        "{.webhooks[0].clientConfig.caBundle}",
+    );
+    assert!(!bundle.is_empty());
+    eprintln!("rotated after {rotated_at:?}; {judged} rounds, none failed");
+}

@@ -62,8 +62,6 @@ pub enum WebhookTarget {
 pub struct WebhookParams {
     pub configuration_name: String,
     pub target: WebhookTarget,
-    /// PEM CA bundle the API server trusts for the webhook.
-    pub ca_bundle: Vec<u8>,
     /// agentguard's own namespace: never judged, so it can always be repaired.
     pub own_namespace: String,
     /// Optional `key=value`: only namespaces with this label are judged.
@@ -88,7 +86,12 @@ fn rules(operations: &[&str], resources: &Resources) -> Vec<RuleWithOperations> 
 }
 
 /// The configuration for a set of guarded resources. Pure: tested by value, applied as is.
-pub fn desired(params: &WebhookParams, guarded: &Resources) -> ValidatingWebhookConfiguration {
+/// `ca_bundle` is the PEM CA bundle the API server trusts for the webhook.
+pub fn desired(
+    params: &WebhookParams,
+    guarded: &Resources,
+    ca_bundle: &[u8],
+) -> ValidatingWebhookConfiguration {
     let mut delete = guarded.clone();
     for (group, plural) in CASCADE_ROOTS {
         delete
@@ -119,7 +122,7 @@ pub fn desired(params: &WebhookParams, guarded: &Resources) -> ValidatingWebhook
         scope: Some("*".into()),
     });
     let client_config = WebhookClientConfig {
-        ca_bundle: Some(ByteString(params.ca_bundle.clone())),
+        ca_bundle: Some(ByteString(ca_bundle.to_vec())),
         url: match &params.target {
             WebhookTarget::Url(url) => Some(url.clone()),
             WebhookTarget::Service { .. } => None,
@@ -195,6 +198,7 @@ pub async fn reconcile(
     snapshot: SharedSnapshot,
     objects: SharedObjects,
     mut leader: tokio::sync::watch::Receiver<bool>,
+    mut ca_bundle: tokio::sync::watch::Receiver<Vec<u8>>,
 ) {
     let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let mut changes = watcher(
@@ -211,6 +215,7 @@ pub async fn reconcile(
             _ = tick.tick() => false,
             event = changes.next() => matches!(event, Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)))),
             _ = leader.changed() => true,
+            _ = ca_bundle.changed() => true,
         };
         if !*leader.borrow_and_update() {
             // Only the leader writes; a new leader applies at once.
@@ -248,7 +253,12 @@ pub async fn reconcile(
                     .insert(plural.clone());
             }
         }
-        let want = desired(&params, &guarded);
+        let ca = ca_bundle.borrow_and_update().clone();
+        if ca.is_empty() {
+            // Self-managed certificates not issued yet: publishing no CA would fail every call.
+            continue;
+        }
+        let want = desired(&params, &guarded, &ca);
         if !external_change && applied.as_ref() == Some(&want) {
             continue;
         }
@@ -286,7 +296,6 @@ mod tests {
                 name: "agentguard".into(),
                 port: 443,
             },
-            ca_bundle: b"CA".to_vec(),
             own_namespace: "agentguard".into(),
             namespace_label: None,
             timeout_seconds: 5,
@@ -297,7 +306,7 @@ mod tests {
     fn rules_cover_guarded_kinds_roots_and_policies() {
         let guarded: Resources =
             [("".to_owned(), ["persistentvolumeclaims".to_owned()].into())].into();
-        let vwc = desired(&params(), &guarded);
+        let vwc = desired(&params(), &guarded, b"CA");
         let hook = &vwc.webhooks.as_ref().unwrap()[0];
         assert_eq!(hook.name, WEBHOOK_NAME);
         assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));

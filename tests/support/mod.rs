@@ -381,6 +381,9 @@ pub struct GuardOptions {
     /// Let agentguard manage its own ValidatingWebhookConfiguration (scoped to namespaces
     /// labelled `agentguard-e2e=<namespace>`), instead of the harness registering one.
     pub managed: bool,
+    /// Self-managed certificates in a Secret of the test namespace: (validity, rotate before,
+    /// promote after), as agentguard duration flags. None: certificate files from the test.
+    pub self_certs: Option<(&'static str, &'static str, &'static str)>,
 }
 
 /// Starts one agentguard process for `ns`, logging to `<dir>/agentguard-<replica>.log`.
@@ -400,10 +403,19 @@ pub fn spawn_agentguard(
             &format!("127.0.0.1:{webhook_port}"),
         ])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-        .arg("--tls-cert-file")
-        .arg(dir.join("tls.crt"))
-        .arg("--tls-key-file")
-        .arg(dir.join("tls.key"))
+        .args(match options.self_certs {
+            None => vec![
+                format!("--tls-cert-file={}", dir.join("tls.crt").display()),
+                format!("--tls-key-file={}", dir.join("tls.key").display()),
+            ],
+            Some((validity, rotate_before, promote_after)) => vec![
+                format!("--cert-secret={}/agentguard-tls", ns.name),
+                "--cert-hosts=127.0.0.1".to_owned(),
+                format!("--cert-validity={validity}"),
+                format!("--cert-rotate-before={rotate_before}"),
+                format!("--cert-promote-after={promote_after}"),
+            ],
+        })
         .arg(format!(
             "--agent-service-accounts={}",
             options
@@ -570,7 +582,11 @@ webhooks:
         let mut sorted = labels.to_vec();
         sorted.sort();
         let rendered: Vec<String> = sorted.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-        let prefix = format!("{name}{{{}}} ", rendered.join(","));
+        let prefix = if rendered.is_empty() {
+            format!("{name} ")
+        } else {
+            format!("{name}{{{}}} ", rendered.join(","))
+        };
         text.lines()
             .find_map(|l| l.strip_prefix(&prefix))
             .map(|v| v.trim().parse().unwrap())
