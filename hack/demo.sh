@@ -36,7 +36,8 @@ import socket
 socks = [socket.socket() for _ in range(2)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
-KUBECONFIG="$KUBECONFIG" setsid target/debug/agentguard run \
+# A stable identity: a re-run's agentguard takes over the previous one's leader Lease at once.
+POD_NAME=agentguard-demo KUBECONFIG="$KUBECONFIG" setsid target/debug/agentguard run \
   --webhook-addr "127.0.0.1:$WEBHOOK_PORT" --metrics-addr "127.0.0.1:$METRICS_PORT" \
   --tls-cert-file "$STATE/agentguard/tls.crt" --tls-key-file "$STATE/agentguard/tls.key" \
   --agent-service-accounts "$NS/*" \
@@ -48,8 +49,9 @@ curl -sf "http://127.0.0.1:$METRICS_PORT/readyz" >/dev/null || { tail "$STATE/lo
 echo "agentguard is ready: webhook https://127.0.0.1:$WEBHOOK_PORT/validate, metrics http://127.0.0.1:$METRICS_PORT/metrics"
 
 # agentguard writes and keeps its own ValidatingWebhookConfiguration (failurePolicy: Fail).
-for _ in $(seq 1 100); do
-  "${K[@]}" get validatingwebhookconfiguration agentguard >/dev/null 2>&1 && break
+for _ in $(seq 1 150); do
+  "${K[@]}" get validatingwebhookconfiguration agentguard -o jsonpath='{.webhooks[0].clientConfig.url}' 2>/dev/null \
+    | grep -q ":$WEBHOOK_PORT/" && break
   sleep 0.2
 done
 run "${K[@]}" get validatingwebhookconfiguration agentguard -o jsonpath='{.webhooks[0].name}: failurePolicy={.webhooks[0].failurePolicy}{"\n"}'
