@@ -15,17 +15,8 @@ fn not_ready_while_the_api_server_is_unreachable() {
         agentguard::certs::generate(&["127.0.0.1".into()], Duration::from_secs(600)).unwrap();
     std::fs::write(dir.path().join("tls.crt"), &bundle.cert_pem).unwrap();
     std::fs::write(dir.path().join("tls.key"), &bundle.key_pem).unwrap();
-    // Nothing listens on this port: every watch fails.
-    let dead = free_port();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: dead, cluster: {{server: 'https://127.0.0.1:{dead}', insecure-skip-tls-verify: true}}}}]\n\
-             users: [{{name: u, user: {{token: x}}}}]\ncontexts: [{{name: c, context: {{cluster: dead, user: u}}}}]\ncurrent-context: c\n"
-        ),
-    )
-    .unwrap();
+    // Nothing listens on the API server's port: every watch fails.
+    let kubeconfig = support::dead_kubeconfig(dir.path());
     let metrics = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentguard"))
         .args([

@@ -612,6 +612,22 @@ impl Drop for Guard<'_> {
     }
 }
 
+/// A kubeconfig whose API server does not exist (a loopback port nothing listens on): the
+/// process starts, and every watch fails and retries.
+pub fn dead_kubeconfig(dir: &Path) -> PathBuf {
+    let dead = free_port();
+    let path = dir.join("dead.kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: dead, cluster: {{server: 'https://127.0.0.1:{dead}', insecure-skip-tls-verify: true}}}}]\n\
+             users: [{{name: u, user: {{token: x}}}}]\ncontexts: [{{name: c, context: {{cluster: dead, user: u}}}}]\ncurrent-context: c\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
 /// The HTTP status of a plain GET on loopback, or None when nothing answers.
 pub fn http_status(port: u16, path: &str) -> Option<u16> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
