@@ -15,6 +15,19 @@ fn denial(ns: &str, name: &str, user: &str) -> String {
     )
 }
 
+/// `agentguard_deletions_blocked_total` for claims protected by their annotation.
+fn blocked_claims(guard: &Guard<'_>, ns: &TestNamespace<'_>, agent: &str) -> f64 {
+    guard.metric(
+        "agentguard_deletions_blocked_total",
+        &[
+            ("namespace", &ns.name),
+            ("resource", "persistentvolumeclaims"),
+            ("subject", agent),
+            ("policy", "annotation"),
+        ],
+    )
+}
+
 #[test]
 fn agent_with_a_token_request_token_cannot_delete_a_protected_claim() {
     let cluster = Cluster::connect();
@@ -83,15 +96,7 @@ fn impersonated_agent_is_denied_and_a_human_is_not() {
     assert!(out.status.success(), "{}", stderr(&out));
     ns.wait_pvc_gone("data");
 
-    let blocked = guard.metric(
-        "agentguard_deletions_blocked_total",
-        &[
-            ("namespace", &ns.name),
-            ("resource", "persistentvolumeclaims"),
-            ("subject", &agent),
-            ("policy", "annotation"),
-        ],
-    );
+    let blocked = blocked_claims(&guard, &ns, &agent);
     assert_eq!(blocked, 1.0);
 }
 
@@ -170,15 +175,7 @@ fn server_side_dry_run_tells_the_agent_the_truth_and_is_counted_apart() {
         guard.metric("agentguard_admission_requests_total", &labels("false")),
         0.0
     );
-    let blocked = guard.metric(
-        "agentguard_deletions_blocked_total",
-        &[
-            ("namespace", &ns.name),
-            ("resource", "persistentvolumeclaims"),
-            ("subject", &agent),
-            ("policy", "annotation"),
-        ],
-    );
+    let blocked = blocked_claims(&guard, &ns, &agent);
     assert_eq!(
         blocked, 0.0,
         "dry runs destroyed nothing and are not blocked attempts"
@@ -221,15 +218,7 @@ fn metrics_record_each_block_with_contract_labels() {
                 .success()
         );
     }
-    let blocked = guard.metric(
-        "agentguard_deletions_blocked_total",
-        &[
-            ("namespace", &ns.name),
-            ("resource", "persistentvolumeclaims"),
-            ("subject", &agent),
-            ("policy", "annotation"),
-        ],
-    );
+    let blocked = blocked_claims(&guard, &ns, &agent);
     assert_eq!(blocked, 3.0);
     let denied = guard.metric(
         "agentguard_admission_requests_total",
