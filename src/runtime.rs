@@ -69,16 +69,11 @@ pub fn install_crypto_provider() {
 pub async fn run(config: RunConfig) -> Result<()> {
     install_crypto_provider();
     let metrics = Metrics::new();
-    let readiness = match &config.tls {
-        TlsSource::Files { .. } => {
-            Readiness::waiting_for(&[index::POLICIES_GATE, index::OBJECTS_GATE])
-        }
-        TlsSource::Secret(_) => Readiness::waiting_for(&[
-            index::POLICIES_GATE,
-            index::OBJECTS_GATE,
-            certificates::CERTIFICATES_GATE,
-        ]),
-    };
+    let mut gates = vec![index::POLICIES_GATE, index::OBJECTS_GATE];
+    if matches!(config.tls, TlsSource::Secret(_)) {
+        gates.push(certificates::CERTIFICATES_GATE);
+    }
+    let readiness = Readiness::waiting_for(&gates);
     let agents = AgentMatcher::new(&config.agents)?;
     let snapshot = SharedSnapshot::new(Snapshot::new(agents.clone(), Default::default(), vec![]));
     let ledger = BlockLedger::default();
