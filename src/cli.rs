@@ -126,6 +126,10 @@ pub struct RunArgs {
     /// agentguard's own namespace, never judged so it can always be repaired.
     #[arg(long, default_value = "agentguard", env = "POD_NAMESPACE")]
     pub namespace: String,
+    /// A ClusterRole that owns the webhook configuration (the chart's), so that deleting it
+    /// (helm uninstall) garbage-collects the configuration.
+    #[arg(long, env = "AGENTGUARD_WEBHOOK_OWNER_CLUSTER_ROLE")]
+    pub webhook_owner_cluster_role: Option<String>,
     /// Only judge namespaces carrying this label (key=value); default every namespace but
     /// agentguard's own and kube-system.
     #[arg(long, env = "AGENTGUARD_WEBHOOK_NAMESPACE_LABEL")]
@@ -256,6 +260,7 @@ fn webhook_params(args: &RunArgs) -> anyhow::Result<Option<WebhookParams>> {
         own_namespace: args.namespace.clone(),
         namespace_label,
         timeout_seconds: 5,
+        owner_cluster_role: args.webhook_owner_cluster_role.clone(),
     }))
 }
 

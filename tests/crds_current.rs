@@ -24,3 +24,16 @@ fn binary_prints_the_same_crds() {
         agentguard::api::crd_yaml()
     );
 }
+
+#[test]
+fn chart_crds_match_crds_dir() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let top = std::fs::read_to_string(format!("{root}/crds/agentguard.dev.yaml")).unwrap();
+    let chart =
+        std::fs::read_to_string(format!("{root}/charts/agentguard/crds/agentguard.dev.yaml"))
+            .unwrap();
+    assert!(
+        top == chart,
+        "charts/agentguard/crds is stale: cp crds/agentguard.dev.yaml charts/agentguard/crds/"
+    );
+}

@@ -28,14 +28,24 @@ struct Desired {
     problems: Vec<String>,
     reason: &'static str,
     protected_objects: i64,
+    /// Targeted kinds not served (the policy is in force for the others).
+    unserved: Vec<String>,
 }
 
 /// The Ready condition for a policy.
 fn ready_condition(desired: &Desired, last_transition_time: Time) -> Condition {
-    let (status, message) = if desired.problems.is_empty() {
+    let (status, message) = if !desired.problems.is_empty() {
+        ("False", desired.problems.join("; "))
+    } else if desired.unserved.is_empty() {
         ("True", "policy is valid and in force".to_owned())
     } else {
-        ("False", desired.problems.join("; "))
+        (
+            "True",
+            format!(
+                "in force for the kinds served; not (yet) protecting: {}",
+                desired.unserved.join("; ")
+            ),
+        )
     };
     Condition {
         type_: "Ready".into(),
@@ -67,7 +77,7 @@ async fn count_protected(
     client: &kube::Client,
     policy: &CompiledPolicy,
     groups: &mut HashMap<String, Option<ApiGroup>>,
-) -> Result<i64, Vec<String>> {
+) -> Result<Count, Vec<String>> {
     let mut total = 0;
     let mut problems = Vec::new();
     for (group, kind) in policy.kinds() {
@@ -114,11 +124,24 @@ async fn count_protected(
             })
             .count() as i64;
     }
-    if problems.is_empty() {
-        Ok(total)
+    // Some targeted kinds served: the policy protects those, and says which are missing (the
+    // default policy names VolumeSnapshots, which many clusters do not serve). None served:
+    // it protects nothing, and is not Ready.
+    if problems.len() < policy.kinds().count() {
+        Ok(Count {
+            total,
+            unserved: problems,
+        })
     } else {
         Err(problems)
     }
+}
+
+/// Protected objects of a policy, and the targeted kinds the API server does not serve.
+#[derive(Debug, Clone, PartialEq)]
+struct Count {
+    total: i64,
+    unserved: Vec<String>,
 }
 
 /// Keeps every policy's status current: on policy changes, on blocked deletions, and every
@@ -131,7 +154,7 @@ pub async fn reconcile_policy_status(
     ledger: BlockLedger,
 ) {
     let mut written: HashMap<PolicyRef, Desired> = HashMap::new();
-    let mut counts: HashMap<PolicyRef, Result<i64, Vec<String>>> = HashMap::new();
+    let mut counts: HashMap<PolicyRef, Result<Count, Vec<String>>> = HashMap::new();
     let mut tick = tokio::time::interval(RECOUNT_INTERVAL);
     let mut last_count = std::time::Instant::now();
     loop {
@@ -163,17 +186,19 @@ pub async fn reconcile_policy_status(
         let mut blocks = ledger.drain();
         for h in &health {
             let desired = match (&h.problems[..], counts.get(&h.id)) {
-                ([], Some(Ok(n))) => Desired {
+                ([], Some(Ok(count))) => Desired {
                     generation: h.generation,
                     problems: vec![],
                     reason: "Enforcing",
-                    protected_objects: *n,
+                    protected_objects: count.total,
+                    unserved: count.unserved.clone(),
                 },
                 ([], Some(Err(problems))) => Desired {
                     generation: h.generation,
                     problems: problems.clone(),
                     reason: "UnknownKind",
                     protected_objects: 0,
+                    unserved: vec![],
                 },
                 ([], None) => continue, // compiled after the last count; next tick
                 (problems, _) => Desired {
@@ -181,6 +206,7 @@ pub async fn reconcile_policy_status(
                     problems: problems.to_vec(),
                     reason: "InvalidSpec",
                     protected_objects: 0,
+                    unserved: vec![],
                 },
             };
             let pending = blocks.remove(&h.id);

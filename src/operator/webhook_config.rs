@@ -12,7 +12,10 @@ use k8s_openapi::api::admissionregistration::v1::{
     MatchCondition, RuleWithOperations, ServiceReference, ValidatingWebhook,
     ValidatingWebhookConfiguration, WebhookClientConfig,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, OwnerReference,
+};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::discovery;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -67,6 +70,10 @@ pub struct WebhookParams {
     /// Optional `key=value`: only namespaces with this label are judged.
     pub namespace_label: Option<(String, String)>,
     pub timeout_seconds: i32,
+    /// A ClusterRole (the chart's) that owns the configuration: when it is deleted (helm
+    /// uninstall), the garbage collector deletes the configuration too, even one this
+    /// operator re-created a moment before losing its permissions.
+    pub owner_cluster_role: Option<String>,
 }
 
 /// Resources by API group.
@@ -91,6 +98,7 @@ pub fn desired(
     params: &WebhookParams,
     guarded: &Resources,
     ca_bundle: &[u8],
+    owner: Option<&OwnerReference>,
 ) -> ValidatingWebhookConfiguration {
     let mut delete = guarded.clone();
     for (group, plural) in CASCADE_ROOTS {
@@ -156,6 +164,7 @@ pub fn desired(
     ValidatingWebhookConfiguration {
         metadata: ObjectMeta {
             name: Some(params.configuration_name.clone()),
+            owner_references: owner.map(|o| vec![o.clone()]),
             labels: Some(
                 [(
                     "app.kubernetes.io/managed-by".to_owned(),
@@ -258,7 +267,24 @@ pub async fn reconcile(
             // Self-managed certificates not issued yet: publishing no CA would fail every call.
             continue;
         }
-        let want = desired(&params, &guarded, &ca);
+        let owner = match &params.owner_cluster_role {
+            None => None,
+            Some(name) => match Api::<ClusterRole>::all(client.clone()).get(name).await {
+                Ok(role) => Some(OwnerReference {
+                    api_version: "rbac.authorization.k8s.io/v1".into(),
+                    kind: "ClusterRole".into(),
+                    name: name.clone(),
+                    uid: role.metadata.uid.unwrap_or_default(),
+                    ..Default::default()
+                }),
+                Err(err) => {
+                    // Without its owner the configuration could outlive an uninstall.
+                    tracing::warn!(error = %err, cluster_role = %name, "cannot read the owning ClusterRole; not applying");
+                    continue;
+                }
+            },
+        };
+        let want = desired(&params, &guarded, &ca, owner.as_ref());
         if !external_change && applied.as_ref() == Some(&want) {
             continue;
         }
@@ -299,6 +325,7 @@ mod tests {
             own_namespace: "agentguard".into(),
             namespace_label: None,
             timeout_seconds: 5,
+            owner_cluster_role: None,
         }
     }
 
@@ -306,7 +333,7 @@ mod tests {
     fn rules_cover_guarded_kinds_roots_and_policies() {
         let guarded: Resources =
             [("".to_owned(), ["persistentvolumeclaims".to_owned()].into())].into();
-        let vwc = desired(&params(), &guarded, b"CA");
+        let vwc = desired(&params(), &guarded, b"CA", None);
         let hook = &vwc.webhooks.as_ref().unwrap()[0];
         assert_eq!(hook.name, WEBHOOK_NAME);
         assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));

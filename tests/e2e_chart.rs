@@ -1,0 +1,296 @@
+//! The Helm chart against the real helm and kube-apiserver: it lints and renders for several
+//! value sets, installs into a namespace enforcing the Pod Security `restricted` profile with no
+//! warning, its RBAC is enough for the operator (run out of cluster with a token of the chart's
+//! own ServiceAccount), and upgrade and uninstall leave the cluster usable.
+//! This binary runs alone (cargo runs test binaries one after another): the chart's default
+//! ClusterProtectedResource is cluster-wide.
+
+mod support;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use support::{Cluster, TestNamespace, free_port, http_status, stderr, stdout, wait_until};
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/agentguard");
+
+fn helm(cluster: &Cluster, args: &[&str]) -> Output {
+    Command::new(cluster.tools.join("helm"))
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args(args)
+        .output()
+        .expect("run helm")
+}
+
+#[test]
+fn chart_lints_and_renders_for_several_value_sets() {
+    let cluster = Cluster::connect();
+    let sets: &[&[&str]] = &[
+        &[],
+        &[
+            "--set",
+            "certificates.mode=cert-manager",
+            "--set",
+            "replicas=3",
+        ],
+        &[
+            "--set",
+            "webhook.url=https://127.0.0.1:8443/validate",
+            "--set",
+            "agents.serviceAccounts={ci/*,*/cursor-*}",
+            "--set",
+            "agents.groups={ai-agents}",
+        ],
+        &[
+            "--set",
+            "defaultProtection.enabled=false",
+            "--set",
+            "podDisruptionBudget.enabled=false",
+            "--set",
+            "breakGlassGroups={sre}",
+        ],
+    ];
+    for set in sets {
+        let mut lint = vec!["lint", CHART, "--strict"];
+        lint.extend_from_slice(set);
+        let out = helm(&cluster, &lint);
+        assert!(
+            out.status.success(),
+            "helm lint {set:?}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        let mut template = vec![
+            "template",
+            "agentguard",
+            CHART,
+            "-n",
+            "agentguard",
+            "--kube-version",
+            "1.36.3",
+        ];
+        template.extend_from_slice(set);
+        let out = helm(&cluster, &template);
+        assert!(
+            out.status.success(),
+            "helm template {set:?}: {}",
+            stderr(&out)
+        );
+        let rendered = stdout(&out);
+        assert!(rendered.contains("kind: Deployment"), "{set:?}");
+        // Every rendered object is accepted by the real API server (server-side dry run).
+        let apply = cluster.kubectl_stdin(
+            &[
+                "apply",
+                "--dry-run=server",
+                "-n",
+                "agentguard-render",
+                "-f",
+                "-",
+            ],
+            &rendered.replace("namespace: agentguard", "namespace: default"),
+        );
+        let err = stderr(&apply);
+        assert!(
+            !err.contains("error") && !err.contains("Error"),
+            "{set:?}: {err}"
+        );
+    }
+}
+
+/// Uninstalls the release when the test ends however it ends: its ClusterRole, binding and
+/// ClusterProtectedResource are cluster-scoped and would outlive the namespace.
+struct Release<'c> {
+    cluster: &'c Cluster,
+    name: &'static str,
+    namespace: String,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        let _ = helm(
+            self.cluster,
+            &[
+                "uninstall",
+                self.name,
+                "-n",
+                &self.namespace,
+                "--ignore-not-found",
+            ],
+        );
+    }
+}
+
+#[test]
+fn chart_installs_restricted_and_its_rbac_is_enough() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "chart");
+    ns.kubectl_ok(&[
+        "label",
+        "namespace",
+        &ns.name,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/warn=restricted",
+    ]);
+    let apps = TestNamespace::create(&cluster, "chartapps");
+    let agent = apps.agent("cursor-agent");
+    let (webhook_port, metrics_port) = (free_port(), free_port());
+    let config_name = format!("agentguard-{}", ns.name);
+    let release = "agentguard";
+    let url = format!("https://127.0.0.1:{webhook_port}/validate");
+    let agents = format!("agents.serviceAccounts={{{}/cursor-*}}", apps.name);
+    let values: Vec<String> = vec![
+        "--set".into(),
+        format!("webhook.url={url}"),
+        "--set".into(),
+        format!("webhook.configurationName={config_name}"),
+        "--set".into(),
+        agents,
+    ];
+    let mut install = vec![
+        "install",
+        release,
+        CHART,
+        "-n",
+        ns.name.as_str(),
+        "--wait=false",
+    ];
+    install.extend(values.iter().map(String::as_str));
+    let out = helm(&cluster, &install);
+    let _release = Release {
+        cluster: &cluster,
+        name: release,
+        namespace: ns.name.clone(),
+    };
+    assert!(out.status.success(), "helm install: {}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("Warning"),
+        "helm install warned: {}",
+        stderr(&out)
+    );
+
+    // Run the operator out of cluster, as the chart's Deployment would run it, with a token of
+    // the chart's own ServiceAccount: the chart's RBAC must be enough for all of it.
+    let token = ns.kubectl_ok(&["create", "token", release, "--duration=1h"]);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = cluster.token_kubeconfig(dir.path(), token.trim());
+    let args_json = ns.kubectl_ok(&[
+        "get",
+        "deployment",
+        release,
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].args}",
+    ]);
+    let args: Vec<String> = serde_json::from_str::<Vec<String>>(&args_json)
+        .unwrap()
+        .into_iter()
+        .map(|a| a.replace("$(POD_NAMESPACE)", &ns.name))
+        .collect();
+    let log = std::fs::File::create(dir.path().join("operator.log")).unwrap();
+    let mut operator = Command::new(env!("CARGO_BIN_EXE_agentguard"))
+        .args(&args)
+        .arg(format!("--webhook-addr=127.0.0.1:{webhook_port}"))
+        .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAME", "chart-operator")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("operator.log")).unwrap_or_default();
+    wait_until(
+        Duration::from_secs(60),
+        "the operator to be ready with the chart's RBAC",
+        || http_status(metrics_port, "/readyz") == Some(200),
+    );
+    let vwc = |path: &str| {
+        stdout(&cluster.kubectl(&[
+            "get",
+            "validatingwebhookconfiguration",
+            &config_name,
+            "-o",
+            &format!("jsonpath={path}"),
+        ]))
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "the operator to fill in the chart's webhook configuration",
+        || vwc("{.webhooks[0].clientConfig.url}") == url,
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "default-volumes to be Ready",
+        || {
+            stdout(&cluster.kubectl(&[
+                "get",
+                "cpr",
+                "default-volumes",
+                "-o",
+                "jsonpath={.status.conditions[0].status}",
+            ])) == "True"
+        },
+    );
+    apps.pvc("data", false);
+    wait_until(
+        Duration::from_secs(30),
+        "the agent's deletion to be denied",
+        || {
+            stderr(&apps.kubectl_as(&agent, &["delete", "pvc", "data", "--dry-run=server"]))
+                .contains("Protected by ClusterProtectedResource default-volumes")
+        },
+    );
+    assert!(
+        !log().to_ascii_lowercase().contains("forbidden"),
+        "the operator lacked a permission:\n{}",
+        log()
+    );
+
+    // Upgrade: the webhooks the operator wrote survive helm's three-way merge.
+    let mut upgrade = vec![
+        "upgrade",
+        release,
+        CHART,
+        "-n",
+        ns.name.as_str(),
+        "--set",
+        "replicas=3",
+    ];
+    upgrade.extend(values.iter().map(String::as_str));
+    let out = helm(&cluster, &upgrade);
+    assert!(out.status.success(), "helm upgrade: {}", stderr(&out));
+    assert_eq!(
+        vwc("{.webhooks[0].failurePolicy}"),
+        "Fail",
+        "upgrade dropped the webhooks"
+    );
+
+    // Uninstall while the operator still runs (as its pods would, until helm deletes them): it
+    // may re-create the configuration a moment before it loses its RBAC, so the configuration
+    // is owned by the chart's ClusterRole and garbage-collected with it.
+    let out = helm(&cluster, &["uninstall", release, "-n", &ns.name]);
+    assert!(
+        out.status.success(),
+        "helm uninstall: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "no webhook configuration left behind",
+        || {
+            !cluster
+                .kubectl(&["get", "validatingwebhookconfiguration", &config_name])
+                .status
+                .success()
+        },
+    );
+    operator.kill().unwrap();
+    operator.wait().unwrap();
+    let out = apps.kubectl_as(&agent, &["delete", "pvc", "data", "--wait=false"]);
+    assert!(
+        out.status.success(),
+        "the cluster is not usable after uninstall: {}",
+        stderr(&out)
+    );
+}
