@@ -294,3 +294,45 @@ fn chart_installs_restricted_and_its_rbac_is_enough() {
         stderr(&out)
     );
 }
+
+#[test]
+fn bad_values_fail_with_a_readable_error() {
+    let cluster = Cluster::connect();
+    let cases = [
+        ("replicas=abc", "at '/replicas': got string, want integer"),
+        (
+            "certificates.mode=vault",
+            "at '/certificates/mode': value must be one of 'self', 'cert-manager'",
+        ),
+        (
+            "agents.serviceAccounts={cursor}",
+            "at '/agents/serviceAccounts/0': 'cursor' does not match pattern",
+        ),
+        ("webhook.url=http://insecure", "at '/webhook/url'"),
+        (
+            "defaultProtection.maxTTL=1d",
+            "at '/defaultProtection/maxTTL'",
+        ),
+        (
+            "defaultProtection.mode=Block",
+            "at '/defaultProtection/mode': value must be one of 'Enforce', 'Warn', 'Audit'",
+        ),
+        ("replcias=3", "additional properties 'replcias' not allowed"),
+    ];
+    for (set, needle) in cases {
+        let out = helm(
+            &cluster,
+            &[
+                "template",
+                "agentguard",
+                CHART,
+                "--kube-version",
+                "1.36.3",
+                "--set",
+                set,
+            ],
+        );
+        assert!(!out.status.success(), "{set} was accepted");
+        assert!(stderr(&out).contains(needle), "{set}: {}", stderr(&out));
+    }
+}
