@@ -66,9 +66,11 @@ fn chart_lints_and_renders_for_several_value_sets() {
             "agentguard",
             CHART,
             "-n",
-            "agentguard",
+            "default",
             "--kube-version",
             "1.36.3",
+            "--set",
+            "webhook.configurationName=agentguard-render-check",
         ];
         template.extend_from_slice(set);
         let out = helm(&cluster, &template);
@@ -80,17 +82,21 @@ fn chart_lints_and_renders_for_several_value_sets() {
         let rendered = stdout(&out);
         assert!(rendered.contains("kind: Deployment"), "{set:?}");
         // Every rendered object is accepted by the real API server (server-side dry run).
+        // Server-side apply as a dry run: valid whether or not the objects exist already.
         let apply = cluster.kubectl_stdin(
             &[
                 "apply",
+                "--server-side",
+                "--force-conflicts",
                 "--dry-run=server",
                 "-n",
-                "agentguard-render",
+                "default",
                 "-f",
                 "-",
             ],
-            &rendered.replace("namespace: agentguard", "namespace: default"),
+            &rendered,
         );
+        assert!(apply.status.success(), "{set:?}: {}", stderr(&apply));
         let err = stderr(&apply);
         assert!(
             !err.contains("error") && !err.contains("Error"),
