@@ -2,9 +2,11 @@
 //! agent definition, compiled into an immutable [`Snapshot`] that is swapped whole on change.
 //! Readers take no lock: one atomic load per review.
 
+mod kinds;
 pub mod objects;
 mod watch_objects;
 
+pub use kinds::KindResolver;
 pub use watch_objects::run_objects;
 
 use std::sync::Arc;

@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta, ResourceExt};
-use kube::discovery;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::objects::{ObjectEntry, ObjectKey, Owner};
-use super::{OBJECTS_GATE, Readiness, SharedObjects, SharedSnapshot};
+use super::{KindResolver, OBJECTS_GATE, Readiness, SharedObjects, SharedSnapshot};
 
 type Kind = (String, String);
 
@@ -140,23 +139,14 @@ pub async fn run_objects(
                 .retain(|e| e.key.group != kind.0 || e.key.kind != kind.1);
             tracing::info!(group = %kind.0, kind = %kind.1, "stopped watching");
         }
-        let mut groups: HashMap<String, Option<discovery::ApiGroup>> = HashMap::new();
+        let mut resolver = KindResolver::default();
         let missing: Vec<Kind> = wanted
             .iter()
             .filter(|k| !running.contains_key(*k))
             .cloned()
             .collect();
         for kind in &missing {
-            if !groups.contains_key(&kind.0) {
-                groups.insert(
-                    kind.0.clone(),
-                    discovery::group(&client, &kind.0).await.ok(),
-                );
-            }
-            let Some((resource, _)) = groups[&kind.0]
-                .as_ref()
-                .and_then(|g| g.recommended_kind(&kind.1))
-            else {
+            let Some((resource, _)) = resolver.resolve(&client, &kind.0, &kind.1).await else {
                 tracing::debug!(group = %kind.0, kind = %kind.1, "kind not served; will look again");
                 continue;
             };

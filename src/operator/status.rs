@@ -8,12 +8,12 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
-use kube::discovery::{self, ApiGroup};
+use kube::discovery;
 use serde_json::json;
 use tokio::sync::watch;
 
 use crate::api::{ClusterProtectedResource, LastBlocked, ProtectedResource};
-use crate::index::{BlockLedger, PendingBlocks, PolicyHealth, SharedSnapshot};
+use crate::index::{BlockLedger, KindResolver, PendingBlocks, PolicyHealth, SharedSnapshot};
 use crate::policy::{CompiledPolicy, ObjectFacts, PolicyKind, PolicyRef};
 
 /// How often protected objects are recounted (and unknown kinds rediscovered).
@@ -76,18 +76,12 @@ fn policy_api(client: &kube::Client, id: &PolicyRef) -> Api<DynamicObject> {
 async fn count_protected(
     client: &kube::Client,
     policy: &CompiledPolicy,
-    groups: &mut HashMap<String, Option<ApiGroup>>,
+    resolver: &mut KindResolver,
 ) -> Result<Count, Vec<String>> {
     let mut total = 0;
     let mut problems = Vec::new();
     for (group, kind) in policy.kinds() {
-        if !groups.contains_key(&group) {
-            groups.insert(group.clone(), discovery::group(client, &group).await.ok());
-        }
-        let Some((resource, caps)) = groups[&group]
-            .as_ref()
-            .and_then(|g| g.recommended_kind(&kind))
-        else {
+        let Some((resource, caps)) = resolver.resolve(client, &group, &kind).await else {
             let shown = if group.is_empty() {
                 "the core group".to_owned()
             } else {
@@ -174,12 +168,12 @@ pub async fn reconcile_policy_status(
         if recount {
             last_count = std::time::Instant::now();
             let snap = snapshot.load_full();
-            let mut groups = HashMap::new();
+            let mut resolver = KindResolver::default();
             counts.clear();
             for policy in snap.policies() {
                 counts.insert(
                     policy.id.clone(),
-                    count_protected(&client, policy, &mut groups).await,
+                    count_protected(&client, policy, &mut resolver).await,
                 );
             }
         }

@@ -17,10 +17,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, OwnerReference,
 };
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
-use kube::discovery;
 use kube::runtime::{WatchStreamExt, watcher};
 
-use crate::index::{SharedObjects, SharedSnapshot};
+use crate::index::{KindResolver, SharedObjects, SharedSnapshot};
 
 /// The webhook's name, as the API server prints it in denials and prefixes audit annotations.
 pub const WEBHOOK_NAME: &str = "validate.agentguard.dev";
@@ -240,18 +239,12 @@ pub async fn reconcile(
                 .owner_kinds_of_protected(),
         );
         let mut guarded = Resources::new();
-        let mut groups: HashMap<String, Option<discovery::ApiGroup>> = HashMap::new();
+        let mut resolver = KindResolver::default();
         for kind in kinds {
             if plurals.get(&kind).is_none_or(|p| p.is_none()) {
-                if !groups.contains_key(&kind.0) {
-                    groups.insert(
-                        kind.0.clone(),
-                        discovery::group(&client, &kind.0).await.ok(),
-                    );
-                }
-                let resolved = groups[&kind.0]
-                    .as_ref()
-                    .and_then(|g| g.recommended_kind(&kind.1))
+                let resolved = resolver
+                    .resolve(&client, &kind.0, &kind.1)
+                    .await
                     .map(|(ar, _)| (ar.group, ar.plural));
                 plurals.insert(kind.clone(), resolved);
             }

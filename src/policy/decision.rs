@@ -460,15 +460,7 @@ fn decide_write(
         let mut through = String::new();
         if let Some(hit) = hit {
             through = format!(", through {}", hit.object);
-            found.extend(
-                hit.policies
-                    .iter()
-                    .filter_map(|id| snapshot.policy(id))
-                    .map(Protection::Policy),
-            );
-            if hit.annotation {
-                found.push(Protection::Annotation);
-            }
+            inherit(&mut found, &hit, snapshot);
         }
         if !found.is_empty() {
             return judge(Judged {
@@ -626,17 +618,7 @@ fn decide_delete(
                 String::new()
             }
         );
-        let inherited = hit
-            .policies
-            .iter()
-            .filter_map(|id| snapshot.policy(id))
-            .map(Protection::Policy)
-            .chain(hit.annotation.then_some(Protection::Annotation));
-        for p in inherited {
-            if !found.iter().any(|f| f.label() == p.label()) {
-                found.push(p);
-            }
-        }
+        inherit(&mut found, &hit, snapshot);
     }
     judge(Judged {
         snapshot,
@@ -649,6 +631,22 @@ fn decide_delete(
         approval_on: old,
         action: "delete",
     })
+}
+
+/// Adds the protections of the data a request would reach through `hit` (a cascade, a volume's
+/// claim), once each.
+fn inherit<'s>(found: &mut Vec<Protection<'s>>, hit: &CascadeHit, snapshot: &'s Snapshot) {
+    let inherited = hit
+        .policies
+        .iter()
+        .filter_map(|id| snapshot.policy(id))
+        .map(Protection::Policy)
+        .chain(hit.annotation.then_some(Protection::Annotation));
+    for p in inherited {
+        if !found.iter().any(|f| f.label() == p.label()) {
+            found.push(p);
+        }
+    }
 }
 
 /// A destructive request and what protects its target, ready to be judged.
