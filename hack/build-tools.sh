@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
 # Builds the pinned control-plane tools (etcd, kube-apiserver, kube-controller-manager,
-# kubectl, helm) from their Go modules into a versioned cache outside the repository.
-# Reuses what is already built; rebuilds what is missing. Prints the bin directory last.
+# kubectl, helm) from their Go modules into a versioned cache outside the repository, and
+# copies the third-party CRDs the chart's optional objects are checked against
+# (prometheus-operator's ServiceMonitor and PrometheusRule, cert-manager's Certificate and
+# Issuer) out of those projects' Go modules. Reuses what is already there; rebuilds what is
+# missing. Prints the bin directory last.
 #
-#   hack/build-tools.sh            build what is missing, print the bin directory
-#   hack/build-tools.sh --print    only print the bin directory (no build)
+#   hack/build-tools.sh               build what is missing, print the bin directory
+#   hack/build-tools.sh --print       only print the bin directory (no build)
+#   hack/build-tools.sh --print-crds  only print the third-party CRD directory (no build)
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 STAGING_VERSION="v0.${K8S_VERSION#v1.}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.8}"     # the version k8s.io/kubernetes v1.36.3 pins
 HELM_VERSION="${HELM_VERSION:-v3.19.0}"
+PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
+CERT_MANAGER_VERSION="${CERT_MANAGER_VERSION:-v1.21.2}"
 
 CACHE="${AGENTGUARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentguard}"
 BIN="$CACHE/tools/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"
 
+CRDS="$CACHE/tools/crds-prometheus-operator-$PROMETHEUS_OPERATOR_VERSION-cert-manager-$CERT_MANAGER_VERSION"
+
 if [[ "${1:-}" == "--print" ]]; then
   echo "$BIN"
+  exit 0
+fi
+if [[ "${1:-}" == "--print-crds" ]]; then
+  echo "$CRDS"
   exit 0
 fi
 
@@ -102,8 +114,29 @@ build_helm() {
     "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 }
 
+# Copies the CRDs, exactly as each project publishes them in its Go module, into $CRDS.
+fetch_crds() {
+  log "fetching ServiceMonitor, PrometheusRule, Certificate and Issuer CRDs"
+  local tmp="$CRDS.tmp" dir
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  dir=$(cd "$tmp" && go mod download -json \
+    "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  for kind in servicemonitors prometheusrules; do
+    cp "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$tmp/"
+  done
+  dir=$(cd "$tmp" && go mod download -json "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  for kind in certificates issuers; do
+    cp "$dir/deploy/crds/cert-manager.io_$kind.yaml" "$tmp/"
+  done
+  chmod 0644 "$tmp"/*.yaml
+  rm -rf "$CRDS" && mv "$tmp" "$CRDS"
+}
+
 have etcd || build_etcd
 { have kube-apiserver && have kube-controller-manager && have kubectl; } || build_kubernetes
 have helm || build_helm
+[[ -f "$CRDS/cert-manager.io_issuers.yaml" ]] || fetch_crds
 log "tools ready in $BIN"
 echo "$BIN"

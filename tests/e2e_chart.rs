@@ -26,6 +26,8 @@ fn helm(cluster: &Cluster, args: &[&str]) -> Output {
 #[test]
 fn chart_lints_and_renders_for_several_value_sets() {
     let cluster = Cluster::connect();
+    // The optional objects are validated by the real CRDs of their projects.
+    cluster.install_third_party_crds();
     let sets: &[&[&str]] = &[
         &[],
         &[
@@ -33,6 +35,22 @@ fn chart_lints_and_renders_for_several_value_sets() {
             "certificates.mode=cert-manager",
             "--set",
             "replicas=3",
+            "--set",
+            "serviceMonitor.enabled=true",
+            "--set",
+            "serviceMonitor.labels.release=kube-prometheus-stack",
+            "--set",
+            "prometheusRule.enabled=true",
+        ],
+        &[
+            "--set",
+            "certificates.mode=cert-manager",
+            "--set",
+            "certificates.certManager.issuerRef.name=corp-ca",
+            "--set",
+            "certificates.certManager.issuerRef.kind=ClusterIssuer",
+            "--set",
+            "grafanaDashboard.enabled=false",
         ],
         &[
             "--set",
@@ -81,6 +99,19 @@ fn chart_lints_and_renders_for_several_value_sets() {
         );
         let rendered = stdout(&out);
         assert!(rendered.contains("kind: Deployment"), "{set:?}");
+        let enabled = |value: &str| set.contains(&value);
+        for (kind, shown) in [
+            ("ServiceMonitor", enabled("serviceMonitor.enabled=true")),
+            ("PrometheusRule", enabled("prometheusRule.enabled=true")),
+            ("Certificate", enabled("certificates.mode=cert-manager")),
+            ("ConfigMap", !enabled("grafanaDashboard.enabled=false")),
+        ] {
+            assert_eq!(
+                rendered.contains(&format!("\nkind: {kind}\n")),
+                shown,
+                "{set:?}: {kind}"
+            );
+        }
         // Every rendered object is accepted by the real API server (server-side dry run).
         // Server-side apply as a dry run: valid whether or not the objects exist already.
         let apply = cluster.kubectl_stdin(
@@ -340,5 +371,136 @@ fn bad_values_fail_with_a_readable_error() {
         );
         assert!(!out.status.success(), "{set} was accepted");
         assert!(stderr(&out).contains(needle), "{set}: {}", stderr(&out));
+    }
+}
+
+/// One rendered template of the chart, parsed.
+fn render_one(cluster: &Cluster, template: &str, set: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "template",
+        "agentguard",
+        CHART,
+        "-n",
+        "monitoring",
+        "--kube-version",
+        "1.36.3",
+        "--show-only",
+        template,
+    ];
+    args.extend_from_slice(set);
+    let out = helm(cluster, &args);
+    assert!(out.status.success(), "helm template: {}", stderr(&out));
+    serde_saphyr::from_str(&stdout(&out)).expect("one YAML document")
+}
+
+#[test]
+fn chart_ships_the_dashboard_and_alerts_verbatim() {
+    let cluster = Cluster::connect();
+    let chart = std::path::Path::new(CHART);
+
+    let cm = render_one(&cluster, "templates/dashboard.yaml", &[]);
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped: serde_json::Value =
+        serde_json::from_str(cm["data"]["agentguard.json"].as_str().unwrap()).unwrap();
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(chart.join("dashboards/agentguard.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        shipped, file,
+        "the ConfigMap differs from dashboards/agentguard.json"
+    );
+
+    let rule = render_one(
+        &cluster,
+        "templates/prometheusrule.yaml",
+        &["--set", "prometheusRule.enabled=true"],
+    );
+    let file: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(chart.join("rules/agentguard.rules.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        rule["spec"], file,
+        "the PrometheusRule differs from rules/agentguard.rules.yaml"
+    );
+    // Prometheus's own templating survives Helm untouched.
+    assert!(
+        rule.to_string().contains("{{ $labels."),
+        "alert annotations lost their $labels templates"
+    );
+
+    let monitor = render_one(
+        &cluster,
+        "templates/servicemonitor.yaml",
+        &["--set", "serviceMonitor.enabled=true"],
+    );
+    assert_eq!(monitor["spec"]["jobLabel"], "app.kubernetes.io/name");
+    assert_eq!(monitor["spec"]["endpoints"][0]["honorLabels"], true);
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+}
+
+/// The server-side dry run above is a real check: the third-party CRDs' schemas refuse a
+/// misspelled field, so a template mistake cannot pass as valid.
+#[test]
+fn third_party_crds_refuse_a_misspelled_field() {
+    let cluster = Cluster::connect();
+    cluster.install_third_party_crds();
+    for (template, set, good, bad) in [
+        (
+            "templates/servicemonitor.yaml",
+            "serviceMonitor.enabled=true",
+            "honorLabels:",
+            "honourLabels:",
+        ),
+        (
+            "templates/certificate.yaml",
+            "certificates.mode=cert-manager",
+            "renewBefore:",
+            "renewBeforeX:",
+        ),
+    ] {
+        let out = helm(
+            &cluster,
+            &[
+                "template",
+                "agentguard",
+                CHART,
+                "-n",
+                "default",
+                "--kube-version",
+                "1.36.3",
+                "--show-only",
+                template,
+                "--set",
+                set,
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let rendered = stdout(&out);
+        assert!(rendered.contains(good), "{template}: no {good}");
+        let apply = |yaml: &str| {
+            cluster.kubectl_stdin(
+                &[
+                    "apply",
+                    "--server-side",
+                    "--dry-run=server",
+                    "-n",
+                    "default",
+                    "-f",
+                    "-",
+                ],
+                yaml,
+            )
+        };
+        let ok = apply(&rendered);
+        assert!(ok.status.success(), "{template}: {}", stderr(&ok));
+        let refused = apply(&rendered.replacen(good, bad, 1));
+        assert!(!refused.status.success(), "{template}: {bad} was accepted");
+        assert!(
+            stderr(&refused).contains(bad.trim_end_matches(':')),
+            "{template}: {}",
+            stderr(&refused)
+        );
     }
 }

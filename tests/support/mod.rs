@@ -75,6 +75,38 @@ impl Cluster {
         ]);
     }
 
+    /// Installs the third-party CRDs the chart's optional objects are checked against
+    /// (prometheus-operator's ServiceMonitor and PrometheusRule, cert-manager's Certificate
+    /// and Issuer), as `hack/build-tools.sh` copies them from those projects' Go modules.
+    pub fn install_third_party_crds(&self) {
+        let out = Command::new(repo_root().join("hack/build-tools.sh"))
+            .arg("--print-crds")
+            .output()
+            .expect("run hack/build-tools.sh --print-crds");
+        let dir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        assert!(
+            dir.join("cert-manager.io_issuers.yaml").exists(),
+            "no third-party CRDs in {}: run hack/build-tools.sh",
+            dir.display()
+        );
+        self.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            dir.to_str().unwrap(),
+        ]);
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/servicemonitors.monitoring.coreos.com",
+            "crd/prometheusrules.monitoring.coreos.com",
+            "crd/certificates.cert-manager.io",
+            "crd/issuers.cert-manager.io",
+        ]);
+    }
+
     pub fn kubectl_path(&self) -> PathBuf {
         self.tools.join("kubectl")
     }

@@ -1,0 +1,285 @@
+//! The chart's alerts (`charts/agentguard/rules/agentguard.rules.yaml`, which the PrometheusRule
+//! template embeds verbatim) are valid for Prometheus, pass their `promtool test rules` unit
+//! tests (`tests/prometheus/agentguard.rules.test.yaml`), and those unit tests catch the
+//! mistakes they exist for: each weakened copy of an alert below must make them fail.
+//!
+//! promtool is required: without it these tests fail, they never skip.
+
+use std::ffi::OsStr;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const RULES: &str = "charts/agentguard/rules/agentguard.rules.yaml";
+const UNIT_TESTS: &str = "tests/prometheus/agentguard.rules.test.yaml";
+
+fn in_repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Runs promtool (or `$PROMTOOL`). A missing promtool fails the test with how to install it.
+fn promtool<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let program = std::env::var_os("PROMTOOL").unwrap_or_else(|| "promtool".into());
+    match Command::new(&program).args(args).output() {
+        Ok(out) => out,
+        Err(err) if err.kind() == ErrorKind::NotFound => panic!(
+            "{} not found, so the Prometheus alert rules cannot be checked. Install it \
+             (Debian/Ubuntu: apt-get install -y prometheus; elsewhere the promtool binary of a \
+             Prometheus release) or point PROMTOOL at it.",
+            program.to_string_lossy()
+        ),
+        Err(err) => panic!("cannot run {}: {err}", program.to_string_lossy()),
+    }
+}
+
+fn printed(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn yaml_file(path: &str) -> Value {
+    let text = std::fs::read_to_string(in_repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"))
+}
+
+fn rules_of(file: &Value) -> Vec<&Value> {
+    file["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|group| group["rules"].as_array().expect("rules").iter())
+        .collect()
+}
+
+/// The rules (there may be several, e.g. one per severity) that define `alert`.
+fn alert_rules_mut<'a>(file: &'a mut Value, alert: &str) -> Vec<&'a mut Value> {
+    let rules: Vec<&mut Value> = file["groups"]
+        .as_array_mut()
+        .expect("groups")
+        .iter_mut()
+        .flat_map(|group| group["rules"].as_array_mut().expect("rules").iter_mut())
+        .filter(|rule| rule["alert"] == alert)
+        .collect();
+    assert!(!rules.is_empty(), "no rule for alert {alert} in {RULES}");
+    rules
+}
+
+/// Runs the unit tests, unchanged, against `rules` instead of the real rule file: both are
+/// copied into a scratch directory with the repository's layout, so the test file's relative
+/// `rule_files` path finds the copy. The rules are written as JSON, which is YAML too.
+fn unit_tests_against(rules: &Value) -> Output {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules_path = dir.path().join(RULES);
+    let tests_path = dir.path().join(UNIT_TESTS);
+    for path in [&rules_path, &tests_path] {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    }
+    std::fs::write(&rules_path, serde_json::to_string_pretty(rules).unwrap()).unwrap();
+    std::fs::copy(in_repo(UNIT_TESTS), &tests_path).unwrap();
+    promtool([
+        OsStr::new("test"),
+        OsStr::new("rules"),
+        tests_path.as_os_str(),
+    ])
+}
+
+/// `weakened` must fail the unit tests, in the test case named `caught_by`.
+fn assert_caught(weakened: &Value, what: &str, caught_by: &str) {
+    let out = unit_tests_against(weakened);
+    let printed = printed(&out);
+    assert!(
+        !out.status.success(),
+        "the unit tests pass although {what}; they no longer guard it:\n{printed}"
+    );
+    assert!(
+        printed.contains(caught_by),
+        "with {what}, expected the unit test {caught_by:?} to fail; promtool said:\n{printed}"
+    );
+}
+
+#[test]
+fn rule_file_is_valid() {
+    let out = promtool([
+        OsStr::new("check"),
+        OsStr::new("rules"),
+        in_repo(RULES).as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "promtool check rules {RULES} failed:\n{}",
+        printed(&out)
+    );
+}
+
+#[test]
+fn rule_unit_tests_pass() {
+    let out = promtool([
+        OsStr::new("test"),
+        OsStr::new("rules"),
+        in_repo(UNIT_TESTS).as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "promtool test rules {UNIT_TESTS} failed:\n{}",
+        printed(&out)
+    );
+}
+
+/// The control for the weakened copies below: the scratch copy itself passes.
+#[test]
+fn scratch_copy_of_the_rules_passes_the_unit_tests() {
+    let out = unit_tests_against(&yaml_file(RULES));
+    assert!(
+        out.status.success(),
+        "the unchanged rules fail in the scratch layout:\n{}",
+        printed(&out)
+    );
+}
+
+/// The counter pitfall: a blocked series first appears with value 1, and increase() stays 0.
+#[test]
+fn unit_tests_catch_a_deletion_alert_blind_to_new_series() {
+    let mut rules = yaml_file(RULES);
+    for rule in alert_rules_mut(&mut rules, "AgentguardDeletionBlocked") {
+        rule["expr"] = "sum by (namespace, resource, subject, policy) \
+             (increase(agentguard_deletions_blocked_total[10m]) > 0)"
+            .into();
+    }
+    assert_caught(
+        &rules,
+        "AgentguardDeletionBlocked uses increase() alone",
+        "a brand-new blocked series fires although increase() is still 0",
+    );
+}
+
+/// The textbook fix, `x unless x offset 10m`, takes every old series for a new one after a
+/// Prometheus restart with an empty TSDB.
+#[test]
+fn unit_tests_catch_a_deletion_alert_replaying_old_blocks_after_a_restart() {
+    let mut rules = yaml_file(RULES);
+    for rule in alert_rules_mut(&mut rules, "AgentguardDeletionBlocked") {
+        rule["expr"] = "sum by (namespace, resource, subject, policy) (\
+             increase(agentguard_deletions_blocked_total[10m]) > 0 \
+             or (agentguard_deletions_blocked_total \
+             unless agentguard_deletions_blocked_total offset 10m))"
+            .into();
+    }
+    assert_caught(
+        &rules,
+        "AgentguardDeletionBlocked takes series it has not seen 10 minutes ago for new ones",
+        "a Prometheus restart does not replay old blocks as new ones",
+    );
+}
+
+/// Ordinary denials are counted by the same API server metric, with error_type="no_error".
+#[test]
+fn unit_tests_catch_webhook_errors_counting_plain_denials() {
+    let mut rules = yaml_file(RULES);
+    for rule in alert_rules_mut(&mut rules, "AgentguardWebhookErrors") {
+        let expr = rule["expr"].as_str().unwrap();
+        let weakened = expr.replace(r#", error_type!="no_error""#, "");
+        assert_ne!(
+            weakened, expr,
+            "the error_type filter moved; update this test"
+        );
+        rule["expr"] = weakened.into();
+    }
+    assert_caught(
+        &rules,
+        "AgentguardWebhookErrors does not filter error_type",
+        "ordinary denials and other webhooks' failures do not fire",
+    );
+}
+
+/// No target at all (every replica gone, or never scraped) has no `up` series to be 0.
+#[test]
+fn unit_tests_catch_webhook_down_missing_the_absent_case() {
+    let mut rules = yaml_file(RULES);
+    for rule in alert_rules_mut(&mut rules, "AgentguardWebhookDown") {
+        rule["expr"] = r#"max by (job) (up{job="agentguard"}) == 0"#.into();
+    }
+    assert_caught(
+        &rules,
+        "AgentguardWebhookDown ignores an absent target",
+        "no agentguard target at all fires too",
+    );
+}
+
+/// Every alert is tested both firing (with its labels and annotations) and silent.
+#[test]
+fn every_alert_is_tested_firing_and_silent() {
+    let rules = yaml_file(RULES);
+    let tests = yaml_file(UNIT_TESTS);
+    let cases: Vec<&Value> = tests["tests"]
+        .as_array()
+        .expect("tests")
+        .iter()
+        .flat_map(|test| test["alert_rule_test"].as_array().into_iter().flatten())
+        .collect();
+    for rule in rules_of(&rules) {
+        let alert = rule["alert"].as_str().expect("only alerting rules");
+        let mine: Vec<&Value> = cases
+            .iter()
+            .copied()
+            .filter(|case| case["alertname"] == alert)
+            .collect();
+        let fired = mine.iter().any(|case| {
+            case["exp_alerts"].as_array().is_some_and(|alerts| {
+                alerts.iter().any(|a| {
+                    a["exp_labels"]["severity"] == rule["labels"]["severity"]
+                        && a["exp_annotations"]["summary"].is_string()
+                        && a["exp_annotations"]["description"].is_string()
+                })
+            })
+        });
+        let silent = mine.iter().any(|case| {
+            case["exp_alerts"]
+                .as_array()
+                .is_none_or(|alerts| alerts.is_empty())
+        });
+        assert!(
+            fired,
+            "{alert} ({}) has no firing test case with its annotations",
+            rule["labels"]["severity"]
+        );
+        assert!(silent, "{alert} has no test case where it must not fire");
+    }
+}
+
+/// What Alertmanager routes and people read: a severity, a summary and a description; and no
+/// `{{` outside annotations (the chart embeds this file without templating it, and Prometheus
+/// expands templates only in labels and annotations of firing alerts).
+#[test]
+fn every_alert_has_severity_summary_and_description() {
+    for rule in rules_of(&yaml_file(RULES)) {
+        let alert = rule["alert"].as_str().expect("only alerting rules");
+        assert!(
+            ["info", "warning", "critical"]
+                .contains(&rule["labels"]["severity"].as_str().unwrap_or("")),
+            "{alert}: severity must be info, warning or critical"
+        );
+        for annotation in ["summary", "description"] {
+            assert!(
+                rule["annotations"][annotation]
+                    .as_str()
+                    .is_some_and(|text| !text.trim().is_empty()),
+                "{alert}: no {annotation} annotation"
+            );
+        }
+        for key in ["alert", "expr", "for", "labels"] {
+            assert!(
+                !rule[key].to_string().contains("{{"),
+                "{alert}: templating in {key}"
+            );
+        }
+    }
+}
