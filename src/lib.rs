@@ -12,6 +12,7 @@ pub mod error;
 pub mod index;
 pub mod metrics;
 pub mod operator;
+pub mod plugin;
 pub mod policy;
 pub mod runtime;
 pub mod webhook;
