@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds the pinned control-plane tools (etcd, kube-apiserver, kube-controller-manager,
 # kubectl, helm) from their Go modules into a versioned cache outside the repository, and
-# copies the third-party CRDs the chart's optional objects are checked against
-# (prometheus-operator's ServiceMonitor and PrometheusRule, cert-manager's Certificate and
-# Issuer) out of those projects' Go modules. Reuses what is already there; rebuilds what is
+# copies third-party CRDs out of those projects' Go modules: the ones the chart's optional
+# objects are checked against (prometheus-operator's ServiceMonitor and PrometheusRule,
+# cert-manager's Certificate and Issuer) and the ones deletion-by-proxy rules act on (CSI
+# VolumeSnapshot, VolumeSnapshotContent, VolumeSnapshotClass; Velero Backup and
+# DeleteBackupRequest). Reuses what is already there; rebuilds what is
 # missing. Prints the bin directory last.
 #
 #   hack/build-tools.sh               build what is missing, print the bin directory
@@ -17,11 +19,13 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.8}"     # the version k8s.io/kubernetes v1.36
 HELM_VERSION="${HELM_VERSION:-v3.19.0}"
 PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 CERT_MANAGER_VERSION="${CERT_MANAGER_VERSION:-v1.21.2}"
+SNAPSHOTTER_VERSION="${SNAPSHOTTER_VERSION:-v8.7.0}"
+VELERO_VERSION="${VELERO_VERSION:-v1.18.3}"
 
 CACHE="${AGENTGUARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentguard}"
 BIN="$CACHE/tools/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"
 
-CRDS="$CACHE/tools/crds-prometheus-operator-$PROMETHEUS_OPERATOR_VERSION-cert-manager-$CERT_MANAGER_VERSION"
+CRDS="$CACHE/tools/crds-prometheus-operator-$PROMETHEUS_OPERATOR_VERSION-cert-manager-$CERT_MANAGER_VERSION-snapshotter-$SNAPSHOTTER_VERSION-velero-$VELERO_VERSION"
 
 if [[ "${1:-}" == "--print" ]]; then
   echo "$BIN"
@@ -116,7 +120,7 @@ build_helm() {
 
 # Copies the CRDs, exactly as each project publishes them in its Go module, into $CRDS.
 fetch_crds() {
-  log "fetching ServiceMonitor, PrometheusRule, Certificate and Issuer CRDs"
+  log "fetching third-party CRDs (prometheus-operator, cert-manager, CSI snapshots, Velero)"
   local tmp="$CRDS.tmp" dir
   rm -rf "$tmp" && mkdir -p "$tmp"
   dir=$(cd "$tmp" && go mod download -json \
@@ -130,6 +134,17 @@ fetch_crds() {
   for kind in certificates issuers; do
     cp "$dir/deploy/crds/cert-manager.io_$kind.yaml" "$tmp/"
   done
+  dir=$(cd "$tmp" && go mod download -json \
+    "github.com/kubernetes-csi/external-snapshotter/client/v8@$SNAPSHOTTER_VERSION" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  for kind in volumesnapshots volumesnapshotcontents volumesnapshotclasses; do
+    cp "$dir/config/crd/snapshot.storage.k8s.io_$kind.yaml" "$tmp/"
+  done
+  dir=$(cd "$tmp" && go mod download -json "github.com/vmware-tanzu/velero@$VELERO_VERSION" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  for kind in backups deletebackuprequests; do
+    cp "$dir/config/crd/v1/bases/velero.io_$kind.yaml" "$tmp/"
+  done
   chmod 0644 "$tmp"/*.yaml
   rm -rf "$CRDS" && mv "$tmp" "$CRDS"
 }
@@ -137,6 +152,6 @@ fetch_crds() {
 have etcd || build_etcd
 { have kube-apiserver && have kube-controller-manager && have kubectl; } || build_kubernetes
 have helm || build_helm
-[[ -f "$CRDS/cert-manager.io_issuers.yaml" ]] || fetch_crds
+[[ -f "$CRDS/velero.io_deletebackuprequests.yaml" ]] || fetch_crds
 log "tools ready in $BIN"
 echo "$BIN"

@@ -344,10 +344,20 @@ impl ProtectedObjects for ObjectIndex {
     }
 
     fn claim(&self, namespace: &str, name: &str) -> Option<CascadeHit> {
+        self.object("", "PersistentVolumeClaim", Some(namespace), name)
+    }
+
+    fn object(
+        &self,
+        group: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<CascadeHit> {
         let key = ObjectKey {
-            group: String::new(),
-            kind: "PersistentVolumeClaim".into(),
-            namespace: Some(namespace.to_owned()),
+            group: group.to_owned(),
+            kind: kind.to_owned(),
+            namespace: namespace.map(str::to_owned),
             name: name.to_owned(),
         };
         let uid = self.by_key.get(&key)?;

@@ -44,7 +44,14 @@ pub const MATCH_CONDITION: &str = "request.operation == 'DELETE' \
 || (object != null && has(object.metadata.labels) && object.metadata.labels.exists(k, k.startsWith('agentguard.dev/'))) \
 || (oldObject != null && has(oldObject.metadata.labels) && oldObject.metadata.labels.exists(k, k.startsWith('agentguard.dev/'))) \
 || (request.resource.resource == 'persistentvolumes' && object != null && has(object.spec.persistentVolumeReclaimPolicy) && object.spec.persistentVolumeReclaimPolicy == 'Delete') \
-|| (request.resource.resource == 'statefulsets' && object != null && has(object.spec.persistentVolumeClaimRetentionPolicy))";
+|| (request.resource.resource == 'statefulsets' && object != null && has(object.spec.persistentVolumeClaimRetentionPolicy)) \
+|| (request.operation == 'CREATE' && request.resource.resource == 'deletebackuprequests') \
+|| (oldObject != null && has(oldObject.metadata.deletionTimestamp)) \
+|| (object != null && has(object.spec) && has(object.spec.deletionPolicy) && object.spec.deletionPolicy == 'Delete') \
+|| (object != null && has(object.deletionPolicy) && object.deletionPolicy == 'Delete') \
+|| (oldObject != null && has(oldObject.spec) && has(oldObject.spec.managementPolicies)) \
+|| (object != null && has(object.metadata.labels) && 'cleanup.kyverno.io/ttl' in object.metadata.labels) \
+|| (oldObject != null && has(oldObject.metadata.annotations) && ('helm.sh/resource-policy' in oldObject.metadata.annotations || 'argocd.argoproj.io/sync-options' in oldObject.metadata.annotations || 'kustomize.toolkit.fluxcd.io/prune' in oldObject.metadata.annotations))";
 
 /// Where the API server reaches the webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +122,16 @@ pub fn desired(
         ("agentguard.dev", "clusterprotectedresources"),
     ] {
         write.entry(group.into()).or_default().insert(plural.into());
+    }
+    // Deletion by proxy through Velero: a DeleteBackupRequest for a protected Backup.
+    if guarded
+        .get("velero.io")
+        .is_some_and(|p| p.contains("backups"))
+    {
+        write
+            .entry("velero.io".into())
+            .or_default()
+            .insert("deletebackuprequests".into());
     }
     let mut all_rules = rules(&["DELETE"], &delete);
     all_rules.extend(rules(&["CREATE", "UPDATE"], &write));

@@ -29,6 +29,20 @@ pub trait ProtectedObjects {
     fn claims_with_prefix(&self, namespace: &str, prefixes: &[String]) -> Option<CascadeHit>;
     /// The protected claim `namespace/name`, if it is protected.
     fn claim(&self, namespace: &str, name: &str) -> Option<CascadeHit>;
+    /// The object (group, kind, namespace, name), if it is protected. Views that track only
+    /// claims answer for claims.
+    fn object(
+        &self,
+        group: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<CascadeHit> {
+        match (group, kind, namespace) {
+            ("", "PersistentVolumeClaim", Some(ns)) => self.claim(ns, name),
+            _ => None,
+        }
+    }
 }
 
 impl ProtectedObjects for () {

@@ -5,8 +5,9 @@ use jiff::Timestamp;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, Operation};
 
-use super::cascade::{CascadeHit, ProtectedObjects, cascade_of, retention_deletes};
+use super::cascade::{CascadeHit, ProtectedObjects, cascade_of};
 use super::compiled::{CompiledPolicy, ObjectFacts, PolicyRef, Snapshot};
+use super::proxy::Reach;
 use crate::api::{
     ANNOTATION_POLICY, APPROVED_BY_ANNOTATION, APPROVED_UNTIL_ANNOTATION, DEFAULT_APPROVAL_TTL,
     GROUP, Mode, PREFIX, PROTECTED_ANNOTATION,
@@ -453,30 +454,12 @@ fn decide_write(
     groups: &[String],
 ) -> Decision {
     let (old, new) = (req.old_object.as_ref(), req.object.as_ref());
-    if let (Some(old), Some(new)) = (old, new)
-        && let Some((hit, action)) = destructive_update(&object, old, new, objects)
-    {
-        let mut found = protections(snapshot, &object, new);
-        let mut through = String::new();
-        if let Some(hit) = hit {
-            through = format!(", through {}", hit.object);
-            inherit(&mut found, &hit, snapshot);
-        }
-        if !found.is_empty() {
-            return judge(Judged {
-                snapshot,
-                now,
-                object,
-                username,
-                groups,
-                found,
-                through,
-                approval_on: new,
-                action,
-            });
-        }
-    }
     let changed = changed_guard_keys(old, new);
+    if let Some(proxied) = deletion_by_proxy(req, snapshot, objects, now, &object, username, groups)
+        && (proxied.verdict == Verdict::Deny || changed.is_empty())
+    {
+        return proxied;
+    }
     if changed.is_empty() {
         return Decision::allow(object, "no agentguard.dev/* metadata changed");
     }
@@ -786,54 +769,77 @@ fn judge(j: Judged<'_, '_>) -> Decision {
     d
 }
 
-/// An UPDATE that makes another component destroy data later: a PersistentVolume's reclaim
-/// policy set to Delete (the volume goes when its claim does), or a StatefulSet's claim
-/// retention set to delete claims when it is deleted. Returns the protected object reached
-/// through it (if any besides the object itself) and the action for messages.
-fn destructive_update(
-    object: &ObjectRef,
-    old: &DynamicObject,
-    new: &DynamicObject,
+/// A write after which another component deletes protected data (a row of
+/// [`super::proxy::RULES`]), judged like a deletion of the data it reaches. The approval that
+/// counts is the one already stored on the object: one written in the same request has not
+/// been checked, and a new object (a Velero DeleteBackupRequest) carries none.
+fn deletion_by_proxy(
+    req: &AdmissionRequest<DynamicObject>,
+    snapshot: &Snapshot,
     objects: &dyn ProtectedObjects,
-) -> Option<(Option<CascadeHit>, &'static str)> {
-    let field = |o: &DynamicObject, path: &str| {
-        o.data
-            .pointer(path)
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
+    now: Timestamp,
+    object: &ObjectRef,
+    username: &str,
+    groups: &[String],
+) -> Option<Decision> {
+    let new = req.object.as_ref()?;
+    let old = req.old_object.as_ref();
+    let creating = matches!(req.operation, Operation::Create);
+    let (rule, reach) = super::proxy::matching(creating, &object.group, &object.kind, old, new)?;
+    let current = old.unwrap_or(new);
+    let mut found = match reach {
+        Reach::Other { .. } => Vec::new(),
+        _ => protections(snapshot, object, current),
     };
-    match (object.group.as_str(), object.kind.as_str()) {
-        ("", "PersistentVolume") => {
-            let path = "/spec/persistentVolumeReclaimPolicy";
-            if field(new, path).as_deref() != Some("Delete")
-                || field(old, path).as_deref() == Some("Delete")
-            {
-                return None;
-            }
-            let claim = match (
-                field(new, "/spec/claimRef/namespace"),
-                field(new, "/spec/claimRef/name"),
-            ) {
-                (Some(ns), Some(name)) => objects.claim(&ns, &name),
-                _ => None,
-            };
-            Some((claim, "update (persistentVolumeReclaimPolicy: Delete)"))
-        }
-        ("apps", "StatefulSet") => {
-            if !retention_deletes(new, "whenDeleted") || retention_deletes(old, "whenDeleted") {
-                return None;
-            }
+    let hit = match &reach {
+        Reach::Itself => None,
+        Reach::BoundClaim { namespace, name } => objects.claim(namespace, name),
+        Reach::StatefulSetClaims => {
             let name = new.metadata.name.as_deref().unwrap_or_default();
             let namespace = new.metadata.namespace.as_deref().unwrap_or_default();
-            let hit =
-                objects.claims_with_prefix(namespace, &super::cascade::claim_prefixes(new, name));
-            Some((
-                hit,
-                "update (persistentVolumeClaimRetentionPolicy.whenDeleted: Delete)",
-            ))
+            objects.claims_with_prefix(namespace, &super::cascade::claim_prefixes(new, name))
         }
-        _ => None,
+        Reach::Also {
+            group,
+            kind,
+            namespace,
+            name,
+        }
+        | Reach::Other {
+            group,
+            kind,
+            namespace,
+            name,
+        } => objects.object(group, kind, namespace.as_deref(), name),
+    };
+    let mut through = String::new();
+    if let Some(hit) = hit {
+        if hit.object != format!("{} {}", object.kind, object.qualified_name()) {
+            through = format!(", through {}", hit.object);
+        }
+        inherit(&mut found, &hit, snapshot);
     }
+    if found.is_empty() {
+        return None;
+    }
+    let unapproved = DynamicObject {
+        types: None,
+        metadata: Default::default(),
+        data: serde_json::Value::Null,
+    };
+    let mut decision = judge(Judged {
+        snapshot,
+        now,
+        object: object.clone(),
+        username,
+        groups,
+        found,
+        through,
+        approval_on: if creating { &unapproved } else { current },
+        action: rule.action,
+    });
+    decision.reason = format!("{} (by proxy: {})", decision.reason, rule.id);
+    Some(decision)
 }
 
 /// The denial text an agent reads. Its shape is part of the contract (DESIGN.md): it says what

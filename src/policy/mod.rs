@@ -8,6 +8,7 @@ mod cascade;
 mod compiled;
 mod decision;
 mod glob;
+mod proxy;
 
 pub use agents::{AgentDefinition, AgentMatcher, Restriction, SubjectMatcher};
 pub use cascade::{CascadeHit, ProtectedObjects};
@@ -17,6 +18,7 @@ pub use compiled::{
 };
 pub use decision::{ApprovalEvent, Decision, ObjectRef, Verdict, decide};
 pub use glob::{GlobError, GlobList};
+pub use proxy::{Applies, ProxyRule, RULES as PROXY_RULES, Reach};
 
 #[cfg(test)]
 mod proptests;

@@ -75,9 +75,10 @@ impl Cluster {
         ]);
     }
 
-    /// Installs the third-party CRDs the chart's optional objects are checked against
-    /// (prometheus-operator's ServiceMonitor and PrometheusRule, cert-manager's Certificate
-    /// and Issuer), as `hack/build-tools.sh` copies them from those projects' Go modules.
+    /// Installs the third-party CRDs `hack/build-tools.sh` copies from those projects' Go
+    /// modules: prometheus-operator's ServiceMonitor and PrometheusRule, cert-manager's
+    /// Certificate and Issuer (the chart's optional objects), CSI snapshots and Velero's Backup
+    /// and DeleteBackupRequest (deletion by proxy).
     pub fn install_third_party_crds(&self) {
         let out = Command::new(repo_root().join("hack/build-tools.sh"))
             .arg("--print-crds")
@@ -85,7 +86,7 @@ impl Cluster {
             .expect("run hack/build-tools.sh --print-crds");
         let dir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
         assert!(
-            dir.join("cert-manager.io_issuers.yaml").exists(),
+            dir.join("velero.io_deletebackuprequests.yaml").exists(),
             "no third-party CRDs in {}: run hack/build-tools.sh",
             dir.display()
         );
@@ -104,6 +105,11 @@ impl Cluster {
             "crd/prometheusrules.monitoring.coreos.com",
             "crd/certificates.cert-manager.io",
             "crd/issuers.cert-manager.io",
+            "crd/volumesnapshots.snapshot.storage.k8s.io",
+            "crd/volumesnapshotcontents.snapshot.storage.k8s.io",
+            "crd/volumesnapshotclasses.snapshot.storage.k8s.io",
+            "crd/backups.velero.io",
+            "crd/deletebackuprequests.velero.io",
         ]);
     }
 
