@@ -5,7 +5,8 @@
 # objects are checked against (prometheus-operator's ServiceMonitor and PrometheusRule,
 # cert-manager's Certificate and Issuer) and the ones deletion-by-proxy rules act on (CSI
 # VolumeSnapshot, VolumeSnapshotContent, VolumeSnapshotClass; Velero Backup and
-# DeleteBackupRequest). Reuses what is already there; rebuilds what is
+# DeleteBackupRequest), and the wgpolicyk8s.io PolicyReport CRDs agentguard writes (as Kyverno
+# ships them). Reuses what is already there; rebuilds what is
 # missing. Prints the bin directory last.
 #
 #   hack/build-tools.sh               build what is missing, print the bin directory
@@ -21,11 +22,12 @@ PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 CERT_MANAGER_VERSION="${CERT_MANAGER_VERSION:-v1.21.2}"
 SNAPSHOTTER_VERSION="${SNAPSHOTTER_VERSION:-v8.7.0}"
 VELERO_VERSION="${VELERO_VERSION:-v1.18.3}"
+KYVERNO_VERSION="${KYVERNO_VERSION:-v1.19.1}"
 
 CACHE="${AGENTGUARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentguard}"
 BIN="$CACHE/tools/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"
 
-CRDS="$CACHE/tools/crds-prometheus-operator-$PROMETHEUS_OPERATOR_VERSION-cert-manager-$CERT_MANAGER_VERSION-snapshotter-$SNAPSHOTTER_VERSION-velero-$VELERO_VERSION"
+CRDS="$CACHE/tools/crds-prometheus-operator-$PROMETHEUS_OPERATOR_VERSION-cert-manager-$CERT_MANAGER_VERSION-snapshotter-$SNAPSHOTTER_VERSION-velero-$VELERO_VERSION-kyverno-$KYVERNO_VERSION"
 
 if [[ "${1:-}" == "--print" ]]; then
   echo "$BIN"
@@ -120,7 +122,7 @@ build_helm() {
 
 # Copies the CRDs, exactly as each project publishes them in its Go module, into $CRDS.
 fetch_crds() {
-  log "fetching third-party CRDs (prometheus-operator, cert-manager, CSI snapshots, Velero)"
+  log "fetching third-party CRDs (prometheus-operator, cert-manager, CSI snapshots, Velero, PolicyReports)"
   local tmp="$CRDS.tmp" dir
   rm -rf "$tmp" && mkdir -p "$tmp"
   dir=$(cd "$tmp" && go mod download -json \
@@ -145,6 +147,11 @@ fetch_crds() {
   for kind in backups deletebackuprequests; do
     cp "$dir/config/crd/v1/bases/velero.io_$kind.yaml" "$tmp/"
   done
+  dir=$(cd "$tmp" && go mod download -json "github.com/kyverno/kyverno@$KYVERNO_VERSION" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  for kind in policyreports clusterpolicyreports; do
+    cp "$dir/config/crds/policyreport/wgpolicyk8s.io_$kind.yaml" "$tmp/"
+  done
   chmod 0644 "$tmp"/*.yaml
   rm -rf "$CRDS" && mv "$tmp" "$CRDS"
 }
@@ -152,6 +159,6 @@ fetch_crds() {
 have etcd || build_etcd
 { have kube-apiserver && have kube-controller-manager && have kubectl; } || build_kubernetes
 have helm || build_helm
-[[ -f "$CRDS/velero.io_deletebackuprequests.yaml" ]] || fetch_crds
+[[ -f "$CRDS/wgpolicyk8s.io_clusterpolicyreports.yaml" ]] || fetch_crds
 log "tools ready in $BIN"
 echo "$BIN"

@@ -102,6 +102,11 @@ pub struct RunArgs {
         default_value = "PersistentVolumeClaim,PersistentVolume,snapshot.storage.k8s.io/VolumeSnapshot,snapshot.storage.k8s.io/VolumeSnapshotContent"
     )]
     pub annotation_kinds: Vec<String>,
+    /// Write `wgpolicyk8s.io/v1alpha2` PolicyReports (per namespace) and a ClusterPolicyReport of
+    /// what is protected and what Audit-mode policies would have refused (when the API server
+    /// serves those CRDs).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "AGENTGUARD_POLICY_REPORTS")]
+    pub policy_reports: bool,
     /// Keep the ValidatingWebhookConfiguration equal to what policies need, and restore it when
     /// deleted or edited.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "AGENTGUARD_MANAGE_WEBHOOK_CONFIGURATION")]
@@ -191,6 +196,7 @@ pub fn main() -> anyhow::Result<()> {
                     break_glass_groups: args.break_glass_groups,
                 },
                 max_review_bytes: args.max_review_bytes,
+                policy_reports: args.policy_reports,
                 annotation_kinds: args
                     .annotation_kinds
                     .iter()

@@ -44,6 +44,8 @@ pub struct RunConfig {
     /// which are indexed for cascade checks even when no policy targets them.
     pub annotation_kinds: Vec<(String, String)>,
     pub max_review_bytes: usize,
+    /// Write PolicyReports (leader only).
+    pub policy_reports: bool,
     /// Manage the ValidatingWebhookConfiguration with these parameters (None: someone else does).
     pub webhook_configuration: Option<WebhookParams>,
     /// Lease (namespace, name) for leader election; None: this replica always leads.
@@ -205,6 +207,13 @@ pub async fn run(config: RunConfig) -> Result<()> {
         objects.clone(),
         leader.clone(),
     ));
+    if config.policy_reports {
+        tokio::spawn(operator::reports::run(
+            client.clone(),
+            objects.clone(),
+            leader.clone(),
+        ));
+    }
     if let Some(params) = config.webhook_configuration.clone() {
         tokio::spawn(webhook_config::reconcile(
             client.clone(),

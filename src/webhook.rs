@@ -94,13 +94,15 @@ async fn validate(
     };
     let response = respond(&request, &decision);
     record(&state.metrics, &request, &decision, started.elapsed());
-    if decision.verdict == Verdict::Deny
-        && !request.dry_run
-        && decision.approval != Some(policy::ApprovalEvent::Rejected)
-    {
+    // Denials are attempts to show on the object; so are deletions an Audit-mode policy let
+    // through (what it would have refused, for the PolicyReports).
+    let denied = decision.verdict == Verdict::Deny
+        && decision.approval != Some(policy::ApprovalEvent::Rejected);
+    let audited = decision.verdict == Verdict::Audit;
+    if (denied || audited) && !request.dry_run {
         let object = &decision.object;
         let subject = request.user_info.username.as_deref().unwrap_or_default();
-        if let Some(policy) = &decision.decided_by {
+        if denied && let Some(policy) = &decision.decided_by {
             state.ledger.record(
                 policy.clone(),
                 subject,
@@ -123,6 +125,7 @@ async fn validate(
             subject: subject.to_owned(),
             protected_by: decision.policy.clone().unwrap_or_default(),
             count: 1,
+            audited,
         });
     }
     json_review(response)

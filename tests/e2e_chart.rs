@@ -162,6 +162,7 @@ impl Drop for Release<'_> {
 #[test]
 fn chart_installs_restricted_and_its_rbac_is_enough() {
     let cluster = Cluster::connect();
+    cluster.install_third_party_crds();
     let ns = TestNamespace::create(&cluster, "chart");
     ns.kubectl_ok(&[
         "label",
@@ -275,6 +276,16 @@ fn chart_installs_restricted_and_its_rbac_is_enough() {
         || {
             stderr(&apps.kubectl_as(&agent, &["delete", "pvc", "data", "--dry-run=server"]))
                 .contains("Protected by ClusterProtectedResource default-volumes")
+        },
+    );
+    // PolicyReports are written with the chart's RBAC too.
+    wait_until(
+        Duration::from_secs(60),
+        "the PolicyReport of the claim's namespace",
+        || {
+            apps.kubectl(&["get", "policyreport", "agentguard"])
+                .status
+                .success()
         },
     );
     assert!(

@@ -291,6 +291,8 @@ pub struct BlockedAttempt {
     pub protected_by: String,
     /// Attempts since the last drain.
     pub count: u32,
+    /// Allowed by an Audit-mode policy (would have been refused in Enforce mode).
+    pub audited: bool,
 }
 
 /// Blocks of one policy since the last drain.
@@ -323,7 +325,7 @@ impl BlockLedger {
     pub fn record_attempt(&self, attempt: BlockedAttempt) {
         let key = (
             attempt.object.uid.clone().unwrap_or_default(),
-            attempt.subject.clone(),
+            format!("{}/{}", attempt.subject, attempt.audited),
         );
         let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
         attempts

@@ -133,6 +133,13 @@ impl ObjectIndex {
         self.protected.len()
     }
 
+    /// Every protected object with what protects it.
+    pub fn protected_entries(&self) -> impl Iterator<Item = (&ObjectEntry, &ProtectedBy)> {
+        self.protected
+            .iter()
+            .filter_map(|(uid, by)| self.objects.get(uid).map(|e| (e, by)))
+    }
+
     /// Adds or replaces an object, judging its protection against `snapshot`.
     pub fn upsert(&mut self, entry: ObjectEntry, snapshot: &Snapshot) {
         self.remove(&entry.uid.clone());

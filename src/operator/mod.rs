@@ -4,6 +4,7 @@
 pub mod certificates;
 pub mod events;
 pub mod leader;
+pub mod reports;
 mod status;
 mod volumes;
 pub mod webhook_config;

@@ -78,7 +78,7 @@ impl Cluster {
     /// Installs the third-party CRDs `hack/build-tools.sh` copies from those projects' Go
     /// modules: prometheus-operator's ServiceMonitor and PrometheusRule, cert-manager's
     /// Certificate and Issuer (the chart's optional objects), CSI snapshots and Velero's Backup
-    /// and DeleteBackupRequest (deletion by proxy).
+    /// and DeleteBackupRequest (deletion by proxy), and wgpolicyk8s.io PolicyReports.
     pub fn install_third_party_crds(&self) {
         let out = Command::new(repo_root().join("hack/build-tools.sh"))
             .arg("--print-crds")
@@ -86,7 +86,8 @@ impl Cluster {
             .expect("run hack/build-tools.sh --print-crds");
         let dir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
         assert!(
-            dir.join("velero.io_deletebackuprequests.yaml").exists(),
+            dir.join("wgpolicyk8s.io_clusterpolicyreports.yaml")
+                .exists(),
             "no third-party CRDs in {}: run hack/build-tools.sh",
             dir.display()
         );
@@ -110,6 +111,8 @@ impl Cluster {
             "crd/volumesnapshotclasses.snapshot.storage.k8s.io",
             "crd/backups.velero.io",
             "crd/deletebackuprequests.velero.io",
+            "crd/policyreports.wgpolicyk8s.io",
+            "crd/clusterpolicyreports.wgpolicyk8s.io",
         ]);
     }
 
@@ -422,6 +425,8 @@ pub struct GuardOptions {
     /// Self-managed certificates in a Secret of the test namespace: (validity, rotate before,
     /// promote after), as agentguard duration flags. None: certificate files from the test.
     pub self_certs: Option<(&'static str, &'static str, &'static str)>,
+    /// Write PolicyReports (cluster-wide; off unless a test is about them).
+    pub policy_reports: bool,
 }
 
 /// Starts one agentguard process for `ns`, logging to `<dir>/agentguard-<replica>.log`.
@@ -477,6 +482,7 @@ pub fn spawn_agentguard(
         } else {
             vec!["--manage-webhook-configuration=false".to_owned()]
         })
+        .arg(format!("--policy-reports={}", options.policy_reports))
         .arg(format!("--lease-namespace={}", ns.name))
         .arg(format!("--lease-name=agentguard-{}", ns.name))
         .env("POD_NAME", format!("{replica}-{}", ns.name))

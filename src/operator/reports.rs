@@ -1,0 +1,466 @@
+//! PolicyReports (`wgpolicyk8s.io/v1alpha2`, the format Kyverno, Kubewarden and Trivy write
+//! and Policy Reporter shows): one `agentguard` PolicyReport per namespace with protected
+//! objects, and one `agentguard` ClusterPolicyReport for cluster-scoped ones. Each protected
+//! object is a result (which policy, whether its volume is pinned to Retain); each deletion an
+//! Audit-mode policy would have refused is a `fail` result. The leader rewrites the reports
+//! every [`REPORT_INTERVAL`]; when the API server does not serve the CRDs it does nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, PersistentVolume};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+
+use crate::api::Mode;
+use crate::index::SharedObjects;
+use crate::index::objects::{ObjectKey, ProtectedBy};
+
+/// How often the leader rewrites the reports.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(20);
+/// Name of every report agentguard writes.
+pub const REPORT_NAME: &str = "agentguard";
+/// Reason of the Event recorded for a deletion an Audit-mode policy let through.
+pub const AUDITED_REASON: &str = "DeletionAudited";
+const GROUP: &str = "wgpolicyk8s.io";
+const VERSION: &str = "v1alpha2";
+const MANAGER: &str = "agentguard";
+
+/// One protected object, as the report shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProtectedItem {
+    pub key: ObjectKey,
+    pub uid: String,
+    pub by: ProtectedBy,
+}
+
+/// A bound claim's volume: its name and reclaim policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Volume {
+    pub name: String,
+    pub reclaim_policy: String,
+}
+
+/// A deletion an Audit-mode policy would have refused, from its Event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audited {
+    pub namespace: Option<String>,
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub message: String,
+    pub seconds: i64,
+}
+
+fn resource_ref(
+    api_version: &str,
+    kind: &str,
+    namespace: Option<&str>,
+    name: &str,
+    uid: Option<&str>,
+) -> Value {
+    let mut r = json!({"apiVersion": api_version, "kind": kind, "name": name});
+    if let Some(ns) = namespace {
+        r["namespace"] = json!(ns);
+    }
+    if let Some(uid) = uid.filter(|u| !u.is_empty()) {
+        r["uid"] = json!(uid);
+    }
+    r
+}
+
+fn api_version(key: &ObjectKey, versions: &HashMap<String, String>) -> String {
+    let version = versions.get(&key.group).map_or("v1", String::as_str);
+    if key.group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{}/{version}", key.group)
+    }
+}
+
+/// The reports to write: scope (namespace, or None for the cluster report) to report body
+/// (`results` and `summary`). Pure: everything it needs is passed in.
+pub fn build(
+    protected: &[ProtectedItem],
+    volumes: &HashMap<(String, String), Volume>,
+    audited: &[Audited],
+    versions: &HashMap<String, String>,
+    now_seconds: i64,
+) -> BTreeMap<Option<String>, Value> {
+    let mut results: BTreeMap<Option<String>, Vec<Value>> = BTreeMap::new();
+    for item in protected {
+        let key = &item.key;
+        let mut policies: Vec<String> = item.by.policies.iter().map(|p| p.label()).collect();
+        if item.by.annotation {
+            policies.push(crate::api::ANNOTATION_POLICY.to_owned());
+        }
+        let mut properties = BTreeMap::from([
+            ("protectedBy".to_owned(), policies.join(", ")),
+            ("mode".to_owned(), format!("{:?}", item.by.mode)),
+        ]);
+        let (mut result, mut message) = match item.by.mode {
+            Mode::Enforce => (
+                "pass",
+                "protected: agents' deletions are refused without a human's approval".to_owned(),
+            ),
+            Mode::Warn => (
+                "warn",
+                "Warn mode: agents' deletions are allowed with a warning".to_owned(),
+            ),
+            Mode::Audit => (
+                "warn",
+                "Audit mode: agents' deletions are allowed and recorded".to_owned(),
+            ),
+        };
+        if key.group.is_empty() && key.kind == "PersistentVolumeClaim" {
+            let claim = (key.namespace.clone().unwrap_or_default(), key.name.clone());
+            if let Some(volume) = volumes.get(&claim) {
+                properties.insert("volume".into(), volume.name.clone());
+                properties.insert("reclaimPolicy".into(), volume.reclaim_policy.clone());
+                if volume.reclaim_policy != "Retain" {
+                    result = "warn";
+                    message = format!(
+                        "{message}; its volume {} has reclaimPolicy {}: the volume goes with the claim (not pinned to Retain)",
+                        volume.name, volume.reclaim_policy
+                    );
+                } else {
+                    message = format!("{message}; its volume {} is pinned to Retain", volume.name);
+                }
+            }
+        }
+        results.entry(key.namespace.clone()).or_default().push(json!({
+            "source": "agentguard",
+            "policy": policies.first().cloned().unwrap_or_default(),
+            "rule": "protected",
+            "category": "data protection",
+            "severity": "info",
+            "result": result,
+            "scored": true,
+            "message": message,
+            "timestamp": {"seconds": now_seconds, "nanos": 0},
+            "resources": [resource_ref(&api_version(key, versions), &key.kind, key.namespace.as_deref(), &key.name, Some(&item.uid))],
+            "properties": properties,
+        }));
+    }
+    for a in audited {
+        results.entry(a.namespace.clone()).or_default().push(json!({
+            "source": "agentguard",
+            "policy": "audit-mode",
+            "rule": "would-have-blocked",
+            "category": "data protection",
+            "severity": "high",
+            "result": "fail",
+            "scored": true,
+            "message": a.message,
+            "timestamp": {"seconds": a.seconds, "nanos": 0},
+            "resources": [resource_ref(&a.api_version, &a.kind, a.namespace.as_deref(), &a.name, None)],
+        }));
+    }
+    results
+        .into_iter()
+        .map(|(scope, mut results)| {
+            results.sort_by_key(|r| {
+                r["resources"][0]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            });
+            let count = |what: &str| results.iter().filter(|r| r["result"] == what).count();
+            let summary = json!({
+                "pass": count("pass"), "fail": count("fail"), "warn": count("warn"),
+                "error": count("error"), "skip": count("skip"),
+            });
+            (scope, json!({"results": results, "summary": summary}))
+        })
+        .collect()
+}
+
+/// Writes the reports while `leader` says this replica leads. Never returns.
+pub async fn run(
+    client: kube::Client,
+    objects: SharedObjects,
+    leader: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(REPORT_INTERVAL);
+    let mut warned = false;
+    loop {
+        tick.tick().await;
+        if !*leader.borrow() {
+            continue;
+        }
+        match kube::discovery::group(&client, GROUP).await {
+            Ok(group) if group.versions().any(|v| v == VERSION) => {}
+            _ => {
+                if !warned {
+                    tracing::info!(
+                        "the API server does not serve {GROUP}/{VERSION}: no PolicyReports"
+                    );
+                    warned = true;
+                }
+                continue;
+            }
+        }
+        warned = false;
+        if let Err(err) = write_reports(&client, &objects).await {
+            tracing::warn!(error = %err, "cannot write PolicyReports; retrying");
+        }
+    }
+}
+
+async fn write_reports(client: &kube::Client, objects: &SharedObjects) -> Result<(), kube::Error> {
+    let protected: Vec<ProtectedItem> = {
+        let index = objects.read().unwrap_or_else(|e| e.into_inner());
+        index
+            .protected_entries()
+            .map(|(entry, by)| ProtectedItem {
+                key: entry.key.clone(),
+                uid: entry.uid.clone(),
+                by: by.clone(),
+            })
+            .collect()
+    };
+    let pvs = Api::<PersistentVolume>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
+    let volumes: HashMap<(String, String), Volume> = pvs
+        .items
+        .into_iter()
+        .filter_map(|pv| {
+            let spec = pv.spec?;
+            let claim = spec.claim_ref?;
+            Some((
+                (claim.namespace?, claim.name?),
+                Volume {
+                    name: pv.metadata.name?,
+                    reclaim_policy: spec.persistent_volume_reclaim_policy.unwrap_or_default(),
+                },
+            ))
+        })
+        .collect();
+    let events = Api::<Event>::all(client.clone())
+        .list(&ListParams::default().fields(&format!("reason={AUDITED_REASON}")))
+        .await?;
+    let audited: Vec<Audited> = events
+        .items
+        .into_iter()
+        .filter_map(|e| {
+            let object = e.involved_object;
+            let when = e
+                .series
+                .and_then(|s| s.last_observed_time)
+                .map(|t| t.0)
+                .or(e.event_time.map(|t| t.0))
+                .or(e.last_timestamp.map(|t| t.0))
+                .or(e.first_timestamp.map(|t| t.0))?;
+            Some(Audited {
+                namespace: object.namespace.filter(|n| !n.is_empty()),
+                api_version: object.api_version?,
+                kind: object.kind?,
+                name: object.name?,
+                message: e.message.unwrap_or_default(),
+                seconds: when.as_second(),
+            })
+        })
+        .collect();
+    let versions = preferred_versions(client, &protected).await;
+    let reports = build(
+        &protected,
+        &volumes,
+        &audited,
+        &versions,
+        jiff::Timestamp::now().as_second(),
+    );
+    let params = PatchParams::apply(MANAGER).force();
+    let labels = json!({"app.kubernetes.io/managed-by": "agentguard"});
+    for (scope, body) in &reports {
+        let (api, kind) = report_api(client, scope.as_deref());
+        let mut report = json!({
+            "apiVersion": format!("{GROUP}/{VERSION}"),
+            "kind": kind,
+            "metadata": {"name": REPORT_NAME, "labels": labels},
+            "results": body["results"],
+            "summary": body["summary"],
+        });
+        if let Some(ns) = scope {
+            report["metadata"]["namespace"] = json!(ns);
+        }
+        api.patch(REPORT_NAME, &params, &Patch::Apply(&report))
+            .await?;
+    }
+    // Reports of scopes with nothing protected any more go.
+    let selector = ListParams::default().labels("app.kubernetes.io/managed-by=agentguard");
+    let (all, _) = report_api(client, Some(""));
+    for old in all.list_metadata(&selector).await?.items {
+        let ns = old.metadata.namespace.clone();
+        if old.metadata.name.as_deref() == Some(REPORT_NAME) && !reports.contains_key(&ns) {
+            let (api, _) = report_api(client, ns.as_deref());
+            api.delete(REPORT_NAME, &DeleteParams::default()).await?;
+        }
+    }
+    let (cluster, _) = report_api(client, None);
+    if !reports.contains_key(&None) && cluster.get_opt(REPORT_NAME).await?.is_some() {
+        cluster
+            .delete(REPORT_NAME, &DeleteParams::default())
+            .await?;
+    }
+    Ok(())
+}
+
+/// The API for the report of `scope`: a namespace's PolicyReport, every namespace's
+/// (`Some("")`), or the ClusterPolicyReport (None).
+fn report_api(client: &kube::Client, scope: Option<&str>) -> (Api<DynamicObject>, &'static str) {
+    let (kind, plural) = match scope {
+        Some(_) => ("PolicyReport", "policyreports"),
+        None => ("ClusterPolicyReport", "clusterpolicyreports"),
+    };
+    let resource = ApiResource {
+        group: GROUP.into(),
+        version: VERSION.into(),
+        api_version: format!("{GROUP}/{VERSION}"),
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    let api = match scope {
+        Some("") => Api::all_with(client.clone(), &resource),
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    (api, kind)
+}
+
+/// The preferred version of each API group with protected objects (for `apiVersion`).
+async fn preferred_versions(
+    client: &kube::Client,
+    protected: &[ProtectedItem],
+) -> HashMap<String, String> {
+    let mut versions = HashMap::new();
+    for item in protected {
+        let group = &item.key.group;
+        if versions.contains_key(group) {
+            continue;
+        }
+        let version = if group.is_empty() {
+            "v1".to_owned()
+        } else {
+            match kube::discovery::group(client, group).await {
+                Ok(g) => g.preferred_version_or_latest().to_owned(),
+                Err(_) => "v1".to_owned(),
+            }
+        };
+        versions.insert(group.clone(), version);
+    }
+    versions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PolicyRef;
+
+    fn item(
+        ns: Option<&str>,
+        kind: &str,
+        name: &str,
+        mode: Mode,
+        annotation: bool,
+    ) -> ProtectedItem {
+        ProtectedItem {
+            key: ObjectKey {
+                group: String::new(),
+                kind: kind.into(),
+                namespace: ns.map(str::to_owned),
+                name: name.into(),
+            },
+            uid: format!("uid-{name}"),
+            by: ProtectedBy {
+                annotation,
+                policies: if annotation {
+                    vec![]
+                } else {
+                    vec![PolicyRef::cluster("default-volumes")]
+                },
+                mode,
+            },
+        }
+    }
+
+    #[test]
+    fn one_report_per_namespace_and_one_for_the_cluster() {
+        let protected = vec![
+            item(
+                Some("prod"),
+                "PersistentVolumeClaim",
+                "data",
+                Mode::Enforce,
+                false,
+            ),
+            item(
+                Some("prod"),
+                "PersistentVolumeClaim",
+                "wal",
+                Mode::Enforce,
+                true,
+            ),
+            item(
+                Some("staging"),
+                "PersistentVolumeClaim",
+                "cache",
+                Mode::Audit,
+                false,
+            ),
+            item(None, "PersistentVolume", "pv-1", Mode::Enforce, false),
+        ];
+        let volumes = HashMap::from([
+            (
+                ("prod".to_owned(), "data".to_owned()),
+                Volume {
+                    name: "pv-1".into(),
+                    reclaim_policy: "Retain".into(),
+                },
+            ),
+            (
+                ("prod".to_owned(), "wal".to_owned()),
+                Volume {
+                    name: "pv-2".into(),
+                    reclaim_policy: "Delete".into(),
+                },
+            ),
+        ]);
+        let audited = vec![Audited {
+            namespace: Some("staging".into()),
+            api_version: "v1".into(),
+            kind: "PersistentVolumeClaim".into(),
+            name: "cache".into(),
+            message: "agentguard would have blocked x".into(),
+            seconds: 5,
+        }];
+        let reports = build(&protected, &volumes, &audited, &HashMap::new(), 100);
+        assert_eq!(reports.len(), 3);
+        let prod = &reports[&Some("prod".to_owned())];
+        assert_eq!(
+            prod["summary"],
+            json!({"pass": 1, "fail": 0, "warn": 1, "error": 0, "skip": 0})
+        );
+        assert_eq!(prod["results"][0]["resources"][0]["name"], "data");
+        assert_eq!(
+            prod["results"][0]["policy"],
+            "ClusterProtectedResource/default-volumes"
+        );
+        assert_eq!(prod["results"][0]["properties"]["reclaimPolicy"], "Retain");
+        assert_eq!(prod["results"][1]["policy"], "annotation");
+        assert_eq!(prod["results"][1]["result"], "warn");
+        let staging = &reports[&Some("staging".to_owned())];
+        assert_eq!(staging["summary"]["warn"], 1);
+        assert_eq!(staging["summary"]["fail"], 1);
+        let cluster = &reports[&None];
+        assert_eq!(
+            cluster["results"][0]["resources"][0]["kind"],
+            "PersistentVolume"
+        );
+        assert!(
+            cluster["results"][0]["resources"][0]
+                .get("namespace")
+                .is_none()
+        );
+    }
+}
