@@ -48,4 +48,4 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 log "cargo test (unit, HTTP edge, end to end)"
-cargo test --locked --all-targets
+cargo test --locked --all-targets --no-fail-fast

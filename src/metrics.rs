@@ -23,6 +23,7 @@ pub struct Metrics {
     approvals: IntCounterVec,
     protected_objects: IntGaugeVec,
     certificate_expiry: prometheus::IntGauge,
+    approval_requests: IntGaugeVec,
 }
 
 impl Metrics {
@@ -82,6 +83,19 @@ impl Metrics {
             .namespace(NAMESPACE),
         )
         .expect("valid metric");
+        let approval_requests = IntGaugeVec::new(
+            Opts::new(
+                "approval_requests",
+                "DeletionRequests by state (pending, approved, rejected, expired).",
+            )
+            .namespace(NAMESPACE),
+            &["state"],
+        )
+        .expect("valid metric");
+        // Every state is exported from the start, so "none pending" reads 0, not absent.
+        for state in ["pending", "approved", "rejected", "expired"] {
+            approval_requests.with_label_values(&[state]).set(0);
+        }
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "build_info",
@@ -101,6 +115,7 @@ impl Metrics {
             Box::new(approvals.clone()),
             Box::new(protected_objects.clone()),
             Box::new(certificate_expiry.clone()),
+            Box::new(approval_requests.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -115,6 +130,16 @@ impl Metrics {
             approvals,
             protected_objects,
             certificate_expiry,
+            approval_requests,
+        }
+    }
+
+    /// Sets the number of DeletionRequests in each state.
+    pub fn set_approval_requests(&self, counts: &[(&str, i64)]) {
+        for (state, count) in counts {
+            self.approval_requests
+                .with_label_values(&[state])
+                .set(*count);
         }
     }
 

@@ -207,6 +207,13 @@ pub async fn run(config: RunConfig) -> Result<()> {
         objects.clone(),
         leader.clone(),
     ));
+    tokio::spawn(operator::requests::run(
+        client.clone(),
+        metrics.clone(),
+        leader.clone(),
+        operator::requests::DEFAULT_REQUEST_TTL,
+        std::env::var("POD_NAME").ok(),
+    ));
     if config.policy_reports {
         tokio::spawn(operator::reports::run(
             client.clone(),

@@ -11,7 +11,8 @@ fn denial(ns: &str, name: &str, user: &str) -> String {
          agentguard: DENIED delete of PersistentVolumeClaim {ns}/{name} by {user}.\n\
          Protected by annotation agentguard.dev/protected=true. This may hold production data.\n\
          Do not retry, and do not try another way to delete, move, or unprotect it.\n\
-         Stop and ask a human to approve: kubectl agentguard approve persistentvolumeclaim/{name} -n {ns} --for 30m"
+         Stop and ask a human to approve: kubectl agentguard approve persistentvolumeclaim/{name} -n {ns} --for 30m\n\
+         To ask in writing: kubectl agentguard request persistentvolumeclaim/{name} -n {ns} --reason \"<why you need it deleted>\""
     )
 }
 

@@ -122,7 +122,8 @@ fn policy_protects_and_a_human_approval_lets_the_agent_delete() {
         format!("{agent} PersistentVolumeClaim {}/data-0", ns.name)
     );
     assert!(
-        err.trim_end().ends_with("--for 30m\nAsk #db-oncall."),
+        err.trim_end()
+            .ends_with("--reason \"<why you need it deleted>\"\nAsk #db-oncall."),
         "{err}"
     );
     assert!(ns.pvc_intact("data-0"));

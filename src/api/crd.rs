@@ -251,12 +251,106 @@ impl ProtectionSpec {
     }
 }
 
-/// Both CRDs as one multi-document YAML stream: the output of `agentguard crd` and the
+/// The object a DeletionRequest asks to delete, in the request's namespace (or cluster-scoped).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestTarget {
+    /// e.g. `v1`, `snapshot.storage.k8s.io/v1`.
+    #[schemars(length(min = 1))]
+    pub api_version: String,
+    /// e.g. `PersistentVolumeClaim`.
+    #[schemars(length(min = 1))]
+    pub kind: String,
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+/// An agent asks a human to approve one deletion. Created by the agent (`kubectl agentguard
+/// request`), answered by a human (`kubectl agentguard approve request/<name>` or `reject`).
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "agentguard.dev",
+    version = "v1alpha1",
+    kind = "DeletionRequest",
+    namespaced,
+    status = "DeletionRequestStatus",
+    shortname = "dr",
+    category = "agentguard",
+    doc = "A request, by an agent, that a human approve the deletion of one protected object.",
+    printcolumn(name = "Kind", type_ = "string", json_path = ".spec.target.kind"),
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.target.name"),
+    printcolumn(name = "Requester", type_ = "string", json_path = ".spec.requester"),
+    printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self == oldSelf").message("a DeletionRequest's spec cannot be changed; file a new one"))]
+#[serde(rename_all = "camelCase")]
+pub struct DeletionRequestSpec {
+    pub target: RequestTarget,
+    /// Why the agent needs the deletion, for the human who decides.
+    #[schemars(length(min = 1, max = 2048))]
+    pub reason: String,
+    /// The username of whoever filed it; agentguard refuses a request that names someone else.
+    #[schemars(length(min = 1))]
+    pub requester: String,
+}
+
+/// Where a DeletionRequest stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum RequestState {
+    #[default]
+    Pending,
+    Approved,
+    Rejected,
+    Expired,
+}
+
+impl RequestState {
+    /// The `state` label of `agentguard_approval_requests`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Rejected => "rejected",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeletionRequestStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<RequestState>,
+    /// Who approved or rejected it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<Time>,
+    /// A Pending request expires then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// For an approval: the approval written on the target lasts until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_until: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The CRDs as one multi-document YAML stream: the output of `agentguard crd` and the
 /// content of `crds/`.
 pub fn crd_yaml() -> String {
-    let docs = [ProtectedResource::crd(), ClusterProtectedResource::crd()]
-        .iter()
-        .map(|crd| serde_saphyr::to_string(crd).expect("CRDs serialize to YAML"))
-        .collect::<Vec<_>>();
+    let docs = [
+        ProtectedResource::crd(),
+        ClusterProtectedResource::crd(),
+        DeletionRequest::crd(),
+    ]
+    .iter()
+    .map(|crd| serde_saphyr::to_string(crd).expect("CRDs serialize to YAML"))
+    .collect::<Vec<_>>();
     docs.iter().map(|d| format!("---\n{d}")).collect::<String>()
 }

@@ -29,9 +29,10 @@ pub const ANNOTATION_POLICY: &str = "annotation";
 mod crd;
 
 pub use crd::{
-    ApprovalSpec, Approvers, ClusterProtectedResource, ClusterProtectedResourceSpec, LastBlocked,
-    Mode, ProtectedResource, ProtectedResourceSpec, ProtectionSpec, ProtectionStatus, Subjects,
-    Target, crd_yaml,
+    ApprovalSpec, Approvers, ClusterProtectedResource, ClusterProtectedResourceSpec,
+    DeletionRequest, DeletionRequestSpec, DeletionRequestStatus, LastBlocked, Mode,
+    ProtectedResource, ProtectedResourceSpec, ProtectionSpec, ProtectionStatus, RequestState,
+    RequestTarget, Subjects, Target, crd_yaml,
 };
 
 /// Longest approval window any policy may accept.

@@ -5,6 +5,7 @@ pub mod certificates;
 pub mod events;
 pub mod leader;
 pub mod reports;
+pub mod requests;
 mod status;
 mod volumes;
 pub mod webhook_config;

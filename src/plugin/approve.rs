@@ -409,7 +409,7 @@ fn emit(output: Output, line: &str, record: &ApprovalRecord) {
 }
 
 /// The caller's username and groups, as the API server authenticates them.
-async fn whoami(client: &kube::Client) -> Result<(String, Vec<String>), Failure> {
+pub(super) async fn whoami(client: &kube::Client) -> Result<(String, Vec<String>), Failure> {
     let unavailable = |why: String| {
         Failure::new(format!(
             "cannot learn your username from the API server's SelfSubjectReview API \

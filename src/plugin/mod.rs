@@ -9,6 +9,7 @@
 
 mod approve;
 mod audit;
+mod requests;
 mod restore;
 mod status;
 
@@ -65,8 +66,13 @@ pub enum Output {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Approve (or --revoke) the deletion of one protected object, as yourself.
+    /// Approve (or --revoke) the deletion of one protected object, as yourself; or answer a
+    /// DeletionRequest with `approve request/<name>`.
     Approve(approve::ApproveArgs),
+    /// Reject a DeletionRequest: `reject request/<name> --reason TEXT`.
+    Reject(requests::RejectArgs),
+    /// As an agent: ask a human to approve one deletion (files a DeletionRequest).
+    Request(requests::RequestArgs),
     /// Policies, protected objects, live approvals and the latest blocked attempts.
     Status(status::StatusArgs),
     /// Find where restricted identities can delete protected data or get around the guard.
@@ -148,7 +154,15 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> Outcome {
     let ctx = connect(&cli).await?;
     match cli.command {
-        Command::Approve(args) => approve::run(&ctx, args).await,
+        Command::Approve(args) => match split_target(&args.target)? {
+            (kind, name) if requests::is_request_kind(kind) => {
+                let name = name.to_owned();
+                requests::approve(&ctx, &name, args).await
+            }
+            _ => approve::run(&ctx, args).await,
+        },
+        Command::Reject(args) => requests::reject(&ctx, args).await,
+        Command::Request(args) => requests::file(&ctx, args).await,
         Command::Status(args) => status::run(&ctx, args).await,
         Command::Audit(args) => audit::run(&ctx, args).await,
         Command::Restore(args) => restore::run(&ctx, args).await,

@@ -406,6 +406,8 @@ struct Report {
     protected_objects: Vec<KindRow>,
     approvals: Vec<ApprovalRow>,
     blocked: Vec<BlockedRow>,
+    /// DeletionRequests waiting for a human, oldest first.
+    requests: Vec<super::requests::PendingRow>,
 }
 
 #[derive(Debug, Serialize)]
@@ -562,6 +564,7 @@ impl Report {
                     },
                 })
                 .collect(),
+            requests: Vec::new(),
         }
     }
 
@@ -650,7 +653,24 @@ impl Report {
                 })
                 .collect(),
         );
-        format!("{policies}\n{objects}\n{approvals}\n{blocked}")
+        let requests = section(
+            "REQUESTS (pending)",
+            &["NAMESPACE", "NAME", "TARGET", "REQUESTER", "AGE", "REASON"],
+            self.requests
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.namespace.clone(),
+                        r.name.clone(),
+                        r.target.clone(),
+                        r.requester.clone(),
+                        r.age.clone(),
+                        r.reason.clone(),
+                    ]
+                })
+                .collect(),
+        );
+        format!("{policies}\n{objects}\n{approvals}\n{blocked}\n{requests}")
     }
 }
 
@@ -668,7 +688,15 @@ pub async fn run(ctx: &Ctx, _args: StatusArgs) -> Outcome {
         eprintln!("warning: cannot list {problem}");
     }
     let blocked = blocked_attempts(&ctx.client, &scope).await;
-    let report = Report::build(&scope, &policies, &inventory, blocked, Timestamp::now());
+    let mut report = Report::build(&scope, &policies, &inventory, blocked, Timestamp::now());
+    report.requests = super::requests::pending_rows(
+        &ctx.client,
+        match &scope {
+            Scope::Namespace(ns) => Some(ns.as_str()),
+            Scope::All => None,
+        },
+    )
+    .await;
     match ctx.output {
         Output::Table => print!("{}", report.render()),
         output => super::print(output, &[], &[], &report),
@@ -960,6 +988,9 @@ PersistentVolumeClaim prod/logs   alice         29m         -
 BLOCKED
 AGE   AGENT                               OBJECT                              POLICY
 5m    system:serviceaccount:prod:cursor   PersistentVolumeClaim prod/data-0   ProtectedResource/prod/orders
+
+REQUESTS (pending)
+none
 ";
         assert_eq!(text, expected);
         let json = serde_json::to_value(&report).unwrap();
@@ -983,7 +1014,7 @@ AGE   AGENT                               OBJECT                              PO
         );
         assert_eq!(
             report.render(),
-            "POLICIES\nnone\n\nPROTECTED OBJECTS (all namespaces)\nnone\n\nAPPROVALS\nnone\n\nBLOCKED\nnone\n"
+            "POLICIES\nnone\n\nPROTECTED OBJECTS (all namespaces)\nnone\n\nAPPROVALS\nnone\n\nBLOCKED\nnone\n\nREQUESTS (pending)\nnone\n"
         );
     }
 }

@@ -113,13 +113,29 @@ impl ObjectRef {
     }
 
     fn approve_command(&self) -> String {
+        format!(
+            "kubectl agentguard approve {} --for 30m",
+            self.command_target()
+        )
+    }
+
+    /// The command an agent runs to ask a human (files a DeletionRequest).
+    fn request_command(&self) -> String {
+        format!(
+            "kubectl agentguard request {} --reason \"<why you need it deleted>\"",
+            self.command_target()
+        )
+    }
+
+    /// `persistentvolumeclaim/data -n prod`.
+    fn command_target(&self) -> String {
         let namespace_flag = self
             .namespace
             .as_deref()
             .map(|ns| format!(" -n {ns}"))
             .unwrap_or_default();
         format!(
-            "kubectl agentguard approve {}/{}{namespace_flag} --for 30m",
+            "{}/{}{namespace_flag}",
             self.kind.to_ascii_lowercase(),
             self.name
         )
@@ -398,6 +414,59 @@ fn is_policy_resource(object: &ObjectRef) -> bool {
         )
 }
 
+fn is_deletion_request(object: &ObjectRef) -> bool {
+    object.group == GROUP && object.resource == "deletionrequests"
+}
+
+/// DeletionRequests: anyone may file one, in their own name only (`spec.requester` must be the
+/// caller, as `approved-by` must be); a restricted identity may withdraw (delete) its request
+/// but not change it or its status, which humans and agentguard write.
+fn decide_request(
+    req: &AdmissionRequest<DynamicObject>,
+    snapshot: &Snapshot,
+    object: ObjectRef,
+    username: &str,
+    groups: &[String],
+) -> Decision {
+    match req.operation {
+        Operation::Create => {
+            let requester = req
+                .object
+                .as_ref()
+                .and_then(|o| o.data.pointer("/spec/requester"))
+                .and_then(|v| v.as_str())
+                .unwrap_or_default();
+            if requester == username {
+                Decision::allow(object, "request filed in the requester's own name")
+            } else {
+                Decision::deny(
+                    object.clone(),
+                    "requester is not the caller".to_owned(),
+                    format!(
+                        "agentguard: DENIED create of DeletionRequest {}: spec.requester must be your own username \"{username}\", not \"{requester}\".",
+                        object.qualified_name()
+                    ),
+                )
+            }
+        }
+        Operation::Update => match snapshot.restricted_anywhere(username, groups) {
+            Some(r) => Decision::deny(
+                object.clone(),
+                format!("{}; requests are answered by humans", r.reason),
+                format!(
+                    "agentguard: DENIED update of DeletionRequest {} by {username}. A request is answered by a human; wait for the answer. \
+                     Stop and ask a human.",
+                    object.qualified_name()
+                ),
+            ),
+            None => Decision::allow(object, "identity is not restricted"),
+        },
+        Operation::Delete | Operation::Connect => {
+            Decision::allow(object, "withdrawing a request is allowed")
+        }
+    }
+}
+
 fn verb(op: &Operation) -> &'static str {
     match op {
         Operation::Create => "create",
@@ -434,6 +503,9 @@ pub fn decide(
             ),
             None => Decision::allow(object, "identity is not restricted"),
         };
+    }
+    if is_deletion_request(&object) {
+        return decide_request(req, snapshot, object, username, groups);
     }
     match req.operation {
         Operation::Create | Operation::Update => {
@@ -857,10 +929,12 @@ fn denial_message(
         "agentguard: DENIED {action} of {kind} {qualified} by {username}.\n\
          Protected by {protected_by}. This may hold production data.{approval_note}\n\
          Do not retry, and do not try another way to delete, move, or unprotect it.\n\
-         Stop and ask a human to approve: {command}{extra}",
+         Stop and ask a human to approve: {command}\n\
+         To ask in writing: {request}{extra}",
         kind = object.kind,
         qualified = object.qualified_name(),
         command = object.approve_command(),
+        request = object.request_command(),
     )
 }
 
@@ -1144,13 +1218,60 @@ pub(crate) mod tests {
             "agentguard: DENIED delete of PersistentVolumeClaim prod/data by system:serviceaccount:ci:cursor-agent.\n\
              Protected by ClusterProtectedResource default-volumes. This may hold production data.\n\
              Do not retry, and do not try another way to delete, move, or unprotect it.\n\
-             Stop and ask a human to approve: kubectl agentguard approve persistentvolumeclaim/data -n prod --for 30m"
+             Stop and ask a human to approve: kubectl agentguard approve persistentvolumeclaim/data -n prod --for 30m\n\
+             To ask in writing: kubectl agentguard request persistentvolumeclaim/data -n prod --reason \"<why you need it deleted>\""
         );
         assert_eq!(
             d.policy.as_deref(),
             Some("ClusterProtectedResource/default-volumes")
         );
         assert_eq!(d.object.resource, "persistentvolumeclaims");
+    }
+
+    #[test]
+    fn deletion_requests_are_filed_in_ones_own_name_and_answered_by_humans() {
+        let snap = snapshot(vec![], &[]);
+        let request = |requester: &str| {
+            json!({
+                "apiVersion": "agentguard.dev/v1alpha1", "kind": "DeletionRequest",
+                "metadata": {"name": "req-1", "namespace": "prod"},
+                "spec": {"target": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": "data"},
+                         "reason": "rebuild", "requester": requester}
+            })
+        };
+        let as_request = |mut r: Req| {
+            r.kind = ("agentguard.dev", "DeletionRequest", "deletionrequests");
+            r.name = "req-1".into();
+            r
+        };
+        let file = |user: &str, requester: &str| {
+            let mut r = as_request(Req::update(user, Value::Null, request(requester)));
+            r.op = "CREATE";
+            r.decide(&snap)
+        };
+        assert_eq!(file(AGENT, AGENT).verdict, Verdict::Allow);
+        let forged = file(AGENT, "alice");
+        assert_eq!(forged.verdict, Verdict::Deny);
+        assert!(
+            forged
+                .message
+                .unwrap()
+                .contains("spec.requester must be your own username"),
+        );
+        // Nor may a human file one in an agent's name.
+        assert_eq!(file("alice", AGENT).verdict, Verdict::Deny);
+        // The agent cannot answer (update) it; a human can; the agent may withdraw it.
+        let update = |user: &str| {
+            as_request(Req::update(user, request(AGENT), request(AGENT))).decide(&snap)
+        };
+        assert_eq!(update(AGENT).verdict, Verdict::Deny);
+        assert_eq!(update("alice").verdict, Verdict::Allow);
+        assert_eq!(
+            as_request(Req::delete(AGENT, request(AGENT)))
+                .decide(&snap)
+                .verdict,
+            Verdict::Allow
+        );
     }
 
     #[test]
@@ -1166,7 +1287,10 @@ pub(crate) mod tests {
             m.contains("Protected by ProtectedResource prod/orders."),
             "{m}"
         );
-        assert!(m.ends_with("--for 30m\nAsk #db-oncall."), "{m}");
+        assert!(
+            m.ends_with("--reason \"<why you need it deleted>\"\nAsk #db-oncall."),
+            "{m}"
+        );
     }
 
     #[test]
@@ -1299,7 +1423,10 @@ pub(crate) mod tests {
         );
         assert!(m.starts_with("agentguard: DENIED delete of PersistentVolume pv-1 by "));
         assert!(
-            m.ends_with("approve persistentvolume/pv-1 --for 30m"),
+            m.contains("approve persistentvolume/pv-1 --for 30m\n")
+                && m.ends_with(
+                    "request persistentvolume/pv-1 --reason \"<why you need it deleted>\""
+                ),
             "{m}"
         );
     }
@@ -1609,7 +1736,7 @@ pub(crate) mod tests {
             "{message}"
         );
         assert!(
-            message.ends_with("approve namespace/prod --for 30m"),
+            message.contains("approve namespace/prod --for 30m\n"),
             "{message}"
         );
         // The namespace controller finishing a human's deletion is never blocked.
