@@ -131,6 +131,16 @@ pub struct RunArgs {
     /// agentguard's own namespace, never judged so it can always be repaired.
     #[arg(long, default_value = "agentguard", env = "POD_NAMESPACE")]
     pub namespace: String,
+    /// What the API server does when it cannot reach the webhook: Fail refuses the request
+    /// (fail-closed); Ignore lets it through (the chart's availability mode, whose
+    /// ValidatingAdmissionPolicy keeps the simplest rules in the API server meanwhile).
+    #[arg(
+        long,
+        default_value = "Fail",
+        value_parser = ["Fail", "Ignore"],
+        env = "AGENTGUARD_FAILURE_POLICY"
+    )]
+    pub failure_policy: String,
     /// A ClusterRole that owns the webhook configuration (the chart's), so that deleting it
     /// (helm uninstall) garbage-collects the configuration.
     #[arg(long, env = "AGENTGUARD_WEBHOOK_OWNER_CLUSTER_ROLE")]
@@ -266,6 +276,7 @@ fn webhook_params(args: &RunArgs) -> anyhow::Result<Option<WebhookParams>> {
         own_namespace: args.namespace.clone(),
         namespace_label,
         timeout_seconds: 5,
+        failure_policy: args.failure_policy.clone(),
         owner_cluster_role: args.webhook_owner_cluster_role.clone(),
     }))
 }

@@ -62,6 +62,18 @@ fn chart_lints_and_renders_for_several_value_sets() {
         ],
         &[
             "--set",
+            "availabilityMode.enabled=true",
+            "--set",
+            "agents.serviceAccounts={ci/*,*/cursor-*,ops/deploy.bot}",
+            "--set",
+            "agents.groups={ai-agents}",
+            "--set",
+            "agents.usernames={bot-*}",
+            "--set",
+            "breakGlassGroups={sre}",
+        ],
+        &[
+            "--set",
             "defaultProtection.enabled=false",
             "--set",
             "podDisruptionBudget.enabled=false",

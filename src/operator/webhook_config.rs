@@ -76,6 +76,10 @@ pub struct WebhookParams {
     /// Optional `key=value`: only namespaces with this label are judged.
     pub namespace_label: Option<(String, String)>,
     pub timeout_seconds: i32,
+    /// `Fail` (fail-closed, the default) or `Ignore`: requests go through while the webhook is
+    /// unreachable (the chart's availability mode, where a ValidatingAdmissionPolicy keeps the
+    /// simplest rules in the API server).
+    pub failure_policy: String,
     /// A ClusterRole (the chart's) that owns the configuration: when it is deleted (helm
     /// uninstall), the garbage collector deletes the configuration too, even one this
     /// operator re-created a moment before losing its permissions.
@@ -194,7 +198,7 @@ pub fn desired(
             name: WEBHOOK_NAME.into(),
             admission_review_versions: vec!["v1".into()],
             side_effects: "None".into(),
-            failure_policy: Some("Fail".into()),
+            failure_policy: Some(params.failure_policy.clone()),
             match_policy: Some("Equivalent".into()),
             timeout_seconds: Some(params.timeout_seconds),
             client_config,
@@ -335,6 +339,7 @@ mod tests {
             own_namespace: "agentguard".into(),
             namespace_label: None,
             timeout_seconds: 5,
+            failure_policy: "Fail".into(),
             owner_cluster_role: None,
         }
     }
@@ -390,5 +395,16 @@ mod tests {
             hook.client_config.service.as_ref().unwrap().path.as_deref(),
             Some("/validate")
         );
+    }
+
+    #[test]
+    fn failure_policy_follows_the_parameter() {
+        let params = WebhookParams {
+            failure_policy: "Ignore".into(),
+            ..params()
+        };
+        let vwc = desired(&params, &Resources::new(), b"CA", None);
+        let hook = &vwc.webhooks.as_ref().unwrap()[0];
+        assert_eq!(hook.failure_policy.as_deref(), Some("Ignore"));
     }
 }

@@ -427,6 +427,9 @@ pub struct GuardOptions {
     pub self_certs: Option<(&'static str, &'static str, &'static str)>,
     /// Write PolicyReports (cluster-wide; off unless a test is about them).
     pub policy_reports: bool,
+    /// The webhook's failurePolicy (`Fail` or `Ignore`), in the harness's configuration or, when
+    /// managed, as `--failure-policy`. None: Fail.
+    pub failure_policy: Option<&'static str>,
 }
 
 /// Starts one agentguard process for `ns`, logging to `<dir>/agentguard-<replica>.log`.
@@ -478,6 +481,10 @@ pub fn spawn_agentguard(
                 format!("--webhook-url=https://127.0.0.1:{webhook_port}/validate"),
                 format!("--ca-file={}", dir.join("ca.crt").display()),
                 format!("--webhook-namespace-label=agentguard-e2e={}", ns.name),
+                format!(
+                    "--failure-policy={}",
+                    options.failure_policy.unwrap_or("Fail")
+                ),
             ]
         } else {
             vec!["--manage-webhook-configuration=false".to_owned()]
@@ -544,7 +551,7 @@ webhooks:
   - name: validate.agentguard.dev
     admissionReviewVersions: [v1]
     sideEffects: None
-    failurePolicy: Fail
+    failurePolicy: {failure_policy}
     timeoutSeconds: 5
     clientConfig:
       url: https://127.0.0.1:{webhook_port}/validate
@@ -573,6 +580,7 @@ webhooks:
                 name = guard.webhook_name,
                 ns = ns.name,
                 extra = options.extra_rules,
+                failure_policy = options.failure_policy.unwrap_or("Fail"),
             ));
         }
         // A new configuration takes a moment to reach the admission chain: probe until the
