@@ -71,6 +71,9 @@ pub struct RunArgs {
     /// Service's names from --webhook-service, or the host of --webhook-url).
     #[arg(long, value_delimiter = ',', env = "AGENTGUARD_CERT_HOSTS")]
     pub cert_hosts: Vec<String>,
+    /// How long a DeletionRequest waits for a human before it expires (h, m, s units).
+    #[arg(long, default_value = "24h", env = "AGENTGUARD_REQUEST_TTL")]
+    pub request_ttl: String,
     /// Validity of self-managed certificates (h, m, s units).
     #[arg(long, default_value = "2160h", env = "AGENTGUARD_CERT_VALIDITY")]
     pub cert_validity: String,
@@ -207,6 +210,14 @@ pub fn main() -> anyhow::Result<()> {
                 },
                 max_review_bytes: args.max_review_bytes,
                 policy_reports: args.policy_reports,
+                request_ttl: crate::policy::parse_duration(&args.request_ttl).with_context(
+                    || {
+                        format!(
+                            "--request-ttl {:?} is not a duration like 24h or 30m",
+                            args.request_ttl
+                        )
+                    },
+                )?,
                 annotation_kinds: args
                     .annotation_kinds
                     .iter()

@@ -46,6 +46,8 @@ pub struct RunConfig {
     pub max_review_bytes: usize,
     /// Write PolicyReports (leader only).
     pub policy_reports: bool,
+    /// How long a DeletionRequest stays Pending before it expires.
+    pub request_ttl: std::time::Duration,
     /// Manage the ValidatingWebhookConfiguration with these parameters (None: someone else does).
     pub webhook_configuration: Option<WebhookParams>,
     /// Lease (namespace, name) for leader election; None: this replica always leads.
@@ -211,7 +213,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
         client.clone(),
         metrics.clone(),
         leader.clone(),
-        operator::requests::DEFAULT_REQUEST_TTL,
+        config.request_ttl,
         std::env::var("POD_NAME").ok(),
     ));
     if config.policy_reports {

@@ -434,7 +434,7 @@ fn chart_ships_the_dashboard_and_alerts_verbatim() {
         "the ConfigMap differs from dashboards/agentguard.json"
     );
 
-    let rule = render_one(
+    let rule_default = render_one(
         &cluster,
         "templates/prometheusrule.yaml",
         &["--set", "prometheusRule.enabled=true"],
@@ -444,12 +444,34 @@ fn chart_ships_the_dashboard_and_alerts_verbatim() {
     )
     .unwrap();
     assert_eq!(
-        rule["spec"], file,
+        rule_default["spec"], file,
         "the PrometheusRule differs from rules/agentguard.rules.yaml"
     );
+    // One value changes one thing: how long a DeletionRequest may wait.
+    let waiting = render_one(
+        &cluster,
+        "templates/prometheusrule.yaml",
+        &[
+            "--set",
+            "prometheusRule.enabled=true",
+            "--set",
+            "prometheusRule.requestWaitingFor=2h",
+        ],
+    );
+    let rule = |spec: &serde_json::Value| {
+        spec["spec"]["groups"][0]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["alert"] == "AgentguardDeletionRequestWaiting")
+            .cloned()
+            .expect("the request alert")
+    };
+    assert_eq!(rule(&waiting)["for"], "2h");
+    assert_eq!(rule(&rule_default)["for"], "30m");
     // Prometheus's own templating survives Helm untouched.
     assert!(
-        rule.to_string().contains("{{ $labels."),
+        rule_default.to_string().contains("{{ $labels."),
         "alert annotations lost their $labels templates"
     );
 

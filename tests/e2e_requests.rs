@@ -15,6 +15,11 @@ use support::{Cluster, Guard, GuardOptions, TestNamespace, stderr, stdout, wait_
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-agentguard");
 
+/// Every test's agentguard leads its own lease and so answers every DeletionRequest in the
+/// cluster (as the one leader does in production): the tests of this file take turns, or one
+/// test's short request TTL would expire the other's request.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn plugin(kubeconfig: &Path, ns: &str, args: &[&str]) -> Output {
     Command::new(PLUGIN)
         .arg("--kubeconfig")
@@ -46,6 +51,7 @@ fn filed_name(out: &Output) -> String {
 
 #[test]
 fn an_agent_asks_in_writing_and_a_human_answers() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = Cluster::connect();
     cluster.kubectl_ok(&[
         "wait",
@@ -230,4 +236,49 @@ fn an_agent_asks_in_writing_and_a_human_answers() {
             && guard.metric("agentguard_approval_requests", &[("state", "approved")]) == 1.0
             && guard.metric("agentguard_approval_requests", &[("state", "pending")]) == 0.0
     });
+}
+
+#[test]
+fn unanswered_requests_expire() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = Cluster::connect();
+    cluster.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/deletionrequests.agentguard.dev",
+    ]);
+    let ns = TestNamespace::create(&cluster, "request-ttl");
+    let agent = ns.agent("cursor-agent");
+    ns.grant("cursor-agent", "deletionrequests.agentguard.dev");
+    let options = GuardOptions {
+        extra_args: vec!["--request-ttl=4s".into()],
+        ..Default::default()
+    };
+    let guard = Guard::start_with(&ns, &agent, &options);
+    let token = ns.kubectl_ok(&["create", "token", "cursor-agent", "--duration=10m"]);
+    let kubeconfig = cluster.token_kubeconfig(guard.dir.path(), token.trim());
+    ns.pvc("data", true);
+    let out = plugin(
+        &kubeconfig,
+        &ns.name,
+        &["request", "pvc/data", "--reason", "nobody will answer"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let name = filed_name(&out);
+    wait_until(Duration::from_secs(30), "the request to expire", || {
+        request_state(&ns, &name) == "Expired"
+    });
+    let out = plugin(
+        &cluster.kubeconfig,
+        &ns.name,
+        &["approve", &format!("request/{name}")],
+    );
+    assert!(!out.status.success(), "an expired request was approved");
+    assert!(
+        stderr(&out).contains("is expired, not Pending"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(ns.pvc_intact("data"));
 }

@@ -21,9 +21,7 @@ use crate::metrics::Metrics;
 
 /// Reason of the Event on the requested object.
 pub const REQUESTED_REASON: &str = "DeletionRequested";
-const TICK: Duration = Duration::from_secs(5);
-/// How long a request waits for a human before it expires.
-pub const DEFAULT_REQUEST_TTL: Duration = Duration::from_secs(24 * 3600);
+const TICK: Duration = Duration::from_secs(2);
 
 /// What the leader should do with one request now.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -124,6 +124,9 @@ pub fn desired(
         ("apps", "statefulsets"),
         ("agentguard.dev", "protectedresources"),
         ("agentguard.dev", "clusterprotectedresources"),
+        // Filed only in one's own name; answered only by humans.
+        ("agentguard.dev", "deletionrequests"),
+        ("agentguard.dev", "deletionrequests/status"),
     ] {
         write.entry(group.into()).or_default().insert(plural.into());
     }

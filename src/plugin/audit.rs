@@ -1700,6 +1700,22 @@ impl ClusterFacts {
             Request::new("", "admissionregistration.k8s.io", "validatingwebhookconfigurations")
                 .named(&self.webhook_name),
         ));
+        // The availability mode's ValidatingAdmissionPolicy and its binding: no webhook judges
+        // admission policies either.
+        for resource in [
+            "validatingadmissionpolicies",
+            "validatingadmissionpolicybindings",
+        ] {
+            checks.push(Check::verbs(
+                K::WebhookConfiguration,
+                Bypass,
+                None,
+                resource.to_owned(),
+                "admission policies are never sent to webhooks: deleting or rewriting agentguard's availability policy or its binding disarms the rules that hold while the webhook is unreachable",
+                &write,
+                Request::new("", "admissionregistration.k8s.io", resource),
+            ));
+        }
         for crd in AGENTGUARD_CRDS {
             checks.push(Check::verbs(
                 K::Crd,

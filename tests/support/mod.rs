@@ -427,6 +427,8 @@ pub struct GuardOptions {
     pub self_certs: Option<(&'static str, &'static str, &'static str)>,
     /// Write PolicyReports (cluster-wide; off unless a test is about them).
     pub policy_reports: bool,
+    /// More `agentguard run` flags.
+    pub extra_args: Vec<String>,
     /// The webhook's failurePolicy (`Fail` or `Ignore`), in the harness's configuration or, when
     /// managed, as `--failure-policy`. None: Fail.
     pub failure_policy: Option<&'static str>,
@@ -490,6 +492,7 @@ pub fn spawn_agentguard(
             vec!["--manage-webhook-configuration=false".to_owned()]
         })
         .arg(format!("--policy-reports={}", options.policy_reports))
+        .args(&options.extra_args)
         .arg(format!("--lease-namespace={}", ns.name))
         .arg(format!("--lease-name=agentguard-{}", ns.name))
         .env("POD_NAME", format!("{replica}-{}", ns.name))
