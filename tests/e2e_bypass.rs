@@ -1,0 +1,505 @@
+//! End-to-end: one agent ServiceAccount with broad but realistic RBAC (a platform bot: `edit`
+//! in its namespace, and cluster-wide rights on webhook configurations, deployments, secrets,
+//! volumes, CRDs, namespaces, pods and impersonation) tries every route we know to destroy
+//! protected data or disarm the guard. Each row either is refused by agentguard, or is one only
+//! RBAC can stop, and then `kubectl agentguard audit` must flag the permission that allows it.
+//! Destructive attempts run as server-side dry runs, which agentguard judges exactly like the
+//! real request (so the fixture survives for the next row). `docs/security.md` lists the same
+//! rows; a test keeps the two in step.
+//! Requires `hack/cluster.sh up`; fails (never skips) when the control plane is absent.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Cluster, Guard, GuardOptions, TestNamespace, stderr, stdout, wait_until};
+
+/// How a row must end.
+enum Expect {
+    /// agentguard refuses it (the denial is its message).
+    Guarded,
+    /// It goes through agentguard; RBAC alone can stop it, and audit flags this check kind.
+    RbacOnly(&'static str),
+}
+
+struct Row {
+    name: &'static str,
+    expect: Expect,
+    /// kubectl arguments, run as the agent (impersonated by the admin, or with its own token
+    /// when `own_token`).
+    args: Vec<String>,
+    own_token: bool,
+    stdin: Option<String>,
+}
+
+fn row(name: &'static str, expect: Expect, args: &[&str]) -> Row {
+    Row {
+        name,
+        expect,
+        args: args.iter().map(|s| s.to_string()).collect(),
+        own_token: false,
+        stdin: None,
+    }
+}
+
+/// The rows, by name, as `docs/security.md` must list them.
+const ROWS: &[&str] = &[
+    "direct delete",
+    "DeleteCollection",
+    "delete the namespace",
+    "delete an owner",
+    "delete the CRD",
+    "StatefulSet retention to Delete",
+    "PV reclaim policy to Delete",
+    "remove the protected annotation",
+    "forge an approval",
+    "edit a policy",
+    "delete a policy",
+    "remove helm keep (deletion by proxy)",
+    "delete the webhook configuration",
+    "scale agentguard to zero",
+    "delete agentguard's Secret",
+    "impersonate a human",
+    "run a pod as agentguard's ServiceAccount",
+];
+
+#[test]
+fn security_doc_lists_every_row() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/security.md"))
+        .expect("docs/security.md");
+    for name in ROWS {
+        assert!(
+            doc.contains(&format!("| {name} |")),
+            "docs/security.md has no row \"{name}\""
+        );
+    }
+}
+
+#[test]
+fn an_agent_with_broad_rbac_tries_every_route() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "bypass");
+    let system = TestNamespace::create(&cluster, "bypass-ag");
+    let agent = ns.agent("cursor-agent");
+    ns.grant_cluster(
+        "cursor-agent",
+        "get,list,watch,delete,patch,update",
+        "validatingwebhookconfigurations,deployments,deployments/scale,secrets,persistentvolumes,customresourcedefinitions,namespaces",
+    );
+    ns.grant_cluster("cursor-agent", "impersonate", "users,groups");
+    // Policies too: that agentguard, not RBAC, keeps agents off them is what the rows show.
+    ns.grant("cursor-agent", "protectedresources.agentguard.dev");
+    ns.grant_cluster("cursor-agent", "create", "pods");
+    let options = GuardOptions {
+        extra_rules: "      - operations: [UPDATE]\n        apiGroups: [\"\"]\n        apiVersions: [v1]\n        resources: [persistentvolumes]\n".into(),
+        ..Default::default()
+    };
+    let guard = Guard::start_with(&ns, &agent, &options);
+
+    // What agentguard's own namespace holds when installed by the chart.
+    system.kubectl_ok(&["create", "serviceaccount", "agentguard"]);
+    system.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "agentguard-webhook-tls",
+        "--from-literal=tls.key=not-a-key",
+    ]);
+    cluster.apply(&format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: agentguard\n  namespace: {ns}\n  labels: {{app.kubernetes.io/name: agentguard}}\n\
+         spec:\n  replicas: 2\n  selector: {{matchLabels: {{app: agentguard}}}}\n  template:\n    metadata: {{labels: {{app: agentguard}}}}\n    \
+         spec:\n      serviceAccountName: agentguard\n      containers:\n        - name: agentguard\n          image: ghcr.io/agentguard/agentguard:0.1.0\n          \
+         args: [run, --cert-secret=agentguard-webhook-tls]\n",
+        ns = system.name
+    ));
+
+    // The data and what reaches it.
+    ns.pvc("data", true);
+    cluster.apply(&format!(
+        "apiVersion: agentguard.dev/v1alpha1\nkind: ProtectedResource\nmetadata:\n  name: orders\n  namespace: {ns}\n\
+         spec:\n  mode: Enforce\n  targets:\n    - apiGroups: [\"\"]\n      kinds: [PersistentVolumeClaim]\n      names: [\"orders-*\"]\n",
+        ns = ns.name
+    ));
+    // A claim of the StatefulSet below (template `orders`, set `db`), protected by the policy.
+    ns.pvc("orders-db-0", false);
+    ns.kubectl_ok(&[
+        "annotate",
+        "pvc",
+        "orders-db-0",
+        "helm.sh/resource-policy=keep",
+    ]);
+    let owner_uid = {
+        ns.kubectl_ok(&["create", "configmap", "owner"]);
+        ns.kubectl_ok(&[
+            "get",
+            "configmap",
+            "owner",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+    };
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: owned\n  namespace: {ns}\n  annotations: {{agentguard.dev/protected: \"true\"}}\n  \
+         ownerReferences: [{{apiVersion: v1, kind: ConfigMap, name: owner, uid: {owner_uid}}}]\n\
+         spec:\n  accessModes: [ReadWriteOnce]\n  resources: {{requests: {{storage: 1Gi}}}}\n",
+        ns = ns.name
+    ));
+    // A database operator's kind, protected by a policy (the annotation counts only on the
+    // kinds in --annotation-kinds).
+    let group = ns.crd("databases", "Database");
+    cluster.apply(&format!(
+        "apiVersion: agentguard.dev/v1alpha1\nkind: ProtectedResource\nmetadata:\n  name: databases\n  namespace: {ns}\n\
+         spec:\n  mode: Enforce\n  targets:\n    - apiGroups: [{group}]\n      kinds: [Database]\n---\n\
+         apiVersion: {group}/v1\nkind: Database\nmetadata:\n  name: orders\n  namespace: {ns}\n",
+        ns = ns.name
+    ));
+    cluster.apply(&format!(
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\n  namespace: {ns}\nspec:\n  replicas: 0\n  serviceName: db\n  \
+         selector: {{matchLabels: {{app: db}}}}\n  persistentVolumeClaimRetentionPolicy: {{whenDeleted: Retain, whenScaled: Retain}}\n  \
+         template:\n    metadata: {{labels: {{app: db}}}}\n    spec: {{containers: [{{name: db, image: postgres}}]}}\n  \
+         volumeClaimTemplates:\n    - metadata: {{name: orders}}\n      spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 1Gi}}}}}}\n",
+        ns = ns.name
+    ));
+    let pv = format!("pv-{}", ns.name);
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: {pv}\nspec:\n  capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n  \
+         persistentVolumeReclaimPolicy: Retain\n  hostPath: {{path: /tmp/{pv}}}\n  claimRef: {{namespace: {ns}, name: data}}\n",
+        ns = ns.name
+    ));
+    ns.owns_cluster_object(&format!("pv/{pv}"));
+    // The index learns owners and instances from its watches: wait until a cascade is judged.
+    wait_until(
+        Duration::from_secs(30),
+        "the owner cascade to be known",
+        || {
+            stderr(&ns.kubectl_as(
+                &agent,
+                &["delete", "configmap", "owner", "--dry-run=server"],
+            ))
+            .contains("agentguard: DENIED")
+        },
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the databases cascade to be known",
+        || {
+            stderr(&ns.kubectl_as(
+                &agent,
+                &[
+                    "delete",
+                    "crd",
+                    &format!("databases.{group}"),
+                    "--dry-run=server",
+                ],
+            ))
+            .contains("agentguard: DENIED")
+        },
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the orders policy in force",
+        || {
+            stderr(&ns.kubectl_as(
+                &agent,
+                &["delete", "pvc", "orders-db-0", "--dry-run=server"],
+            ))
+            .contains("ProtectedResource")
+        },
+    );
+
+    let n = ns.name.as_str();
+    let mut rows = vec![
+        row(
+            "direct delete",
+            Expect::Guarded,
+            &["delete", "pvc", "data", "--dry-run=server"],
+        ),
+        row(
+            "DeleteCollection",
+            Expect::Guarded,
+            &["delete", "pvc", "--all", "--dry-run=server"],
+        ),
+        row(
+            "delete the namespace",
+            Expect::Guarded,
+            &["delete", "namespace", n, "--dry-run=server"],
+        ),
+        row(
+            "delete an owner",
+            Expect::Guarded,
+            &["delete", "configmap", "owner", "--dry-run=server"],
+        ),
+        row(
+            "delete the CRD",
+            Expect::Guarded,
+            &[
+                "delete",
+                "crd",
+                &format!("databases.{group}"),
+                "--dry-run=server",
+            ],
+        ),
+        row(
+            "StatefulSet retention to Delete",
+            Expect::Guarded,
+            &[
+                "patch",
+                "statefulset",
+                "db",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"persistentVolumeClaimRetentionPolicy":{"whenDeleted":"Delete"}}}"#,
+                "--dry-run=server",
+            ],
+        ),
+        row(
+            "PV reclaim policy to Delete",
+            Expect::Guarded,
+            &[
+                "patch",
+                "pv",
+                &pv,
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"persistentVolumeReclaimPolicy":"Delete"}}"#,
+                "--dry-run=server",
+            ],
+        ),
+        row(
+            "remove the protected annotation",
+            Expect::Guarded,
+            &[
+                "annotate",
+                "pvc",
+                "data",
+                "agentguard.dev/protected-",
+                "--dry-run=server",
+            ],
+        ),
+        row(
+            "forge an approval",
+            Expect::Guarded,
+            &[
+                "annotate",
+                "pvc",
+                "data",
+                "agentguard.dev/approved-by=agentguard-admin",
+                "agentguard.dev/approved-until=2099-01-01T00:00:00Z",
+                "--dry-run=server",
+            ],
+        ),
+        row(
+            "edit a policy",
+            Expect::Guarded,
+            &[
+                "patch",
+                "protectedresource",
+                "orders",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"mode":"Audit"}}"#,
+                "--dry-run=server",
+            ],
+        ),
+        row(
+            "delete a policy",
+            Expect::Guarded,
+            &["delete", "protectedresource", "orders", "--dry-run=server"],
+        ),
+        row(
+            "remove helm keep (deletion by proxy)",
+            Expect::Guarded,
+            &[
+                "annotate",
+                "pvc",
+                "orders-db-0",
+                "helm.sh/resource-policy-",
+                "--dry-run=server",
+            ],
+        ),
+        row(
+            "delete the webhook configuration",
+            Expect::RbacOnly("webhook-configuration"),
+            &[
+                "delete",
+                "validatingwebhookconfiguration",
+                &guard.webhook_name,
+                "--dry-run=server",
+            ],
+        ),
+        row(
+            "scale agentguard to zero",
+            Expect::RbacOnly("deployment"),
+            &[
+                "scale",
+                "deployment",
+                "agentguard",
+                "-n",
+                &system.name,
+                "--replicas=0",
+                "--dry-run=server",
+            ],
+        ),
+        row(
+            "delete agentguard's Secret",
+            Expect::RbacOnly("secret"),
+            &[
+                "delete",
+                "secret",
+                "agentguard-webhook-tls",
+                "-n",
+                &system.name,
+                "--dry-run=server",
+            ],
+        ),
+    ];
+    let mut impersonate = row(
+        "impersonate a human",
+        Expect::RbacOnly("impersonate"),
+        &[
+            "--as=alice",
+            "--as-group=system:masters",
+            "delete",
+            "pvc",
+            "data",
+            "--dry-run=server",
+        ],
+    );
+    impersonate.own_token = true;
+    rows.push(impersonate);
+    let mut pod = row(
+        "run a pod as agentguard's ServiceAccount",
+        Expect::RbacOnly("act-as"),
+        &["-n", &system.name, "create", "-f", "-", "--dry-run=server"],
+    );
+    pod.stdin = Some(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: borrow-token\nspec:\n  serviceAccountName: agentguard\n  \
+         containers: [{name: sh, image: busybox, command: [sleep, \"3600\"]}]\n"
+            .to_owned(),
+    );
+    rows.push(pod);
+    assert_eq!(
+        rows.iter().map(|r| r.name).collect::<Vec<_>>(),
+        ROWS.to_vec(),
+        "the rows and ROWS differ"
+    );
+
+    let token = ns.kubectl_ok(&["create", "token", "cursor-agent", "--duration=10m"]);
+    let own = cluster.token_kubeconfig(guard.dir.path(), token.trim());
+    let run = |r: &Row| -> Output {
+        let mut cmd = Command::new(cluster.kubectl_path());
+        if r.own_token {
+            cmd.arg("--kubeconfig").arg(&own);
+        } else {
+            cmd.arg("--kubeconfig")
+                .arg(&cluster.kubeconfig)
+                .arg(format!("--as={agent}"));
+        }
+        cmd.args(["-n", n]).args(&r.args);
+        match &r.stdin {
+            Some(input) => {
+                use std::io::Write;
+                let mut child = cmd
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(input.as_bytes())
+                    .unwrap();
+                child.wait_with_output().unwrap()
+            }
+            None => cmd.output().unwrap(),
+        }
+    };
+
+    // The audit, for the RBAC-only rows.
+    let audit = Command::new(env!("CARGO_BIN_EXE_kubectl-agentguard"))
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args([
+            "--agentguard-namespace",
+            &system.name,
+            "audit",
+            &format!("--agent-service-accounts={n}/cursor-agent"),
+            "--webhook-configuration-name",
+            &guard.webhook_name,
+            "--only",
+            &format!("{n}/cursor-agent"),
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        audit.status.code(),
+        Some(3),
+        "audit must exit 3 on bypass paths: {}",
+        stderr(&audit)
+    );
+    let report: Value = serde_json::from_slice(&audit.stdout).unwrap();
+    let flagged: BTreeMap<String, String> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "bypass")
+        .map(|f| {
+            (
+                f["check"].as_str().unwrap().to_owned(),
+                f["can"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+
+    let mut failures = Vec::new();
+    let mut table = String::from("| route | outcome |\n| --- | --- |\n");
+    for r in &rows {
+        let out = run(r);
+        let err = stderr(&out);
+        let outcome = match &r.expect {
+            Expect::Guarded => {
+                if out.status.success() || !err.contains("agentguard: DENIED") {
+                    failures.push(format!(
+                        "{}: not refused by agentguard: {}{}",
+                        r.name,
+                        stdout(&out),
+                        err
+                    ));
+                }
+                "refused by agentguard".to_owned()
+            }
+            Expect::RbacOnly(check) => {
+                if !out.status.success() {
+                    failures.push(format!(
+                        "{}: expected to pass agentguard (RBAC-only), got: {err}",
+                        r.name
+                    ));
+                }
+                match flagged.get(*check) {
+                    Some(can) => format!("only RBAC; audit flags `{check}`: {can}"),
+                    None => {
+                        failures.push(format!(
+                            "{}: audit did not flag `{check}`: {flagged:?}",
+                            r.name
+                        ));
+                        "only RBAC; NOT flagged".to_owned()
+                    }
+                }
+            }
+        };
+        table.push_str(&format!("| {} | {outcome} |\n", r.name));
+    }
+    println!("{table}");
+    assert!(failures.is_empty(), "{}\n{table}", failures.join("\n"));
+    // The data is all still there.
+    for claim in ["data", "orders-db-0", "owned"] {
+        assert!(ns.pvc_intact(claim), "{claim} was deleted");
+    }
+}
