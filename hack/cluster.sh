@@ -6,6 +6,7 @@
 #
 #   hack/cluster.sh up      build tools if missing, start everything, wait until ready
 #   hack/cluster.sh down    stop what `up` started (by recorded pids) and remove its state
+#   hack/cluster.sh restart etcd|kube-apiserver   stop one component and start it again
 #   hack/cluster.sh env     print the export lines for KUBECONFIG and PATH
 #   hack/cluster.sh status  exit 0 when the control plane answers, 1 otherwise
 #
@@ -112,6 +113,49 @@ write_kubeconfig() { # file user
   chmod 600 "$file"
 }
 
+start_etcd() {
+  log "starting etcd on 127.0.0.1:$ETCD_PORT"
+  start etcd "$BIN/etcd" --name local --data-dir "$STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "local=http://127.0.0.1:$ETCD_PEER_PORT" --unsafe-no-fsync --log-level warn
+  wait_for etcd 60 "$STATE/logs/etcd.log" curl -sf "http://127.0.0.1:$ETCD_PORT/health"
+}
+
+start_apiserver() {
+  log "starting kube-apiserver on https://127.0.0.1:$API_PORT"
+  start kube-apiserver "$BIN/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
+    --cert-dir "$STATE/pki/apiserver-generated" \
+    --tls-cert-file "$STATE/pki/apiserver.crt" --tls-private-key-file "$STATE/pki/apiserver.key" \
+    --client-ca-file "$STATE/pki/ca.crt" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$STATE/pki/sa.pub" \
+    --service-account-signing-key-file "$STATE/pki/sa.key" \
+    --authorization-mode RBAC \
+    --service-cluster-ip-range 10.0.0.0/24 \
+    --endpoint-reconciler-type none \
+    --audit-policy-file "$STATE/audit-policy.yaml" --audit-log-path "$STATE/logs/audit.log" \
+    --profiling=false
+}
+
+# Stops one component and starts it again with the same ports and data (fault tests).
+restart() {
+  local name="$1"
+  is_up || die "the control plane is not running: hack/cluster.sh up"
+  # shellcheck disable=SC1091
+  source "$STATE/ports.env"
+  stop_pid "$STATE/run/$name.pid"
+  case "$name" in
+    etcd) start_etcd ;;
+    kube-apiserver)
+      start_apiserver
+      wait_for kube-apiserver 120 "$STATE/logs/kube-apiserver.log" kubectl_admin get --raw /readyz ;;
+    *) die "restart etcd|kube-apiserver, not $name" ;;
+  esac
+}
+
 up() {
   if is_up; then
     log "already running"
@@ -134,12 +178,7 @@ up() {
   log "generating certificates"
   gen_pki
 
-  log "starting etcd on 127.0.0.1:$ETCD_PORT"
-  start etcd "$BIN/etcd" --name local --data-dir "$STATE/etcd" \
-    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
-    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
-    --initial-cluster "local=http://127.0.0.1:$ETCD_PEER_PORT" --unsafe-no-fsync --log-level warn
-  wait_for etcd 60 "$STATE/logs/etcd.log" curl -sf "http://127.0.0.1:$ETCD_PORT/health"
+  start_etcd
 
   cat >"$STATE/audit-policy.yaml" <<'YAML'
 apiVersion: audit.k8s.io/v1
@@ -151,21 +190,7 @@ rules:
   - level: None
 YAML
 
-  log "starting kube-apiserver on https://127.0.0.1:$API_PORT"
-  start kube-apiserver "$BIN/kube-apiserver" \
-    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
-    --cert-dir "$STATE/pki/apiserver-generated" \
-    --tls-cert-file "$STATE/pki/apiserver.crt" --tls-private-key-file "$STATE/pki/apiserver.key" \
-    --client-ca-file "$STATE/pki/ca.crt" \
-    --service-account-issuer https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file "$STATE/pki/sa.pub" \
-    --service-account-signing-key-file "$STATE/pki/sa.key" \
-    --authorization-mode RBAC \
-    --service-cluster-ip-range 10.0.0.0/24 \
-    --endpoint-reconciler-type none \
-    --audit-policy-file "$STATE/audit-policy.yaml" --audit-log-path "$STATE/logs/audit.log" \
-    --profiling=false
+  start_apiserver
   write_kubeconfig "$KUBECONFIG_FILE" admin
   wait_for kube-apiserver 120 "$STATE/logs/kube-apiserver.log" kubectl_admin get --raw /readyz
 
@@ -222,5 +247,6 @@ case "${1:-}" in
   down) down_quiet; log "stopped and removed $STATE" ;;
   env) print_env ;;
   status) is_up ;;
-  *) echo "usage: $0 up|down|env|status" >&2; exit 2 ;;
+  restart) restart "${2:-}" ;;
+  *) echo "usage: $0 up|down|env|status|restart etcd|kube-apiserver" >&2; exit 2 ;;
 esac

@@ -397,6 +397,7 @@ pub struct Guard<'c> {
     child: Option<Child>,
     pub webhook_name: String,
     pub metrics_port: u16,
+    pub webhook_port: u16,
     pub dir: tempfile::TempDir,
     managed: bool,
 }
@@ -537,6 +538,7 @@ impl<'c> Guard<'c> {
             child: Some(child),
             webhook_name: format!("agentguard-{}", ns.name),
             metrics_port,
+            webhook_port,
             dir,
             managed: options.managed,
         };
@@ -608,6 +610,19 @@ webhooks:
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agentguard-a.log")).unwrap_or_default()
+    }
+
+    /// Starts the webhook process again, with the same ports and certificates.
+    pub fn respawn(&mut self, ns: &TestNamespace<'_>, options: &GuardOptions) {
+        self.kill();
+        self.child = Some(spawn_agentguard(
+            ns,
+            options,
+            self.dir.path(),
+            self.webhook_port,
+            self.metrics_port,
+            "a",
+        ));
     }
 
     /// Kills the webhook process, leaving its configuration registered.
