@@ -124,6 +124,11 @@ fn chart_lints_and_renders_for_several_value_sets() {
                 "{set:?}: {kind}"
             );
         }
+        // The preset agent roles ship with every value set here.
+        assert!(
+            rendered.contains("kind: ClusterRole\nmetadata:\n  name: agentguard-agent-edit\n"),
+            "{set:?}: the preset agent roles"
+        );
         // Every rendered object is accepted by the real API server (server-side dry run).
         // Server-side apply as a dry run: valid whether or not the objects exist already.
         let apply = cluster.kubectl_stdin(
@@ -378,6 +383,22 @@ fn bad_values_fail_with_a_readable_error() {
             "at '/defaultProtection/mode': value must be one of 'Enforce', 'Warn', 'Audit'",
         ),
         ("replcias=3", "additional properties 'replcias' not allowed"),
+        (
+            "agentCredentials.agents[0].name=Cursor,agentCredentials.agents[0].namespaces={dev}",
+            "at '/agentCredentials/agents/0/name': 'Cursor' does not match pattern",
+        ),
+        (
+            "agentCredentials.agents[0].name=cursor",
+            "at '/agentCredentials/agents/0': missing property 'namespaces'",
+        ),
+        (
+            "agentCredentials.agents[0].name=cursor,agentCredentials.agents[0].namespaces={kube-system}",
+            "refusing to bind an agent in namespace kube-system",
+        ),
+        (
+            "agentCredentials.agents[0].name=cursor,agentCredentials.agents[0].namespaces={agentguard-agents}",
+            "refusing to bind an agent in namespace agentguard-agents",
+        ),
     ];
     for (set, needle) in cases {
         let out = helm(
@@ -483,6 +504,189 @@ fn chart_ships_the_dashboard_and_alerts_verbatim() {
     assert_eq!(monitor["spec"]["jobLabel"], "app.kubernetes.io/name");
     assert_eq!(monitor["spec"]["endpoints"][0]["honorLabels"], true);
     assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+}
+
+/// Agents declared in values: a labelled ServiceAccount each in the agents namespace and one
+/// RoleBinding per namespace named, to the preset or named ClusterRole; the rendering is accepted
+/// by the API server (dry run; kube-node-lease and kube-public stand in for the agents' and the
+/// working namespace, as every cluster has them), and the preset roles can be left to another
+/// release.
+#[test]
+fn declared_agents_render_as_labelled_service_accounts_and_role_bindings() {
+    let cluster = Cluster::connect();
+    let set = [
+        "--set",
+        "agentCredentials.installRoles=false",
+        "--set",
+        "agentCredentials.namespace=kube-node-lease",
+        "--set",
+        "agentCredentials.createNamespace=false",
+        "--set",
+        "agentCredentials.agents[0].name=render-check",
+        "--set",
+        "agentCredentials.agents[0].namespaces={kube-public}",
+        "--set",
+        "agentCredentials.agents[1].name=render-view",
+        "--set",
+        "agentCredentials.agents[1].namespaces={kube-public}",
+        "--set",
+        "agentCredentials.agents[1].role=view",
+    ];
+    let mut lint = vec!["lint", CHART, "--strict"];
+    lint.extend_from_slice(&set);
+    let out = helm(&cluster, &lint);
+    assert!(
+        out.status.success(),
+        "helm lint: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let mut template = vec![
+        "template",
+        "agentguard",
+        CHART,
+        "-n",
+        "agentguard",
+        "--kube-version",
+        "1.36.3",
+    ];
+    template.extend_from_slice(&set);
+    let out = helm(&cluster, &template);
+    assert!(out.status.success(), "helm template: {}", stderr(&out));
+    let rendered = stdout(&out);
+    assert!(
+        !rendered.contains("name: agentguard-agent-edit\n  labels"),
+        "roles rendered"
+    );
+    assert!(!rendered.contains("\nkind: Namespace\n"));
+    for needle in [
+        "kind: ServiceAccount\nmetadata:\n  name: render-check\n  namespace: kube-node-lease\n",
+        "    agentguard.dev/agent: \"true\"\n  annotations:\n    agentguard.dev/agent-namespaces: \"kube-public\"\n",
+        "kind: RoleBinding\nmetadata:\n  name: agentguard-agent-render-check\n  namespace: kube-public\n",
+        "    agentguard.dev/agent-name: render-check\n    agentguard.dev/agent-namespace: kube-node-lease\n",
+        "  name: agentguard-agent-edit\nsubjects:\n  - kind: ServiceAccount\n    name: render-check\n    namespace: kube-node-lease\n",
+        "  name: agentguard-agent-view\nsubjects:\n  - kind: ServiceAccount\n    name: render-view\n    namespace: kube-node-lease\n",
+    ] {
+        assert!(rendered.contains(needle), "no {needle:?} in:\n{rendered}");
+    }
+    let agents_only: Vec<&str> = rendered
+        .split("\n---\n")
+        .filter(|doc| doc.contains("# Source: agentguard/templates/agents.yaml"))
+        .collect();
+    assert_eq!(
+        agents_only.len(),
+        4,
+        "two ServiceAccounts, two RoleBindings"
+    );
+    let apply = cluster.kubectl_stdin(
+        &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+        &agents_only.join("\n---\n"),
+    );
+    assert!(apply.status.success(), "{}", stderr(&apply));
+}
+
+/// The preset agent roles (`templates/agent-roles.yaml`) grant no way around the guard: no
+/// wildcard, nothing of RBAC, Secrets, tokens, impersonation, exec, or cluster-scoped kinds; the
+/// view role only reads. (`tests/e2e_agent_credentials.rs` checks them against the API server.)
+#[test]
+fn agent_roles_leave_out_every_way_around_the_guard() {
+    let cluster = Cluster::connect();
+    let out = helm(
+        &cluster,
+        &[
+            "template",
+            "agentguard",
+            CHART,
+            "--kube-version",
+            "1.36.3",
+            "--show-only",
+            "templates/agent-roles.yaml",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let roles: Vec<serde_json::Value> = stdout(&out)
+        .split("\n---\n")
+        .map(|doc| serde_saphyr::from_str(doc).expect("one YAML document"))
+        .collect();
+    let name = |r: &serde_json::Value| r["metadata"]["name"].as_str().unwrap().to_owned();
+    assert_eq!(
+        roles.iter().map(name).collect::<Vec<_>>(),
+        ["agentguard-agent-edit", "agentguard-agent-view"]
+    );
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default()
+    };
+    let never = [
+        "secrets",
+        "serviceaccounts/token",
+        "pods/exec",
+        "pods/attach",
+        "pods/portforward",
+        "pods/ephemeralcontainers",
+        "pods/proxy",
+        "services/proxy",
+        "nodes",
+        "namespaces",
+        "persistentvolumes",
+        "customresourcedefinitions",
+        "validatingwebhookconfigurations",
+        "mutatingwebhookconfigurations",
+        "validatingadmissionpolicies",
+        "clusterprotectedresources",
+        "certificatesigningrequests",
+    ];
+    let read = ["get", "list", "watch"];
+    for role in &roles {
+        let role_name = name(role);
+        for rule in role["rules"].as_array().unwrap() {
+            let (groups, resources, verbs) = (
+                strings(&rule["apiGroups"]),
+                strings(&rule["resources"]),
+                strings(&rule["verbs"]),
+            );
+            let shown = format!("{role_name}: {rule}");
+            assert!(rule.get("nonResourceURLs").is_none(), "{shown}");
+            assert!(
+                !groups
+                    .iter()
+                    .chain(&resources)
+                    .chain(&verbs)
+                    .any(|s| s.contains('*')),
+                "wildcard in {shown}"
+            );
+            assert!(
+                !groups.iter().any(|g| g == "rbac.authorization.k8s.io"
+                    || g == "authentication.k8s.io"
+                    || g == "certificates.k8s.io"),
+                "{shown}"
+            );
+            assert!(
+                !verbs
+                    .iter()
+                    .any(|v| ["impersonate", "escalate", "bind", "approve"].contains(&v.as_str())),
+                "{shown}"
+            );
+            for r in &resources {
+                assert!(!never.contains(&r.as_str()), "{r} in {shown}");
+            }
+            let writes = verbs.iter().any(|v| !read.contains(&v.as_str()));
+            if role_name == "agentguard-agent-view" {
+                assert!(!writes, "the view role writes: {shown}");
+            }
+            // Read only even in edit: identities, network boundaries, policies; snapshots are
+            // taken, never deleted.
+            for read_only in ["serviceaccounts", "networkpolicies", "protectedresources"] {
+                if resources.iter().any(|r| r == read_only) {
+                    assert!(!writes, "{read_only} written in {shown}");
+                }
+            }
+            if resources.iter().any(|r| r == "volumesnapshots") {
+                assert!(!verbs.iter().any(|v| v.starts_with("delete")), "{shown}");
+            }
+        }
+    }
 }
 
 /// The server-side dry run above is a real check: the third-party CRDs' schemas refuse a

@@ -1,12 +1,14 @@
 //! `kubectl agentguard`, the kubectl plugin (binary `kubectl-agentguard` on PATH): approve one
 //! deletion, see what is protected and blocked, audit who can get around the guard, restore a
-//! deleted claim from its retained volume.
+//! deleted claim from its retained volume, let agents ask in writing (DeletionRequests), and
+//! give each agent its own scoped, short-lived credentials (`agent`).
 //!
 //! kubectl conventions: `--kubeconfig`, `--context`, `-n/--namespace` (default: the context's
 //! namespace), `-A/--all-namespaces`, `-o table|json|yaml`. Exit codes: 0 success; 1 the
 //! server refused or something failed (the reason on stderr); 2 usage error; `audit` exits 3
 //! when it finds a bypass path, so it can gate CI.
 
+mod agent;
 mod approve;
 mod audit;
 mod requests;
@@ -79,6 +81,8 @@ pub enum Command {
     Audit(audit::AuditArgs),
     /// Bring a deleted claim back, bound to the volume agentguard kept.
     Restore(restore::RestoreArgs),
+    /// Give an agent its own credentials: create, list, token, revoke.
+    Agent(agent::AgentArgs),
 }
 
 /// What every command gets: a client for the chosen context, and the global flags.
@@ -166,6 +170,7 @@ async fn run(cli: Cli) -> Outcome {
         Command::Status(args) => status::run(&ctx, args).await,
         Command::Audit(args) => audit::run(&ctx, args).await,
         Command::Restore(args) => restore::run(&ctx, args).await,
+        Command::Agent(args) => agent::run(&ctx, cli.kubeconfig, cli.context, args).await,
     }
 }
 
