@@ -73,6 +73,14 @@ async fn validate(
             );
         }
     };
+    // Only what the API server sends (the configuration asks for v1): anything else is not a
+    // review, and answering it would echo a type the caller did not ask about.
+    if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "malformed AdmissionReview: expected apiVersion admission.k8s.io/v1, kind AdmissionReview",
+        );
+    }
     let request: AdmissionRequest<DynamicObject> = match review.try_into() {
         Ok(request) => request,
         Err(_) => {

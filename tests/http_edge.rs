@@ -224,6 +224,33 @@ async fn malformed_json_is_400_with_one_line() {
     }
 }
 
+/// Found by fuzzing: a body with another kind or apiVersion was answered as if it were a
+/// review, echoing the caller's type back. Only admission.k8s.io/v1 AdmissionReviews are.
+#[tokio::test]
+async fn only_v1_admission_reviews_are_answered() {
+    for (api_version, kind) in [
+        ("admission.k8s.io/v1", "AdmissionRevi.ew"),
+        ("admission.k8s.io/v1beta1", "AdmissionReview"),
+        ("v1", "Pod"),
+    ] {
+        let mut body = review("system:serviceaccount:agents:bot", true, false);
+        body["apiVersion"] = json!(api_version);
+        body["kind"] = json!(kind);
+        let (status, out) = post(
+            webhook::admission_router(state(), LIMIT),
+            Some("application/json"),
+            body.to_string(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{api_version} {kind}");
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("expected apiVersion admission.k8s.io/v1"),
+            "{text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn review_without_request_gets_an_invalid_review_not_an_http_error() {
     let out = post_review(

@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each fuzz target uses one check; tests/fuzz_regressions.rs both
 //! What the fuzz targets check, shared with `tests/fuzz_regressions.rs` (which replays the
 //! corpus and every kept crash under `cargo test`): one place for the properties.
 
