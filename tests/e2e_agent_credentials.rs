@@ -207,6 +207,9 @@ fn sa_field(cluster: &Cluster, agents_ns: &str, name: &str, path: &str) -> Strin
 #[test]
 fn an_agents_kubeconfig_works_only_where_it_was_bound_and_its_label_makes_it_an_agent() {
     let cluster = Cluster::connect();
+    // kubectl auth can-i resolves volumesnapshots through discovery: the CSI snapshot CRDs
+    // must be served, as on a cluster with snapshots.
+    cluster.install_third_party_crds();
     let ns = TestNamespace::create(&cluster, "agent-scope");
     let elsewhere = TestNamespace::create(&cluster, "agent-elsewhere");
     let (edit, _) = install_roles(&ns);
