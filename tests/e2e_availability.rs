@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use agentguard::policy::{AgentDefinition, AgentMatcher};
-use support::{Cluster, Guard, GuardOptions, TestNamespace, stderr, stdout, wait_until};
+use support::{Cluster, Guard, GuardOptions, TestNamespace, in_secs, stderr, stdout, wait_until};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/agentguard");
 const TEMPLATE: &str = "templates/availability-policy.yaml";
@@ -46,13 +46,6 @@ fn render(cluster: &Cluster, show_only: &str, sets: &[String]) -> Output {
         args.extend(["--set", set.as_str()]);
     }
     helm(cluster, &args)
-}
-
-fn in_secs(secs: i64) -> String {
-    (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(secs))
-        .round(jiff::Unit::Second)
-        .unwrap()
-        .to_string()
 }
 
 /// The chart's ValidatingAdmissionPolicy and binding, installed for one test under the name

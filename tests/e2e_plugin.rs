@@ -81,19 +81,7 @@ fn policy(ns: &TestNamespace<'_>, name: &str, names: &str, approval: &str) {
          spec:\n  mode: Enforce\n  targets:\n    - apiGroups: [\"\"]\n      kinds: [PersistentVolumeClaim]\n      names: [\"{names}\"]\n{approval}",
         ns = ns.name
     ));
-    wait_until(
-        Duration::from_secs(30),
-        &format!("policy {name} Ready"),
-        || {
-            stdout(&ns.kubectl(&[
-                "get",
-                "protectedresource",
-                name,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ])) == "True"
-        },
-    );
+    ns.wait_policy_ready(name);
 }
 
 fn approvals_metric(guard: &Guard<'_>, result: &str) -> f64 {

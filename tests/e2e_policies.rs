@@ -6,16 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Cluster, Guard, GuardOptions, TestNamespace, stderr, stdout, wait_until};
+use support::{Cluster, Guard, GuardOptions, TestNamespace, in_secs, stderr, stdout, wait_until};
 
 const ADMIN: &str = "agentguard-admin";
-
-fn in_secs(secs: i64) -> String {
-    (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(secs))
-        .round(jiff::Unit::Second)
-        .unwrap()
-        .to_string()
-}
 
 fn policy(ns: &TestNamespace<'_>, name: &str, mode: &str, extra: &str) {
     ns.cluster.apply(&format!(
@@ -23,24 +16,6 @@ fn policy(ns: &TestNamespace<'_>, name: &str, mode: &str, extra: &str) {
          spec:\n  mode: {mode}\n  targets:\n    - apiGroups: [\"\"]\n      kinds: [PersistentVolumeClaim]\n      names: [\"data-*\"]\n{extra}",
         ns = ns.name
     ));
-}
-
-/// Waits until the policy is in force: its status says Ready=True (the webhook's snapshot is
-/// built from the same watch, before the status is written).
-fn wait_ready(ns: &TestNamespace<'_>, name: &str) {
-    wait_until(
-        Duration::from_secs(30),
-        &format!("policy {name} Ready"),
-        || {
-            stdout(&ns.kubectl(&[
-                "get",
-                "protectedresource",
-                name,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ])) == "True"
-        },
-    );
 }
 
 /// Grants the agent full rights on agentguard's policies, as a careless cluster-admin-ish token
@@ -73,7 +48,7 @@ fn policy_protects_and_a_human_approval_lets_the_agent_delete() {
     let agent = ns.agent("cursor-agent");
     let guard = Guard::start(&ns, &agent);
     policy(&ns, "orders", "Enforce", "  message: \"Ask #db-oncall.\"\n");
-    wait_ready(&ns, "orders");
+    ns.wait_policy_ready("orders");
     ns.pvc("data-0", false);
     ns.pvc("logs-0", false);
 
@@ -170,7 +145,7 @@ fn expired_and_foreign_approvals_do_not_count() {
     let agent = ns.agent("cursor-agent");
     let guard = Guard::start(&ns, &agent);
     policy(&ns, "orders", "Enforce", "");
-    wait_ready(&ns, "orders");
+    ns.wait_policy_ready("orders");
     ns.pvc("data-0", false);
 
     // Approving in someone else's name is rejected at the moment it is set.
@@ -232,7 +207,7 @@ fn agents_cannot_disarm_the_guard() {
     grant_policy_rights(&ns, "cursor-agent");
     let _guard = Guard::start(&ns, &agent);
     policy(&ns, "orders", "Enforce", "");
-    wait_ready(&ns, "orders");
+    ns.wait_policy_ready("orders");
     ns.pvc("data-0", true);
 
     let attempts: Vec<(&str, Vec<String>)> = vec![
@@ -378,7 +353,7 @@ fn warn_mode_prints_a_warning_and_audit_mode_counts() {
     let agent = ns.agent("cursor-agent");
     let guard = Guard::start(&ns, &agent);
     policy(&ns, "warned", "Warn", "");
-    wait_ready(&ns, "warned");
+    ns.wait_policy_ready("warned");
     ns.pvc("data-0", false);
 
     let out = ns.kubectl_as(&agent, &["delete", "pvc", "data-0", "--wait=false"]);
@@ -392,7 +367,7 @@ fn warn_mode_prints_a_warning_and_audit_mode_counts() {
 
     ns.kubectl_ok(&["delete", "protectedresource", "warned"]);
     policy(&ns, "audited", "Audit", "");
-    wait_ready(&ns, "audited");
+    ns.wait_policy_ready("audited");
     ns.pvc("data-1", false);
     let out = ns.kubectl_as(&agent, &["delete", "pvc", "data-1", "--wait=false"]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Cluster, Guard, TestNamespace, free_port, stderr, stdout, wait_until};
+use support::{Cluster, Guard, TestNamespace, free_port, in_secs, stderr, stdout, wait_until};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const ADMIN: &str = "agentguard-admin";
@@ -194,13 +194,6 @@ fn api_server_credentials(cluster: &Cluster, dir: &Path) -> (String, PathBuf, Pa
         write("admin.crt", &user["client-certificate-data"]),
         write("admin.key", &user["client-key-data"]),
     )
-}
-
-fn in_secs(secs: i64) -> String {
-    (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(secs))
-        .round(jiff::Unit::Second)
-        .unwrap()
-        .to_string()
 }
 
 /// Every panel of the dashboard with its title and query expressions (rows flattened).

@@ -10,7 +10,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Cluster, Guard, GuardOptions, TestNamespace, stderr, stdout, wait_until};
+use support::{Cluster, Guard, GuardOptions, TestNamespace, in_secs, stderr, stdout, wait_until};
 
 const ADMIN: &str = "agentguard-admin";
 
@@ -31,13 +31,6 @@ fn assert_denied(result: (bool, String), action: &str, what: &str) {
         err.contains("Stop and ask a human to approve"),
         "{what}: {err}"
     );
-}
-
-fn in_secs(secs: i64) -> String {
-    (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(secs))
-        .round(jiff::Unit::Second)
-        .unwrap()
-        .to_string()
 }
 
 #[test]

@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Cluster, Guard, GuardOptions, TestNamespace, stderr, stdout, wait_until};
+use support::{Cluster, Guard, GuardOptions, TestNamespace, stderr, wait_until};
 
 fn report(cluster: &Cluster, args: &[&str]) -> Option<Value> {
     let mut all = vec!["get"];
@@ -61,19 +61,7 @@ fn policy_reports_show_protection_pinning_and_audited_deletions() {
     ns.pvc("cache", true);
     ns.pvc("tmp-1", false);
     for policy in ["orders", "trial"] {
-        wait_until(
-            Duration::from_secs(30),
-            &format!("policy {policy} Ready"),
-            || {
-                stdout(&ns.kubectl(&[
-                    "get",
-                    "protectedresource",
-                    policy,
-                    "-o",
-                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-                ])) == "True"
-            },
-        );
+        ns.wait_policy_ready(policy);
     }
     // The Audit-mode policy lets the agent's deletion through, and records it.
     let out = ns.kubectl_as(&agent, &["delete", "pvc", "tmp-1", "--wait=false"]);

@@ -285,6 +285,24 @@ impl<'c> TestNamespace<'c> {
     }
 
     /// True when the claim exists and is not being deleted.
+    /// Waits until the ProtectedResource is in force: its status says Ready=True (the
+    /// webhook's snapshot is built from the same watch, before the status is written).
+    pub fn wait_policy_ready(&self, name: &str) {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("policy {name} Ready"),
+            || {
+                stdout(&self.kubectl(&[
+                    "get",
+                    "protectedresource",
+                    name,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                ])) == "True"
+            },
+        );
+    }
+
     pub fn pvc_intact(&self, name: &str) -> bool {
         let out = self.kubectl(&[
             "get",
@@ -710,6 +728,14 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
         .call()
         .ok()
         .map(|r| r.status().as_u16())
+}
+
+/// An RFC 3339 time `secs` from now, to the second, as `agentguard.dev/approved-until` takes it.
+pub fn in_secs(secs: i64) -> String {
+    (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(secs))
+        .round(jiff::Unit::Second)
+        .unwrap()
+        .to_string()
 }
 
 pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
