@@ -1,0 +1,429 @@
+#!/usr/bin/env bash
+# One command for agentguard's performance figures (docs/performance.md explains every number).
+#
+# Brings up its own local control plane (hack/cluster.sh with a bench-only state directory),
+# then, for one rule — deny DELETE of a PersistentVolumeClaim annotated
+# agentguard.dev/protected=true by ServiceAccounts of namespace `agents` — measures, one
+# configuration at a time:
+#   floor               no admission check
+#   vap                 a ValidatingAdmissionPolicy (CEL, in the API server)
+#   controller-runtime  a PEER: a minimal controller-runtime webhook (bench/peers/controller-runtime)
+#   kyverno             a PEER, only with BENCH_KYVERNO=1 (bench/peers/kyverno/build.sh; heavy)
+#   agentguard          `cargo build --release`, run out of cluster like the e2e tests
+# what the agent's client sees through the API server (bench/driver, client-go, the agent's
+# TokenRequest token), the webhook's CPU and memory, then the scale of agentguard's index
+# (bench/scale) and its time to /readyz with many claims, and optionally a perf profile.
+# Tears the control plane down at the end, also on failure or Ctrl-C.
+#
+#   bench/run.sh
+#
+# Environment (defaults in brackets):
+#   BENCH_CONFIGS       configurations to run [floor,vap,controller-runtime,kyverno,agentguard] (empty: none)
+#   BENCH_REQUESTS      measured requests per cell [2000]; BENCH_WARMUP [200]
+#   BENCH_ROUNDS        rounds over all configurations; the report takes each cell's median [3]
+#   BENCH_CONCURRENCY   client concurrency levels [1,8,32]
+#   BENCH_KYVERNO       1: try to build and run Kyverno (needs ~6 GB free disk) [0]
+#   BENCH_SCALE_SIZES   objects for the in-process index scale [1000,10000,100000] (empty: skip)
+#   BENCH_READYZ_OBJECTS claims created through the API server before timing /readyz [10000] (0: skip)
+#   BENCH_PROFILE       1: perf-profile agentguard's /validate under load [1]
+#   BENCH_OUT           results directory [$CACHE/results/<UTC time>]
+#   BENCH_UPDATE_DOCS   1: copy the plot to docs/performance-latency.png [0]
+#   BENCH_SKIP_BUILD    1: use the binaries already built into $CACHE/bin and target/ (a rerun) [0]
+#   BENCH_KEEP_CLUSTER  1: leave the control plane up at the end [0]
+set -euo pipefail
+# The whole script is one block, parsed before it runs: editing it mid-run cannot derail it.
+{
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/agentguard/bench"
+CONFIGS="${BENCH_CONFIGS-floor,vap,controller-runtime,kyverno,agentguard}"
+REQUESTS="${BENCH_REQUESTS:-2000}"
+WARMUP="${BENCH_WARMUP:-200}"
+ROUNDS="${BENCH_ROUNDS:-3}"
+CONCURRENCY="${BENCH_CONCURRENCY:-1,8,32}"
+SCALE_SIZES="${BENCH_SCALE_SIZES-1000,10000,100000}"
+READYZ_OBJECTS="${BENCH_READYZ_OBJECTS:-10000}"
+OUT="${BENCH_OUT:-$CACHE/results/$(date -u +%Y%m%dT%H%M%SZ)}"
+export AGENTGUARD_CLUSTER_DIR="${BENCH_CLUSTER_DIR:-$CACHE/cluster}"
+export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+mkdir -p "$OUT"/{logs,cells,pki} "$CACHE/bin"
+log "results in $OUT"
+
+# ---------------------------------------------------------------- build
+free_mb=$(df -P -BM "$CACHE" | awk 'NR==2 {sub("M","",$4); print $4}')
+((free_mb > 1500)) || log "WARNING: only ${free_mb} MB free on the cache's disk; builds or etcd may run out"
+if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+  log "building the load driver and the controller-runtime peer (Go, into $CACHE/bin)"
+  (cd "$ROOT/bench/driver" && go build -trimpath -o "$CACHE/bin/driver" .)
+  (cd "$ROOT/bench/peers/controller-runtime" && go build -trimpath -o "$CACHE/bin/peer-controller-runtime" .)
+  log "building agentguard (cargo build --release)"
+  (cd "$ROOT" && cargo build --release --bin agentguard)
+  log "building bench/scale (index scale, and agentguard with symbols for the profile)"
+  CARGO_TARGET_DIR="$CACHE/target" cargo build --release --manifest-path "$ROOT/bench/scale/Cargo.toml"
+  cp "$CACHE/target/release/index-scale" "$CACHE/target/release/agentguard-profiled" "$CACHE/bin/"
+fi
+for tool in driver peer-controller-runtime index-scale agentguard-profiled; do
+  [[ -x "$CACHE/bin/$tool" ]] || die "$CACHE/bin/$tool is missing: run without BENCH_SKIP_BUILD=1"
+done
+AGENTGUARD="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/agentguard"
+[[ -x "$AGENTGUARD" ]] || die "no agentguard binary at $AGENTGUARD"
+python3 - "$OUT/build.json" "$AGENTGUARD" "$(git -C "$ROOT" rev-parse --short HEAD)" \
+  "$(git -C "$ROOT" status --short src Cargo.toml Cargo.lock | wc -l)" <<'PY'
+import hashlib, json, os, sys, time
+out, binary, head, dirty = sys.argv[1:]
+json.dump({"agentguard_binary": binary,
+           "sha256": hashlib.sha256(open(binary, "rb").read()).hexdigest(),
+           "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.path.getmtime(binary))),
+           "git_head_at_run": head, "uncommitted_source_files_at_run": int(dirty)},
+          open(out, "w"), indent=2)
+PY
+KYVERNO_BIN=""
+if [[ ",$CONFIGS," == *",kyverno,"* ]]; then
+  if [[ "${BENCH_KYVERNO:-0}" == 1 ]]; then
+    KYVERNO_BIN="$("$ROOT/bench/peers/kyverno/build.sh" 2>"$OUT/logs/kyverno-build.log")" || KYVERNO_BIN=""
+  fi
+fi
+
+# ---------------------------------------------------------------- control plane
+PIDS=()
+cleanup() {
+  local status=$?
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [[ "${BENCH_KEEP_CLUSTER:-0}" != 1 ]]; then
+    "$ROOT/hack/cluster.sh" down >/dev/null 2>&1 || true
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"$ROOT/hack/cluster.sh" down >/dev/null 2>&1 || true
+"$ROOT/hack/cluster.sh" up >"$OUT/logs/cluster.log" 2>&1 || { tail -n 40 "$OUT/logs/cluster.log" >&2; die "control plane did not start"; }
+eval "$("$ROOT/hack/cluster.sh" env)"
+STATE="$AGENTGUARD_CLUSTER_DIR"
+SERVER="$(kubectl config view --raw -o jsonpath='{.clusters[0].cluster.server}')"
+CA="$STATE/pki/ca.crt"
+APISERVER_PID="$(cat "$STATE/run/kube-apiserver.pid")"
+log "control plane at $SERVER (kube-apiserver pid $APISERVER_PID)"
+# hack/cluster.sh keeps an audit log (rotated at 100 MB, every backup kept); a bench run writes
+# several hundred MB of it. Rotated files are of no use here: drop them as they appear.
+(while [[ -d "$STATE/logs" ]]; do rm -f "$STATE"/logs/audit-*.log; sleep 15; done) >/dev/null 2>&1 &
+PIDS+=("$!")
+
+kubectl apply --server-side -f "$ROOT/crds" >/dev/null
+kubectl wait --for=condition=Established --timeout=60s \
+  crd/protectedresources.agentguard.dev crd/clusterprotectedresources.agentguard.dev >/dev/null
+kubectl create namespace agents >/dev/null
+kubectl create namespace bench >/dev/null
+kubectl create namespace agentguard >/dev/null
+kubectl -n agents create serviceaccount agent >/dev/null
+kubectl -n bench create rolebinding agent-edit --clusterrole=edit --serviceaccount=agents:agent >/dev/null
+MAX_CONC=$(tr ',' '\n' <<<"$CONCURRENCY" | sort -n | tail -1)
+{
+  claim() { # name
+    printf 'apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: %s\n  namespace: bench\n  annotations:\n    agentguard.dev/protected: "true"\n  labels:\n    app: orders-db\nspec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 1Gi\n---\n' "$1"
+  }
+  claim protected
+  for ((i = 0; i < MAX_CONC; i++)); do claim "labelled-$i"; done
+} | kubectl apply -f - >/dev/null
+kubectl -n agents create token agent --duration=6h >"$OUT/agent.token"
+cat >"$OUT/agent.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters: [{name: bench, cluster: {server: '$SERVER', certificate-authority: '$CA'}}]
+users: [{name: agent, user: {tokenFile: '$OUT/agent.token'}}]
+contexts: [{name: agent, context: {cluster: bench, user: agent, namespace: bench}}]
+current-context: agent
+EOF
+[[ "$(kubectl --kubeconfig "$OUT/agent.kubeconfig" auth whoami -o jsonpath='{.status.userInfo.username}')" == system:serviceaccount:agents:agent ]] \
+  || die "the agent's token does not authenticate as system:serviceaccount:agents:agent"
+
+# One serving certificate (SAN 127.0.0.1) for every webhook, from a CA of the bench's own.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -keyout "$OUT/pki/ca.key" -out "$OUT/pki/ca.crt" -subj /CN=bench-webhook-ca 2>/dev/null
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+  -keyout "$OUT/pki/tls.key" -out "$OUT/pki/tls.csr" -subj /CN=127.0.0.1 2>/dev/null
+openssl x509 -req -in "$OUT/pki/tls.csr" -CA "$OUT/pki/ca.crt" -CAkey "$OUT/pki/ca.key" -CAcreateserial \
+  -days 2 -out "$OUT/pki/tls.crt" -extfile <(printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n') 2>/dev/null
+CABUNDLE="$(base64 -w0 <"$OUT/pki/ca.crt")"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+kib() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# The agent's dry-run delete of the protected claim: "denied" or "allowed".
+probe() {
+  if kubectl --kubeconfig "$OUT/agent.kubeconfig" delete pvc protected --dry-run=server >/dev/null 2>"$OUT/probe.err"; then
+    echo allowed
+  elif grep -q denied "$OUT/probe.err"; then
+    echo denied
+  else
+    echo "error: $(cat "$OUT/probe.err")"
+  fi
+}
+wait_probe() { # expected what
+  local deadline=$((SECONDS + 60))
+  until [[ "$(probe)" == "$1" ]]; do
+    ((SECONDS < deadline)) || die "$2: the agent's dry-run delete was not $1 within 60s ($(probe))"
+    sleep 0.2
+  done
+}
+
+register_webhook() { # name port
+  kubectl apply -f - >/dev/null <<EOF
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata:
+  name: bench-$1
+webhooks:
+  - name: $1.bench.agentguard.dev
+    admissionReviewVersions: [v1]
+    sideEffects: None
+    failurePolicy: Fail
+    timeoutSeconds: 10
+    clientConfig:
+      url: https://127.0.0.1:$2/validate
+      caBundle: $CABUNDLE
+    namespaceSelector:
+      matchLabels:
+        kubernetes.io/metadata.name: bench
+    rules:
+      - operations: [UPDATE, DELETE]
+        apiGroups: [""]
+        apiVersions: [v1]
+        resources: [persistentvolumeclaims]
+EOF
+}
+
+wait_http() { # url seconds
+  local deadline=$((SECONDS + $2))
+  until curl -sfk -o /dev/null "$1"; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.1
+  done
+}
+
+# Runs the driver for one configuration in round $ROUND. Args: config webhook-pid ops dry-expect
+drive() {
+  log "round $ROUND/$ROUNDS: measuring $1 ($3; $REQUESTS requests per cell after $WARMUP warm-up; concurrency $CONCURRENCY)"
+  "$CACHE/bin/driver" load -server "$SERVER" -ca-file "$CA" -token-file "$OUT/agent.token" \
+    -config "$1" -webhook-pid "$2" -apiserver-pid "$APISERVER_PID" -ops "$3" -dry-expect "$4" \
+    -concurrency "$CONCURRENCY" -requests "$REQUESTS" -warmup "$WARMUP" \
+    -out "$OUT/cells/$1.r$ROUND.json"
+}
+
+# Writes what is known of a webhook process: idle RSS, peak RSS, CPU.
+process_facts() { # config pid idle_kib started_ms ready_ms
+  python3 - "$OUT/cells/$1.r$ROUND.process.json" "$2" "$3" "$4" "$5" "$(kib "$2" VmHWM)" "$(kib "$2" VmRSS)" <<'PY'
+import json, sys
+out, pid, idle, started, ready, hwm, rss = sys.argv[1:]
+json.dump({"pid": int(pid), "idle_rss_kib": int(idle or 0), "vmhwm_kib": int(hwm or 0),
+           "final_rss_kib": int(rss or 0),
+           "start_to_ready_ms": (int(ready) - int(started)) if ready != "0" else None},
+          open(out, "w"), indent=2)
+PY
+}
+
+stop() { # pid
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+now_ms() { date +%s%3N; }
+
+run_floor() {
+  wait_probe allowed floor
+  drive floor 0 delete-dry,update allowed
+}
+
+run_vap() {
+  kubectl apply -f - >/dev/null <<'EOF'
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: bench-protected-claims
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+      - apiGroups: [""]
+        apiVersions: [v1]
+        operations: [UPDATE, DELETE]
+        resources: [persistentvolumeclaims]
+  validations:
+    - expression: >-
+        request.operation != 'DELETE' ||
+        !request.userInfo.username.startsWith('system:serviceaccount:agents:') ||
+        !has(oldObject.metadata.annotations) ||
+        !('agentguard.dev/protected' in oldObject.metadata.annotations) ||
+        oldObject.metadata.annotations['agentguard.dev/protected'] != 'true'
+      message: "DENIED delete of a protected claim by an agent"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: bench-protected-claims
+spec:
+  policyName: bench-protected-claims
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels:
+        kubernetes.io/metadata.name: bench
+EOF
+  wait_probe denied vap
+  drive vap 0 delete,delete-dry,update denied
+  kubectl delete validatingadmissionpolicybinding,validatingadmissionpolicy bench-protected-claims >/dev/null
+  wait_probe allowed "vap removal"
+}
+
+run_controller_runtime() {
+  local port pid started ready
+  port=$(free_port)
+  started=$(now_ms)
+  "$CACHE/bin/peer-controller-runtime" -port "$port" -cert-dir "$OUT/pki" \
+    >"$OUT/logs/controller-runtime.log" 2>&1 &
+  pid=$!; PIDS+=("$pid")
+  wait_http "https://127.0.0.1:$port/validate" 30 || true   # any HTTP answer means it serves
+  ready=$(now_ms)
+  register_webhook controller-runtime "$port"
+  wait_probe denied controller-runtime
+  sleep 2
+  local idle; idle=$(kib "$pid" VmRSS)
+  drive controller-runtime "$pid" delete,delete-dry,update denied
+  process_facts controller-runtime "$pid" "$idle" "$started" "$ready"
+  kubectl delete validatingwebhookconfiguration bench-controller-runtime >/dev/null
+  wait_probe allowed "controller-runtime removal"
+  stop "$pid"
+}
+
+run_kyverno() {
+  if [[ -z "$KYVERNO_BIN" ]]; then
+    local why="not run: set BENCH_KYVERNO=1 to try building Kyverno from its Go module (needs several GB of disk)"
+    [[ "${BENCH_KYVERNO:-0}" == 1 ]] && why="not run: the build failed or was stopped; see logs/kyverno-build.log"
+    log "kyverno $why"
+    python3 -c 'import json,sys; json.dump({"skipped": sys.argv[1]}, open(sys.argv[2], "w"))' \
+      "$why" "$OUT/cells/kyverno.skipped.json"
+    return 0
+  fi
+  log "kyverno: built at $KYVERNO_BIN, but running it out of cluster is not automated here"
+  python3 -c 'import json,sys; json.dump({"skipped": sys.argv[1]}, open(sys.argv[2], "w"))' \
+    "built, but not run: out-of-cluster Kyverno needs its CRDs, ConfigMaps, certificate Secrets and --serverIP wiring that this script does not automate" \
+    "$OUT/cells/kyverno.skipped.json"
+}
+
+start_agentguard() { # binary logname port metrics_port -> sets AG_PID
+  "$1" run --webhook-addr "127.0.0.1:$3" --metrics-addr "127.0.0.1:$4" \
+    --tls-cert-file "$OUT/pki/tls.crt" --tls-key-file "$OUT/pki/tls.key" \
+    --agent-service-accounts 'agents/*' --manage-webhook-configuration=false \
+    --policy-reports=false --namespace agentguard --lease-namespace agentguard \
+    >"$OUT/logs/$2.log" 2>&1 &
+  AG_PID=$!; PIDS+=("$AG_PID")
+}
+
+run_agentguard() {
+  local port metrics started ready idle
+  port=$(free_port); metrics=$(free_port)
+  started=$(now_ms)
+  POD_NAME=bench-agentguard KUBECONFIG="$STATE/kubeconfig" RUST_LOG=warn \
+    start_agentguard "$AGENTGUARD" agentguard "$port" "$metrics"
+  wait_http "http://127.0.0.1:$metrics/readyz" 60 || die "agentguard not ready; see $OUT/logs/agentguard.log"
+  ready=$(now_ms)
+  register_webhook agentguard "$port"
+  wait_probe denied agentguard
+  sleep 2
+  idle=$(kib "$AG_PID" VmRSS)
+  drive agentguard "$AG_PID" delete,delete-dry,update denied
+  process_facts agentguard "$AG_PID" "$idle" "$started" "$ready"
+  curl -sf "http://127.0.0.1:$metrics/metrics" >"$OUT/logs/agentguard.metrics" || true
+  kubectl delete validatingwebhookconfiguration bench-agentguard >/dev/null
+  wait_probe allowed "agentguard removal"
+  stop "$AG_PID"
+}
+
+# ---------------------------------------------------------------- latency configurations
+# Configurations alternate within each round, so that a slow spell of the shared machine
+# lands on all of them rather than on one.
+IFS=',' read -ra WANTED <<<"$CONFIGS"
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+  for config in "${WANTED[@]}"; do
+    case "$config" in
+      floor) run_floor ;;
+      vap) run_vap ;;
+      controller-runtime) run_controller_runtime ;;
+      kyverno) if ((ROUND == 1)); then run_kyverno; fi ;;
+      agentguard) run_agentguard ;;
+      *) die "unknown configuration $config" ;;
+    esac
+  done
+done
+
+# ---------------------------------------------------------------- profile
+if [[ "${BENCH_PROFILE:-1}" == 1 ]] && command -v perf >/dev/null; then
+  log "profiling agentguard's /validate (perf, symbol-keeping build) under the agent's denied deletes"
+  port=$(free_port); metrics=$(free_port)
+  POD_NAME=bench-profiled KUBECONFIG="$STATE/kubeconfig" RUST_LOG=warn \
+    start_agentguard "$CACHE/bin/agentguard-profiled" agentguard-profiled "$port" "$metrics"
+  wait_http "http://127.0.0.1:$metrics/readyz" 60 || die "profiled agentguard not ready"
+  register_webhook agentguard "$port"
+  wait_probe denied "profiled agentguard"
+  perf record -F 999 -g -p "$AG_PID" -o "$OUT/perf.data" >"$OUT/logs/perf-record.log" 2>&1 &
+  perf_pid=$!
+  sleep 1
+  "$CACHE/bin/driver" load -server "$SERVER" -ca-file "$CA" -token-file "$OUT/agent.token" \
+    -config agentguard-profiled -webhook-pid "$AG_PID" -apiserver-pid "$APISERVER_PID" \
+    -ops delete,update -concurrency 8 -requests "$((REQUESTS * 2))" -warmup 0 \
+    -out "$OUT/cells/profile.json" 2>>"$OUT/logs/perf-record.log"
+  kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+  perf report -i "$OUT/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
+    | grep -v '^$' | head -n 400 >"$OUT/profile-flat.txt" || true
+  perf report -i "$OUT/perf.data" --children --sort symbol --stdio -g none 2>/dev/null \
+    | grep -v '^$' | head -n 400 >"$OUT/profile-inclusive.txt" || true
+  kubectl delete validatingwebhookconfiguration bench-agentguard >/dev/null
+  wait_probe allowed "profiled agentguard removal"
+  stop "$AG_PID"
+fi
+
+# ---------------------------------------------------------------- scale
+if [[ -n "$SCALE_SIZES" ]]; then
+  log "index scale in process (bench/scale): $SCALE_SIZES objects"
+  "$CACHE/bin/index-scale" ${SCALE_SIZES//,/ } >"$OUT/scale.json" 2>"$OUT/logs/scale.log"
+fi
+
+if ((READYZ_OBJECTS > 0)); then
+  log "creating $READYZ_OBJECTS annotated claims through the API server (namespace scale)"
+  kubectl create namespace scale >/dev/null
+  "$CACHE/bin/driver" create -server "$SERVER" -ca-file "$CA" \
+    -cert-file "$STATE/pki/admin.crt" -key-file "$STATE/pki/admin.key" \
+    -namespace scale -count "$READYZ_OBJECTS" -concurrency 16 >"$OUT/create.json"
+  log "timing agentguard from process start to /readyz with $READYZ_OBJECTS more claims"
+  port=$(free_port); metrics=$(free_port)
+  started=$(now_ms)
+  POD_NAME=bench-readyz KUBECONFIG="$STATE/kubeconfig" RUST_LOG=warn \
+    start_agentguard "$AGENTGUARD" agentguard-readyz "$port" "$metrics"
+  wait_http "http://127.0.0.1:$metrics/readyz" 600 || die "agentguard not ready with $READYZ_OBJECTS claims"
+  ready=$(now_ms)
+  sleep 2
+  protected=$(curl -sf "http://127.0.0.1:$metrics/metrics" | awk '/^agentguard_protected_objects\{/ {s += $2} END {print s + 0}')
+  python3 - "$OUT/readyz.json" "$READYZ_OBJECTS" "$started" "$ready" "$(kib "$AG_PID" VmRSS)" "$(kib "$AG_PID" VmHWM)" "$protected" <<'PY'
+import json, sys
+out, n, started, ready, rss, hwm, protected = sys.argv[1:]
+json.dump({"claims_created": int(n), "start_to_ready_ms": int(ready) - int(started),
+           "rss_kib_after_ready": int(rss), "vmhwm_kib": int(hwm),
+           "protected_objects_metric": float(protected)}, open(out, "w"), indent=2)
+PY
+  stop "$AG_PID"
+fi
+
+# ---------------------------------------------------------------- report
+python3 "$ROOT/bench/report.py" "$OUT"
+if [[ "${BENCH_UPDATE_DOCS:-0}" == 1 ]]; then
+  cp "$OUT/latency.png" "$ROOT/docs/performance-latency.png"
+  log "copied the plot to docs/performance-latency.png"
+fi
+log "done: $OUT/results.json, $OUT/table.md, $OUT/latency.png"
+exit 0
+}
