@@ -22,7 +22,7 @@
 #   BENCH_REQUESTS      measured requests per cell [2000]; BENCH_WARMUP [200]
 #   BENCH_ROUNDS        rounds over all configurations; the report takes each cell's median [3]
 #   BENCH_CONCURRENCY   client concurrency levels [1,8,32]
-#   BENCH_KYVERNO       1: try to build and run Kyverno (needs ~6 GB free disk) [0]
+#   BENCH_KYVERNO       1: try to build Kyverno (running it is not automated; needs ~6 GB free disk) [0]
 #   BENCH_SCALE_SIZES   objects for the in-process index scale [1000,10000,100000] (empty: skip)
 #   BENCH_READYZ_OBJECTS claims created through the API server before timing /readyz [10000] (0: skip)
 #   BENCH_PROFILE       1: perf-profile agentguard's /validate under load [1]
