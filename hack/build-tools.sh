@@ -156,6 +156,15 @@ fetch_crds() {
   rm -rf "$CRDS" && mv "$tmp" "$CRDS"
 }
 
+# Compiling Kubernetes fills a Go build cache of 4-5 GB that is never needed again once the
+# binaries exist; keep it in a scratch directory and drop it after, so a fresh machine (and CI)
+# does not carry it. AGENTGUARD_KEEP_GOCACHE=1 keeps Go's usual cache instead.
+if ! { have etcd && have kube-apiserver && have kube-controller-manager && have kubectl && have helm; } \
+  && [[ -z "${AGENTGUARD_KEEP_GOCACHE:-}" ]]; then
+  GOCACHE=$(mktemp -d "${TMPDIR:-/tmp}/agentguard-gocache.XXXXXX")
+  export GOCACHE
+  trap 'rm -rf "$GOCACHE"' EXIT
+fi
 have etcd || build_etcd
 { have kube-apiserver && have kube-controller-manager && have kubectl; } || build_kubernetes
 have helm || build_helm
