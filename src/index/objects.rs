@@ -2,7 +2,8 @@
 //! dropped), with which of them are protected, by whom, and lookups by namespace, kind and owner
 //! so each cascade check is a hash lookup. Pure data: the watchers feed it, decisions read it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::api::{Mode, PROTECTED_ANNOTATION};
 use crate::policy::{CascadeHit, ObjectFacts, PolicyRef, ProtectedObjects, Snapshot};
@@ -83,12 +84,35 @@ pub struct Found<'a> {
     pub count: usize,
 }
 
+/// Where a protected object sorts among the others of its namespace or kind: the strictest
+/// mode first, then by name (so messages are stable), namespace and uid (a total order). A
+/// namespace or CRD deletion then names its first entry and counts the set without looking at
+/// every object: O(log n), not O(n), with 100,000 protected objects of one kind.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    mode: Reverse<Mode>,
+    name: String,
+    namespace: Option<String>,
+    uid: String,
+}
+
+impl Rank {
+    fn of(entry: &ObjectEntry, mode: Mode) -> Self {
+        Self {
+            mode: Reverse(mode),
+            name: entry.key.name.clone(),
+            namespace: entry.key.namespace.clone(),
+            uid: entry.uid.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct ObjectIndex {
     objects: HashMap<String, ObjectEntry>,
     protected: HashMap<String, ProtectedBy>,
-    by_namespace: HashMap<String, HashSet<String>>,
-    by_kind: HashMap<(String, String), HashSet<String>>,
+    by_namespace: HashMap<String, BTreeSet<Rank>>,
+    by_kind: HashMap<(String, String), BTreeSet<Rank>>,
     by_key: HashMap<ObjectKey, String>,
     /// Owner UID → UIDs of the objects it owns (all watched objects, protected or not, so a
     /// chain through a watched intermediate is followed).
@@ -157,16 +181,17 @@ impl ObjectIndex {
     }
 
     fn mark_protected(&mut self, entry: &ObjectEntry, by: ProtectedBy) {
+        let rank = Rank::of(entry, by.mode);
         if let Some(ns) = &entry.key.namespace {
             self.by_namespace
                 .entry(ns.clone())
                 .or_default()
-                .insert(entry.uid.clone());
+                .insert(rank.clone());
         }
         self.by_kind
             .entry((entry.key.group.clone(), entry.key.kind.clone()))
             .or_default()
-            .insert(entry.uid.clone());
+            .insert(rank);
         self.protected.insert(entry.uid.clone(), by);
     }
 
@@ -180,14 +205,15 @@ impl ObjectIndex {
         for owner in &old.owners {
             remove_from(&mut self.by_owner, &owner.uid, uid);
         }
-        if self.protected.remove(uid).is_some() {
+        if let Some(by) = self.protected.remove(uid) {
+            let rank = Rank::of(&old, by.mode);
             if let Some(ns) = &old.key.namespace {
-                remove_from(&mut self.by_namespace, ns, uid);
+                remove_from(&mut self.by_namespace, ns, &rank);
             }
             remove_from(
                 &mut self.by_kind,
                 &(old.key.group.clone(), old.key.kind.clone()),
-                uid,
+                &rank,
             );
         }
     }
@@ -242,6 +268,16 @@ impl ObjectIndex {
         self.protected.get(uid)
     }
 
+    /// The first of a ranked set (already the strictest, then the first by name).
+    fn first_ranked(&self, ranked: &BTreeSet<Rank>) -> Option<Found<'_>> {
+        let uid = &ranked.first()?.uid;
+        Some(Found {
+            key: &self.objects[uid].key,
+            by: &self.protected[uid],
+            count: ranked.len(),
+        })
+    }
+
     fn found(&self, uids: &HashSet<String>) -> Option<Found<'_>> {
         // The strictest, then the first by name, so messages are stable.
         let (uid, by) = uids
@@ -261,14 +297,16 @@ impl ObjectIndex {
 
     /// A protected object in the namespace, if any.
     pub fn protected_in_namespace(&self, namespace: &str) -> Option<Found<'_>> {
-        self.by_namespace.get(namespace).and_then(|u| self.found(u))
+        self.by_namespace
+            .get(namespace)
+            .and_then(|r| self.first_ranked(r))
     }
 
     /// A protected object of the kind, if any (deleting its CRD deletes them all).
     pub fn protected_of_kind(&self, group: &str, kind: &str) -> Option<Found<'_>> {
         self.by_kind
             .get(&(group.to_owned(), kind.to_owned()))
-            .and_then(|u| self.found(u))
+            .and_then(|r| self.first_ranked(r))
     }
 
     /// A protected object the garbage collector would delete after `owner_uid`: owned
@@ -305,6 +343,7 @@ impl ObjectIndex {
             .by_namespace
             .get(namespace)?
             .iter()
+            .map(|rank| &rank.uid)
             .filter(|u| {
                 let key = &self.objects[*u].key;
                 key.group.is_empty()
@@ -380,12 +419,35 @@ impl ProtectedObjects for ObjectIndex {
     }
 }
 
-fn remove_from<K: std::hash::Hash + Eq>(map: &mut HashMap<K, HashSet<String>>, key: &K, uid: &str) {
-    if let Some(set) = map.get_mut(key) {
-        set.remove(uid);
-        if set.is_empty() {
-            map.remove(key);
-        }
+/// Takes `item` out of the set kept under `key`, and the key once its set is empty.
+fn remove_from<K: std::hash::Hash + Eq, T: Ord + ?Sized, S: SetOf<T>>(
+    map: &mut HashMap<K, S>,
+    key: &K,
+    item: &T,
+) {
+    if let Some(set) = map.get_mut(key)
+        && set.take(item)
+    {
+        map.remove(key);
+    }
+}
+
+/// Removal from either set type the index keeps per key; true when the set is left empty.
+trait SetOf<T: ?Sized> {
+    fn take(&mut self, item: &T) -> bool;
+}
+
+impl SetOf<str> for HashSet<String> {
+    fn take(&mut self, item: &str) -> bool {
+        self.remove(item);
+        self.is_empty()
+    }
+}
+
+impl SetOf<Rank> for BTreeSet<Rank> {
+    fn take(&mut self, item: &Rank) -> bool {
+        self.remove(item);
+        self.is_empty()
     }
 }
 
@@ -561,6 +623,46 @@ mod tests {
         index.remove("pvc-1");
         assert!(index.protected_owned_by("sts-1").is_none());
         assert_eq!(index.protected_in_namespace("prod").unwrap().count, 2);
+    }
+
+    #[test]
+    fn namespace_and_kind_lookups_name_the_strictest_then_first_by_name() {
+        let warn = {
+            let mut target = Target::kinds(&[""], &["PersistentVolumeClaim"]);
+            target.names = vec!["a-*".into()];
+            let spec = ProtectionSpec::new(Mode::Warn, vec![target]);
+            compile(PolicyRef::cluster("warn"), &spec).unwrap()
+        };
+        let snap = Snapshot::new(AgentMatcher::default(), Default::default(), vec![warn]);
+        let mut index = ObjectIndex::default();
+        let pvc = |ns: &str, name: &str, uid: &str, annotated: bool| {
+            entry("", "PersistentVolumeClaim", ns, name, uid, &[], annotated)
+        };
+        index.upsert(pvc("prod", "a-first", "1", false), &snap);
+        index.upsert(pvc("prod", "z-last", "2", true), &snap);
+        index.upsert(pvc("dev", "m-middle", "3", true), &snap);
+        let found = index.protected_in_namespace("prod").unwrap();
+        assert_eq!((found.key.name.as_str(), found.count), ("z-last", 2));
+        let found = index
+            .protected_of_kind("", "PersistentVolumeClaim")
+            .unwrap();
+        assert_eq!((found.key.name.as_str(), found.count), ("m-middle", 3));
+        // Losing its annotation leaves z-last unprotected: the Warn-mode object is next in prod.
+        index.upsert(pvc("prod", "z-last", "2", false), &snap);
+        let found = index.protected_in_namespace("prod").unwrap();
+        assert_eq!(
+            (found.key.name.as_str(), found.by.mode),
+            ("a-first", Mode::Warn)
+        );
+        index.remove("1");
+        assert!(index.protected_in_namespace("prod").is_none());
+        assert_eq!(
+            index
+                .protected_of_kind("", "PersistentVolumeClaim")
+                .unwrap()
+                .count,
+            1
+        );
     }
 
     #[test]

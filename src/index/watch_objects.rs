@@ -86,6 +86,8 @@ async fn watch_kind(
                     &e.key.group != group || &e.key.kind != kind_name || seen.contains(&e.uid)
                 });
                 drop(index);
+                // Only a relist needs it: give back its memory (one UID per object) until then.
+                seen = HashSet::new();
                 let _ = synced.send(kind.clone());
             }
             watcher::Event::Apply(meta) => {
