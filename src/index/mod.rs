@@ -143,7 +143,10 @@ pub async fn run(
     let (protected, w1) = reflector::store::<ProtectedResource>();
     let (cluster_protected, w2) = reflector::store::<ClusterProtectedResource>();
     let (agent_sas, w3) = reflector::store::<PartialObjectMeta<ServiceAccount>>();
-    let cfg = watcher::Config::default().any_semantic();
+    // Consistent lists (kube's default semantic), not `any_semantic`: a resourceVersion=0 list
+    // may come from a lagging API server's cache and miss a policy created just before, and
+    // readiness must mean "judging with state at least as new as our start".
+    let cfg = watcher::Config::default();
     let s1 = reflector::reflector(
         w1,
         watcher(Api::<ProtectedResource>::all(client.clone()), cfg.clone()),

@@ -57,7 +57,10 @@ async fn watch_kind(
     synced: mpsc::UnboundedSender<Kind>,
 ) {
     let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client, &resource);
-    let mut stream = watcher(api, watcher::Config::default().any_semantic())
+    // A consistent list in pages of 500 (kube's default), not `any_semantic`: resourceVersion=0
+    // may be served stale from a lagging cache, and ignores the page size, so 100,000 objects
+    // would arrive as one response held in memory whole.
+    let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
     let (group, kind_name) = (&kind.0, &kind.1);
