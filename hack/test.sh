@@ -68,7 +68,7 @@ if [[ "$FUZZ_SECONDS" != 0 ]]; then
     cargo +nightly fuzz run "$target" "$scratch" "fuzz/corpus/$target" "fuzz/regressions/$target" \
       -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 >"$scratch.log" 2>&1 \
       || { tail -50 "$scratch.log"; log "fuzz target $target failed; the input is in fuzz/artifacts/$target/"; exit 1; }
-    log "fuzz $target: $(grep -Eo '#[0-9]+ +DONE.*' "$scratch.log" | tail -1)"
+    log "fuzz $target: $(grep -Eo 'Done [0-9]+ runs in [0-9]+ second' "$scratch.log" | tail -1), no crash"
     rm -rf "$scratch" "$scratch.log"
   done
 fi
