@@ -4,6 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::api::{Mode, PROTECTED_ANNOTATION};
 use crate::policy::{CascadeHit, ObjectFacts, PolicyRef, ProtectedObjects, Snapshot};
@@ -85,24 +86,23 @@ pub struct Found<'a> {
 }
 
 /// Where a protected object sorts among the others of its namespace or kind: the strictest
-/// mode first, then by name (so messages are stable), namespace and uid (a total order). A
-/// namespace or CRD deletion then names its first entry and counts the set without looking at
-/// every object: O(log n), not O(n), with 100,000 protected objects of one kind.
+/// mode first, then by name (so messages are stable), then uid (a total order). A namespace or
+/// CRD deletion then names its first entry and counts the set without looking at every object:
+/// O(log n), not O(n), with 100,000 protected objects of one kind. Name and uid are shared by
+/// the namespace's and the kind's set.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Rank {
     mode: Reverse<Mode>,
-    name: String,
-    namespace: Option<String>,
-    uid: String,
+    name: Arc<str>,
+    uid: Arc<str>,
 }
 
 impl Rank {
     fn of(entry: &ObjectEntry, mode: Mode) -> Self {
         Self {
             mode: Reverse(mode),
-            name: entry.key.name.clone(),
-            namespace: entry.key.namespace.clone(),
-            uid: entry.uid.clone(),
+            name: entry.key.name.as_str().into(),
+            uid: entry.uid.as_str().into(),
         }
     }
 }
@@ -270,7 +270,7 @@ impl ObjectIndex {
 
     /// The first of a ranked set (already the strictest, then the first by name).
     fn first_ranked(&self, ranked: &BTreeSet<Rank>) -> Option<Found<'_>> {
-        let uid = &ranked.first()?.uid;
+        let uid: &str = &ranked.first()?.uid;
         Some(Found {
             key: &self.objects[uid].key,
             by: &self.protected[uid],
@@ -339,24 +339,23 @@ impl ObjectIndex {
         namespace: &str,
         prefixes: &[String],
     ) -> Option<Found<'_>> {
-        let uids: HashSet<String> = self
-            .by_namespace
-            .get(namespace)?
-            .iter()
-            .map(|rank| &rank.uid)
-            .filter(|u| {
-                let key = &self.objects[*u].key;
-                key.group.is_empty()
-                    && key.kind == "PersistentVolumeClaim"
-                    && prefixes.iter().any(|p| {
-                        key.name.strip_prefix(p.as_str()).is_some_and(|ord| {
-                            !ord.is_empty() && ord.bytes().all(|b| b.is_ascii_digit())
-                        })
+        // The set is in rank order already: the first match is the one to name.
+        let mut matching = self.by_namespace.get(namespace)?.iter().filter(|rank| {
+            let key = &self.objects[&*rank.uid].key;
+            key.group.is_empty()
+                && key.kind == "PersistentVolumeClaim"
+                && prefixes.iter().any(|p| {
+                    key.name.strip_prefix(p.as_str()).is_some_and(|ord| {
+                        !ord.is_empty() && ord.bytes().all(|b| b.is_ascii_digit())
                     })
-            })
-            .cloned()
-            .collect();
-        self.found(&uids)
+                })
+        });
+        let first: &str = &matching.next()?.uid;
+        Some(Found {
+            key: &self.objects[first].key,
+            by: &self.protected[first],
+            count: 1 + matching.count(),
+        })
     }
 }
 
@@ -647,6 +646,14 @@ mod tests {
             .protected_of_kind("", "PersistentVolumeClaim")
             .unwrap();
         assert_eq!((found.key.name.as_str(), found.count), ("m-middle", 3));
+        index.upsert(pvc("dev", "data-db-1", "5", true), &snap);
+        index.upsert(pvc("dev", "data-db-0", "4", true), &snap);
+        let found = index
+            .protected_claims_with_prefix("dev", &["data-db-".to_owned()])
+            .unwrap();
+        assert_eq!((found.key.name.as_str(), found.count), ("data-db-0", 2));
+        index.remove("4");
+        index.remove("5");
         // Losing its annotation leaves z-last unprotected: the Warn-mode object is next in prod.
         index.upsert(pvc("prod", "z-last", "2", false), &snap);
         let found = index.protected_in_namespace("prod").unwrap();
