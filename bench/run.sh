@@ -8,7 +8,9 @@
 #   floor               no admission check
 #   vap                 a ValidatingAdmissionPolicy (CEL, in the API server)
 #   controller-runtime  a PEER: a minimal controller-runtime webhook (bench/peers/controller-runtime)
-#   kyverno             a PEER, only with BENCH_KYVERNO=1 (bench/peers/kyverno/build.sh; heavy)
+#   kyverno             a PEER, only with BENCH_KYVERNO=1: Kyverno's admission controller built from
+#                       its Go module (bench/peers/kyverno/build.sh; heavy), run out of cluster with
+#                       a ClusterPolicy (bench/peers/kyverno/run.sh, policy.yaml)
 #   agentguard          `cargo build --release`, run out of cluster like the e2e tests
 # what the agent's client sees through the API server (bench/driver, client-go, the agent's
 # TokenRequest token), the webhook's CPU and memory, then the scale of agentguard's index
@@ -22,7 +24,7 @@
 #   BENCH_REQUESTS      measured requests per cell [2000]; BENCH_WARMUP [200]
 #   BENCH_ROUNDS        rounds over all configurations; the report takes each cell's median [3]
 #   BENCH_CONCURRENCY   client concurrency levels [1,8,32]
-#   BENCH_KYVERNO       1: try to build Kyverno (running it is not automated; needs ~6 GB free disk) [0]
+#   BENCH_KYVERNO       1: build Kyverno (once; needs ~6 GB free disk while building) and measure it [0]
 #   BENCH_SCALE_SIZES   objects for the in-process index scale [1000,10000,100000] (empty: skip)
 #   BENCH_READYZ_OBJECTS claims created through the API server before timing /readyz [10000] (0: skip)
 #   BENCH_PROFILE       1: perf-profile agentguard's /validate under load [1]
@@ -164,10 +166,10 @@ probe() {
     echo "error: $(cat "$OUT/probe.err")"
   fi
 }
-wait_probe() { # expected what
-  local deadline=$((SECONDS + 60))
+wait_probe() { # expected what [seconds]
+  local deadline=$((SECONDS + ${3:-60}))
   until [[ "$(probe)" == "$1" ]]; do
-    ((SECONDS < deadline)) || die "$2: the agent's dry-run delete was not $1 within 60s ($(probe))"
+    ((SECONDS < deadline)) || die "$2: the agent's dry-run delete was not $1 within ${3:-60}s ($(probe))"
     sleep 0.2
   done
 }
@@ -300,19 +302,53 @@ run_controller_runtime() {
   stop "$pid"
 }
 
+KYVERNO_PREPARED=0
 run_kyverno() {
   if [[ -z "$KYVERNO_BIN" ]]; then
-    local why="not run: set BENCH_KYVERNO=1 to try building Kyverno from its Go module (needs several GB of disk)"
+    ((ROUND == 1)) || return 0
+    local why="not run: set BENCH_KYVERNO=1 to build Kyverno from its Go module (needs several GB of disk)"
     [[ "${BENCH_KYVERNO:-0}" == 1 ]] && why="not run: the build failed or was stopped; see logs/kyverno-build.log"
     log "kyverno $why"
     python3 -c 'import json,sys; json.dump({"skipped": sys.argv[1]}, open(sys.argv[2], "w"))' \
       "$why" "$OUT/cells/kyverno.skipped.json"
     return 0
   fi
-  log "kyverno: built at $KYVERNO_BIN, but running it out of cluster is not automated here"
-  python3 -c 'import json,sys; json.dump({"skipped": sys.argv[1]}, open(sys.argv[2], "w"))' \
-    "built, but not run: out-of-cluster Kyverno needs its CRDs, ConfigMaps, certificate Secrets and --serverIP wiring that this script does not automate" \
-    "$OUT/cells/kyverno.skipped.json"
+  local kyv="$ROOT/bench/peers/kyverno/run.sh" port metrics pid started ready idle t0
+  if ((KYVERNO_PREPARED == 0)); then
+    log "kyverno: applying its CRDs, namespace, ConfigMaps and certificate Secrets"
+    KUBECONFIG="$STATE/kubeconfig" "$kyv" prepare "$OUT/pki" >"$OUT/logs/kyverno-prepare.log" 2>&1 \
+      || { tail -n 20 "$OUT/logs/kyverno-prepare.log" >&2; die "kyverno: prepare failed"; }
+    KYVERNO_PREPARED=1
+  fi
+  port=$(free_port); metrics=$(free_port)
+  started=$(now_ms)
+  KUBECONFIG="$STATE/kubeconfig" "$kyv" exec "$port" "$metrics" "bench-kyverno-r$ROUND" \
+    >"$OUT/logs/kyverno.r$ROUND.log" 2>&1 &
+  pid=$!; PIDS+=("$pid")
+  wait_http "https://127.0.0.1:$port/health/readiness" 180 || die "kyverno not ready; see $OUT/logs/kyverno.r$ROUND.log"
+  ready=$(now_ms)
+  # Once leader, Kyverno writes its own webhook configurations (URL https://127.0.0.1:$port/...).
+  # The policy is applied after its policy webhook is there, so it is validated as in a cluster;
+  # the resource webhook for claims follows from the policy.
+  t0=$SECONDS
+  until kubectl get validatingwebhookconfiguration kyverno-policy-validating-webhook-cfg >/dev/null 2>&1; do
+    ((SECONDS - t0 < 120)) || die "kyverno wrote no policy webhook within 120s; see $OUT/logs/kyverno.r$ROUND.log"
+    sleep 0.5
+  done
+  KUBECONFIG="$STATE/kubeconfig" "$kyv" policy 2>>"$OUT/logs/kyverno-prepare.log"
+  wait_probe denied kyverno 180
+  local enforcing; enforcing=$(now_ms)
+  log "kyverno: ready $(((ready - started) / 1000))s after start, enforcing after $(((enforcing - started) / 1000))s"
+  sleep 2
+  idle=$(kib "$pid" VmRSS)
+  drive kyverno "$pid" delete,delete-dry,update denied
+  process_facts kyverno "$pid" "$idle" "$started" "$ready"
+  curl -sfk "http://127.0.0.1:$metrics/metrics" >"$OUT/logs/kyverno.r$ROUND.metrics" || true
+  stop "$pid"
+  # Out of cluster Kyverno leaves its webhook configurations behind (failurePolicy Fail): remove
+  # them, the policy and its leases before the next configuration.
+  KUBECONFIG="$STATE/kubeconfig" "$kyv" teardown 2>>"$OUT/logs/kyverno-prepare.log"
+  wait_probe allowed "kyverno removal"
 }
 
 start_agentguard() { # binary logname port metrics_port -> sets AG_PID
@@ -354,7 +390,7 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
       floor) run_floor ;;
       vap) run_vap ;;
       controller-runtime) run_controller_runtime ;;
-      kyverno) if ((ROUND == 1)); then run_kyverno; fi ;;
+      kyverno) run_kyverno ;;
       agentguard) run_agentguard ;;
       *) die "unknown configuration $config" ;;
     esac

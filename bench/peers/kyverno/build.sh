@@ -15,6 +15,9 @@ MIN_FREE_GB="${BENCH_MIN_FREE_GB:-3}"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/agentguard/bench"
 SRC="$CACHE/src/kyverno-$KYVERNO_VERSION"
 OUT="$CACHE/bin/kyverno-$KYVERNO_VERSION"
+# A build cache of its own (several GB), deleted after a successful build so that it does not
+# stay on the shared disk; a stopped build keeps it, so that a retry resumes.
+export GOCACHE="$CACHE/gocache-kyverno"
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
 
 log() { printf '[kyverno-build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -64,7 +67,7 @@ while kill -0 "$pid" 2>/dev/null; do
     status=124
     break
   fi
-  if (( $(free_gb "$(go env GOMODCACHE | xargs dirname)") < 1 )); then
+  if (( $(free_gb "$(go env GOMODCACHE | xargs dirname)") < MIN_FREE_GB )); then
     log "disk almost full; stopping the build"
     pkill -TERM -P "$pid" 2>/dev/null || true; kill "$pid" 2>/dev/null || true
     status=28
@@ -80,4 +83,5 @@ if (( status != 0 )); then
   exit 1
 fi
 mv "$OUT.tmp" "$OUT"
+rm -rf "$GOCACHE"
 echo "$OUT"
