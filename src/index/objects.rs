@@ -1,6 +1,7 @@
 //! The protected-object index: metadata of every object of the watched kinds (managedFields
 //! dropped), with which of them are protected, by whom, and lookups by namespace, kind and owner
-//! so each cascade check is a hash lookup. Pure data: the watchers feed it, decisions read it.
+//! so each cascade check is a hash lookup (plus, for a namespace or kind, the first entry of an
+//! ordered set). Pure data: the watchers feed it, decisions read it.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
