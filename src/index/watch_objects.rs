@@ -57,9 +57,9 @@ async fn watch_kind(
     synced: mpsc::UnboundedSender<Kind>,
 ) {
     let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client, &resource);
-    // A consistent list in pages of 500 (kube's default), not `any_semantic`: resourceVersion=0
-    // may be served stale from a lagging cache, and ignores the page size, so 100,000 objects
-    // would arrive as one response held in memory whole.
+    // A consistent list in pages of 500 (kube's default), not `any_semantic`: a
+    // resourceVersion=0 list may be served stale from a lagging API server's cache, and
+    // readiness must mean the index is at least as new as our start.
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
