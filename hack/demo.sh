@@ -119,8 +119,10 @@ printf '$ curl -s http://127.0.0.1:%s/metrics | grep agentguard_deletions_blocke
 curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep '^agentguard_deletions_blocked_total' \
   || { echo "UNEXPECTED: no blocked deletion recorded" >&2; exit 1; }
 
+# The status is written by the operator a moment later: the blocked counter at once, the
+# protected count by a recount at most 2 s after the block.
 for _ in $(seq 1 60); do
-  [[ "$("${K[@]}" get cpr default-volumes -o jsonpath='{.status.blockedDeletions}')" == 1 ]] && break
+  [[ "$("${K[@]}" get cpr default-volumes -o jsonpath='{.status.blockedDeletions}/{.status.protectedObjects}')" == 1/1 ]] && break
   sleep 0.5
 done
 run "${K[@]}" get clusterprotectedresource default-volumes

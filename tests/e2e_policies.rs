@@ -138,6 +138,48 @@ fn policy_protects_and_a_human_approval_lets_the_agent_delete() {
     assert_eq!(status, "1");
 }
 
+/// A block counts protected objects again at most every 2 s; one inside that gap is not
+/// dropped but recounted when the gap ends, so the status does not wait for the 15 s tick.
+#[test]
+fn a_block_inside_the_recount_gap_still_refreshes_the_count() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "recount");
+    let agent = ns.agent("cursor-agent");
+    let _guard = Guard::start(&ns, &agent);
+    policy(&ns, "orders", "Enforce", "");
+    ns.wait_policy_ready("orders");
+    let status = |path: &str| {
+        stdout(&ns.kubectl(&[
+            "get",
+            "protectedresource",
+            "orders",
+            "-o",
+            &format!("jsonpath={path}"),
+        ]))
+    };
+    // The first block recounts at once (the gap since the policy's count is over).
+    ns.pvc("data-0", false);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        !ns.kubectl_as(&agent, &["delete", "pvc", "data-0"])
+            .status
+            .success()
+    );
+    wait_until(Duration::from_secs(10), "the first block's recount", || {
+        status("{.status.protectedObjects}/{.status.blockedDeletions}") == "1/1"
+    });
+    // A second claim and its block right after: inside the gap.
+    ns.pvc("data-1", false);
+    assert!(
+        !ns.kubectl_as(&agent, &["delete", "pvc", "data-1"])
+            .status
+            .success()
+    );
+    wait_until(Duration::from_secs(5), "the postponed recount", || {
+        status("{.status.protectedObjects}/{.status.blockedDeletions}") == "2/2"
+    });
+}
+
 #[test]
 fn expired_and_foreign_approvals_do_not_count() {
     let cluster = Cluster::connect();

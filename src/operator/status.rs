@@ -11,6 +11,7 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams}
 use kube::discovery;
 use serde_json::json;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::api::{ClusterProtectedResource, LastBlocked, ProtectedResource};
 use crate::index::{BlockLedger, KindResolver, PendingBlocks, PolicyHealth, SharedSnapshot};
@@ -131,6 +132,12 @@ async fn count_protected(
     }
 }
 
+async fn sleep_until_due(due: Option<Instant>) {
+    if let Some(due) = due {
+        tokio::time::sleep_until(due).await;
+    }
+}
+
 /// Protected objects of a policy, and the targeted kinds the API server does not serve.
 #[derive(Debug, Clone, PartialEq)]
 struct Count {
@@ -150,7 +157,10 @@ pub async fn reconcile_policy_status(
     let mut written: HashMap<PolicyRef, Desired> = HashMap::new();
     let mut counts: HashMap<PolicyRef, Result<Count, Vec<String>>> = HashMap::new();
     let mut tick = tokio::time::interval(RECOUNT_INTERVAL);
-    let mut last_count = std::time::Instant::now();
+    let mut last_count = Instant::now();
+    // A block inside the gap postpones its recount to the gap's end instead of dropping it, so
+    // a claim created just after its policy is counted within seconds, not at the next tick.
+    let mut recount_due: Option<Instant> = None;
     loop {
         let recount = tokio::select! {
             _ = tick.tick() => true,
@@ -162,11 +172,19 @@ pub async fn reconcile_policy_status(
             }
             // A block usually means the object count is worth a fresh look, but an agent
             // retrying in a loop must not turn into a stream of list calls.
-            _ = ledger.notified() => last_count.elapsed() > MIN_RECOUNT_GAP,
+            _ = ledger.notified() => {
+                let gap_over = last_count.elapsed() > MIN_RECOUNT_GAP;
+                if !gap_over {
+                    recount_due.get_or_insert(last_count + MIN_RECOUNT_GAP);
+                }
+                gap_over
+            }
+            _ = sleep_until_due(recount_due), if recount_due.is_some() => true,
         };
         let health = health_rx.borrow_and_update().clone();
         if recount {
-            last_count = std::time::Instant::now();
+            recount_due = None;
+            last_count = Instant::now();
             let snap = snapshot.load_full();
             let mut resolver = KindResolver::default();
             counts.clear();
