@@ -73,10 +73,11 @@ AGENTGUARD="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/agentguard"
 [[ -x "$AGENTGUARD" ]] || die "no agentguard binary at $AGENTGUARD"
 python3 - "$OUT/build.json" "$AGENTGUARD" "$(git -C "$ROOT" rev-parse --short HEAD)" \
-  "$(git -C "$ROOT" status --short src Cargo.toml Cargo.lock | wc -l)" <<'PY'
+  "$(git -C "$ROOT" status --short src Cargo.toml Cargo.lock | wc -l)" "$ROOT" <<'PY'
 import hashlib, json, os, sys, time
-out, binary, head, dirty = sys.argv[1:]
-json.dump({"agentguard_binary": binary,
+out, binary, head, dirty, root = sys.argv[1:]
+# Relative to the repository (results are committed; machine paths are not).
+json.dump({"agentguard_binary": os.path.relpath(binary, root),
            "sha256": hashlib.sha256(open(binary, "rb").read()).hexdigest(),
            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.path.getmtime(binary))),
            "git_head_at_run": head, "uncommitted_source_files_at_run": int(dirty)},
