@@ -525,6 +525,23 @@ fn api_failure(what: &str, err: kube::Error) -> Failure {
     Failure::new(format!("{what}: {}", Failure::from(err).message))
 }
 
+/// Every object of a kind in every namespace (or the cluster-scoped ones) matching `params`.
+async fn list_all<K>(
+    client: &kube::Client,
+    params: ListParams,
+    plural: &str,
+) -> Result<Vec<K>, Failure>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Api::<K>::all(client.clone())
+        .list(&params)
+        .await
+        .map(|l| l.items)
+        .map_err(|e| api_failure(&format!("cannot list {plural}"), e))
+}
+
 fn is_not_found(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(s) if s.code == 404)
 }
@@ -1253,27 +1270,13 @@ struct Bound {
 async fn run_list(ctx: &Ctx, agents_ns: &str) -> Outcome {
     let client = &ctx.client;
     let (sas, role_bindings, cluster_role_bindings) = tokio::try_join!(
-        async {
-            Api::<ServiceAccount>::all(client.clone())
-                .list(&ListParams::default().labels(&format!("{AGENT_LABEL}=true")))
-                .await
-                .map(|l| l.items)
-                .map_err(|e| api_failure("cannot list ServiceAccounts", e))
-        },
-        async {
-            Api::<RoleBinding>::all(client.clone())
-                .list(&ListParams::default())
-                .await
-                .map(|l| l.items)
-                .map_err(|e| api_failure("cannot list RoleBindings", e))
-        },
-        async {
-            Api::<ClusterRoleBinding>::all(client.clone())
-                .list(&ListParams::default())
-                .await
-                .map(|l| l.items)
-                .map_err(|e| api_failure("cannot list ClusterRoleBindings", e))
-        },
+        list_all::<ServiceAccount>(
+            client,
+            ListParams::default().labels(&format!("{AGENT_LABEL}=true")),
+            "ServiceAccounts",
+        ),
+        list_all::<RoleBinding>(client, ListParams::default(), "RoleBindings"),
+        list_all::<ClusterRoleBinding>(client, ListParams::default(), "ClusterRoleBindings"),
     )?;
     let mut agents: Vec<AgentView> = sas
         .iter()
@@ -1426,20 +1429,8 @@ async fn run_revoke(ctx: &Ctx, agents_ns: &str, args: RevokeArgs) -> Outcome {
         }
     }
     let (role_bindings, cluster_role_bindings) = tokio::try_join!(
-        async {
-            Api::<RoleBinding>::all(client.clone())
-                .list(&ListParams::default())
-                .await
-                .map(|l| l.items)
-                .map_err(|e| api_failure("cannot list RoleBindings", e))
-        },
-        async {
-            Api::<ClusterRoleBinding>::all(client.clone())
-                .list(&ListParams::default())
-                .await
-                .map(|l| l.items)
-                .map_err(|e| api_failure("cannot list ClusterRoleBindings", e))
-        },
+        list_all::<RoleBinding>(client, ListParams::default(), "RoleBindings"),
+        list_all::<ClusterRoleBinding>(client, ListParams::default(), "ClusterRoleBindings"),
     )?;
     let others: Vec<BindingView> =
         other_bindings(&role_bindings, &cluster_role_bindings, agents_ns, &name)
