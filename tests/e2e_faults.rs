@@ -156,4 +156,12 @@ fn protected_data_survives_webhook_apiserver_and_etcd_faults() {
         assert!(ns.pvc_intact(claim), "protected claim {claim} was deleted");
     }
     drop(guard);
+    // Requests work again well before the API server's own etcd check turns healthy: leave
+    // the shared control plane fully ready for the suites that run after this one.
+    support::wait_until(Duration::from_secs(120), "kube-apiserver /readyz", || {
+        cluster
+            .kubectl(&["get", "--raw", "/readyz"])
+            .status
+            .success()
+    });
 }

@@ -45,12 +45,21 @@ impl Cluster {
             .expect("run hack/build-tools.sh --print");
         let tools = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
         let cluster = Self { kubeconfig, tools };
-        let ready = cluster.kubectl(&["get", "--raw", "/readyz"]);
-        assert!(
-            ready.status.success(),
-            "the control plane does not answer ({}): {START_HINT}",
-            stderr(&ready)
-        );
+        // An API server that answers but is not ready yet (say, reconnecting to a restarted
+        // etcd) gets a minute; one that does not answer at all fails at once.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = cluster.kubectl(&["get", "--raw", "/readyz"]);
+            if ready.status.success() {
+                break;
+            }
+            let err = stderr(&ready);
+            assert!(
+                Instant::now() < deadline && err.contains("readyz check failed"),
+                "the control plane does not answer ({err}): {START_HINT}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
         static CRDS: std::sync::OnceLock<()> = std::sync::OnceLock::new();
         CRDS.get_or_init(|| cluster.install_crds());
         cluster
