@@ -158,10 +158,5 @@ fn protected_data_survives_webhook_apiserver_and_etcd_faults() {
     drop(guard);
     // Requests work again well before the API server's own etcd check turns healthy: leave
     // the shared control plane fully ready for the suites that run after this one.
-    support::wait_until(Duration::from_secs(120), "kube-apiserver /readyz", || {
-        cluster
-            .kubectl(&["get", "--raw", "/readyz"])
-            .status
-            .success()
-    });
+    cluster.wait_ready(Duration::from_secs(120));
 }

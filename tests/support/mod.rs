@@ -45,13 +45,21 @@ impl Cluster {
             .expect("run hack/build-tools.sh --print");
         let tools = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
         let cluster = Self { kubeconfig, tools };
-        // An API server that answers but is not ready yet (say, reconnecting to a restarted
-        // etcd) gets a minute; one that does not answer at all fails at once.
-        let deadline = Instant::now() + Duration::from_secs(60);
+        cluster.wait_ready(Duration::from_secs(60));
+        static CRDS: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+        CRDS.get_or_init(|| cluster.install_crds());
+        cluster
+    }
+
+    /// Waits until kube-apiserver's `/readyz` passes. An API server that answers but is not
+    /// ready yet (say, reconnecting to a restarted etcd) gets `timeout`; one that does not
+    /// answer at all fails at once, with the command that starts it.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
         loop {
-            let ready = cluster.kubectl(&["get", "--raw", "/readyz"]);
+            let ready = self.kubectl(&["get", "--raw", "/readyz"]);
             if ready.status.success() {
-                break;
+                return;
             }
             let err = stderr(&ready);
             assert!(
@@ -60,9 +68,6 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(500));
         }
-        static CRDS: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-        CRDS.get_or_init(|| cluster.install_crds());
-        cluster
     }
 
     /// Applies `crds/` (the generated CRDs) and waits until the API server serves them.
