@@ -567,11 +567,12 @@ async fn agent_bindings(
     agents_ns: &str,
     name: &str,
 ) -> Result<Vec<RoleBinding>, Failure> {
-    Api::<RoleBinding>::all(client.clone())
-        .list(&ListParams::default().labels(&agent_selector(agents_ns, name)))
-        .await
-        .map(|l| l.items)
-        .map_err(|e| api_failure("cannot list RoleBindings", e))
+    list_all(
+        client,
+        ListParams::default().labels(&agent_selector(agents_ns, name)),
+        "RoleBindings",
+    )
+    .await
 }
 
 fn bound_as(b: &RoleBinding, agents_ns: &str, name: &str) -> BoundAs {
