@@ -16,6 +16,9 @@ pub const APPROVED_BY_ANNOTATION: &str = "agentguard.dev/approved-by";
 /// RFC 3339 instant at which an approval expires.
 pub const APPROVED_UNTIL_ANNOTATION: &str = "agentguard.dev/approved-until";
 
+/// agentguard's seal over an approval (see `policy::seal`); written only by agentguard.
+pub const APPROVAL_SEAL_ANNOTATION: &str = "agentguard.dev/approval-seal";
+
 /// Free text explaining an approval.
 pub const APPROVAL_REASON_ANNOTATION: &str = "agentguard.dev/approval-reason";
 

@@ -63,15 +63,33 @@ impl ProtectedObjects for () {
     }
 }
 
-/// Why deleting `old` would delete protected data, if it would.
+/// Why the deletion this request asks for would delete protected data, if it would.
 pub(super) fn cascade_of(
     req: &AdmissionRequest<DynamicObject>,
     old: &DynamicObject,
     objects: &dyn ProtectedObjects,
 ) -> Option<(CascadeHit, &'static str)> {
-    let kind = req.kind.kind.as_str();
-    let group = req.kind.group.as_str();
     let name = old.metadata.name.as_deref().unwrap_or(&req.name);
+    cascade_of_object(
+        &req.kind.group,
+        &req.kind.kind,
+        name,
+        old,
+        orphans(req),
+        objects,
+    )
+}
+
+/// Why deleting `old` (of `group`/`kind`, named `name`) would delete protected data, if it
+/// would; `orphan` when dependents would be left in place.
+pub(super) fn cascade_of_object(
+    group: &str,
+    kind: &str,
+    name: &str,
+    old: &DynamicObject,
+    orphan: bool,
+    objects: &dyn ProtectedObjects,
+) -> Option<(CascadeHit, &'static str)> {
     if group.is_empty()
         && kind == "Namespace"
         && let Some(hit) = objects.in_namespace(name)
@@ -99,7 +117,7 @@ pub(super) fn cascade_of(
             ));
         }
     }
-    if !orphans(req)
+    if !orphan
         && let Some(uid) = old.metadata.uid.as_deref()
         && let Some(hit) = objects.owned_by(uid)
     {

@@ -5,6 +5,7 @@ use kube::core::{Selector, SelectorExt};
 
 use super::agents::{AgentMatcher, Restriction, SubjectMatcher, service_account_of};
 use super::glob::GlobList;
+use super::seal::Keyring;
 use crate::api::{DEFAULT_APPROVAL_TTL, MAX_APPROVAL_TTL, Mode, ProtectionSpec};
 
 /// Which of the two policy kinds an object is.
@@ -274,6 +275,7 @@ pub struct Snapshot {
     labelled_agents: HashSet<String>,
     policies: Vec<CompiledPolicy>,
     by_kind: HashMap<(String, String), Vec<usize>>,
+    keys: Keyring,
 }
 
 impl Snapshot {
@@ -297,7 +299,19 @@ impl Snapshot {
             labelled_agents,
             policies,
             by_kind,
+            keys: Keyring::default(),
         }
+    }
+
+    /// The same snapshot with the approval-sealing keys agentguard holds.
+    pub fn with_keys(mut self, keys: Keyring) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// The keys approvals are sealed and checked with.
+    pub fn keys(&self) -> &Keyring {
+        &self.keys
     }
 
     pub fn policies(&self) -> &[CompiledPolicy] {

@@ -5,12 +5,13 @@ use jiff::Timestamp;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, Operation};
 
-use super::cascade::{CascadeHit, ProtectedObjects, cascade_of};
+use super::cascade::{CascadeHit, ProtectedObjects, cascade_of, cascade_of_object};
 use super::compiled::{CompiledPolicy, ObjectFacts, PolicyRef, Snapshot};
 use super::proxy::Reach;
+use super::seal::SealInput;
 use crate::api::{
-    ANNOTATION_POLICY, APPROVED_BY_ANNOTATION, APPROVED_UNTIL_ANNOTATION, DEFAULT_APPROVAL_TTL,
-    GROUP, Mode, PREFIX, PROTECTED_ANNOTATION,
+    ANNOTATION_POLICY, APPROVAL_SEAL_ANNOTATION, APPROVED_BY_ANNOTATION, APPROVED_UNTIL_ANNOTATION,
+    DEFAULT_APPROVAL_TTL, GROUP, Mode, PREFIX, PROTECTED_ANNOTATION,
 };
 
 /// What the webhook answers.
@@ -225,8 +226,20 @@ impl Protection<'_> {
     }
 
     /// Whether `username` (with `groups`, when known) may approve for this protection.
-    /// Without named approvers any unrestricted identity may.
+    /// Without named approvers any unrestricted identity that is not a ServiceAccount may: an
+    /// approval is a person's act, and an agent may be able to act as some ServiceAccount
+    /// agentguard does not restrict. A policy may name a ServiceAccount's full username.
     fn allows_approver(self, username: &str, groups: Option<&[String]>) -> bool {
+        let named = match self {
+            Protection::Policy(p) => p
+                .approvers
+                .as_ref()
+                .is_some_and(|a| a.usernames.contains(username)),
+            Protection::Annotation => false,
+        };
+        if username.starts_with(SERVICE_ACCOUNT_PREFIX) {
+            return named;
+        }
         let Protection::Policy(p) = self else {
             return true;
         };
@@ -246,12 +259,15 @@ impl Protection<'_> {
     }
 }
 
+const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
+
 /// An approval as found on an object.
 #[derive(Debug, Clone)]
 struct Approval {
     by: String,
     until: Option<Timestamp>,
     until_text: String,
+    seal: Option<String>,
 }
 
 impl Approval {
@@ -266,15 +282,38 @@ impl Approval {
             by: by.map(|s| s.trim().to_owned()).unwrap_or_default(),
             until: until_text.trim().parse().ok(),
             until_text,
+            seal: annotations.get(APPROVAL_SEAL_ANNOTATION).cloned(),
         })
     }
 
-    /// Why this approval does not cover `protection` at `now`, if it does not.
+    /// What the seal of this approval on `object` (with `uid`) covers. The raw annotation
+    /// values are sealed, so any later edit of either voids the seal.
+    fn seal_input<'a>(
+        &'a self,
+        object: &'a ObjectRef,
+        uid: &'a str,
+        annotations: &'a BTreeMap<String, String>,
+    ) -> SealInput<'a> {
+        SealInput {
+            group: &object.group,
+            kind: &object.kind,
+            uid,
+            approved_by: annotations
+                .get(APPROVED_BY_ANNOTATION)
+                .map(String::as_str)
+                .unwrap_or_default(),
+            approved_until: &self.until_text,
+        }
+    }
+
+    /// Why this approval on `on` does not cover `protection` at `now`, if it does not.
     fn problem(
         &self,
         protection: Protection<'_>,
         snapshot: &Snapshot,
         now: Timestamp,
+        object: &ObjectRef,
+        on: &DynamicObject,
     ) -> Option<ApprovalProblem> {
         if self.by.is_empty() {
             return Some(ApprovalProblem::Invalid(format!(
@@ -290,6 +329,14 @@ impl Approval {
         if until <= now {
             return Some(ApprovalProblem::Expired(format!(
                 "the approval by {} expired at {until}",
+                self.by
+            )));
+        }
+        let uid = on.metadata.uid.as_deref().unwrap_or_default();
+        let input = self.seal_input(object, uid, annotations(Some(on)));
+        if let Err(problem) = snapshot.keys().verify(&input, self.seal.as_deref()) {
+            return Some(ApprovalProblem::Invalid(format!(
+                "the approval by {} is void: {problem}",
                 self.by
             )));
         }
@@ -532,6 +579,12 @@ fn decide_write(
     {
         return proxied;
     }
+    if let Some(lowered) =
+        lowered_protection(req, snapshot, objects, now, &object, username, groups)
+        && lowered.verdict == Verdict::Deny
+    {
+        return lowered;
+    }
     if changed.is_empty() {
         return Decision::allow(object, "no agentguard.dev/* metadata changed");
     }
@@ -559,25 +612,182 @@ fn decide_write(
     let approval = Approval::of(annotations(Some(new_obj)));
     match (approval_changed, approval) {
         (true, Some(approval)) => {
-            judge_new_approval(snapshot, now, object, new_obj, &approval, username, groups)
+            let d = judge_new_approval(req, snapshot, objects, now, object, &approval);
+            if d.verdict != Verdict::Allow {
+                return d;
+            }
+            // The sealing webhook ran before this one; an accepted approval it did not seal
+            // (written through a subresource, or while no key was loaded) would count for
+            // nothing, so the human hears it now rather than at the agent's deletion.
+            let uid = new_obj.metadata.uid.as_deref().unwrap_or_default();
+            let input = approval.seal_input(&d.object, uid, annotations(Some(new_obj)));
+            match snapshot.keys().verify(&input, approval.seal.as_deref()) {
+                Ok(()) => d,
+                Err(problem) => {
+                    let message = format!(
+                        "agentguard: approval of {} {} not sealed: {problem}. Set approvals with \
+                         `kubectl agentguard approve` (or annotate the object itself, not a subresource) \
+                         while agentguard is running.",
+                        d.object.kind,
+                        d.object.qualified_name()
+                    );
+                    let mut denied = Decision::deny(
+                        d.object,
+                        format!("approval rejected: not sealed: {problem}"),
+                        message,
+                    );
+                    denied.approval = Some(ApprovalEvent::Rejected);
+                    denied
+                }
+            }
         }
         _ => Decision::allow(object, "identity is not restricted"),
     }
 }
 
-/// A human sets an approval: it must name themselves, end in the future, fit every protecting
-/// policy's maxTTL, and come from an allowed approver.
-fn judge_new_approval(
+/// What a write takes away from an object's protection: the policies it leaves (a label a
+/// selector reads), owners it gains (the garbage collector deletes an object whose owners are
+/// all gone, and an owner that never existed is gone already), finalizers it loses. Empty when
+/// the write leaves the object at least as protected as before.
+pub(crate) fn lowerings(
     snapshot: &Snapshot,
+    object: &ObjectRef,
+    old: &DynamicObject,
+    new: &DynamicObject,
+) -> Vec<String> {
+    let mut lowered = Vec::new();
+    let after: Vec<String> = protections(snapshot, object, new)
+        .iter()
+        .map(|p| p.label())
+        .collect();
+    for p in protections(snapshot, object, old) {
+        if !after.contains(&p.label()) {
+            lowered.push(format!("leaves the protection of {}", p.describe()));
+        }
+    }
+    let old_owners: Vec<&str> = old
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .map(|o| o.uid.as_str())
+        .collect();
+    for owner in new.metadata.owner_references.iter().flatten() {
+        if !old_owners.contains(&owner.uid.as_str()) {
+            lowered.push(format!(
+                "adds owner {} {} (uid {})",
+                owner.kind, owner.name, owner.uid
+            ));
+        }
+    }
+    let kept = new.metadata.finalizers.as_deref().unwrap_or_default();
+    for finalizer in old.metadata.finalizers.iter().flatten() {
+        if !kept.contains(finalizer) {
+            lowered.push(format!("removes finalizer {finalizer}"));
+        }
+    }
+    lowered
+}
+
+/// Invariant 2: a write (any verb, any subresource) that leaves a protected object, or a root
+/// whose deletion would take protected data, less protected than before is judged like a
+/// deletion of it: a restricted identity needs a sealed approval.
+fn lowered_protection(
+    req: &AdmissionRequest<DynamicObject>,
+    snapshot: &Snapshot,
+    objects: &dyn ProtectedObjects,
     now: Timestamp,
-    object: ObjectRef,
-    obj: &DynamicObject,
-    approval: &Approval,
+    object: &ObjectRef,
     username: &str,
     groups: &[String],
+) -> Option<Decision> {
+    let (Some(old), Some(new)) = (req.old_object.as_ref(), req.object.as_ref()) else {
+        return None;
+    };
+    let lowered = lowerings(snapshot, object, old, new);
+    if lowered.is_empty() {
+        return None;
+    }
+    let mut found = protections(snapshot, object, old);
+    let mut through = String::new();
+    if let Some((hit, how)) = cascade_of_object(
+        &object.group,
+        &object.kind,
+        &object.name,
+        old,
+        false,
+        objects,
+    ) {
+        through = cascade_note(&hit, how);
+        inherit(&mut found, &hit, snapshot);
+    }
+    let action = format!("update ({})", lowered.join(", "));
+    let mut decision = judge(Judged {
+        snapshot,
+        now,
+        object: object.clone(),
+        username,
+        groups,
+        found,
+        through,
+        approval_on: old,
+        action: &action,
+    });
+    decision.reason = format!(
+        "{} (lowers protection: {})",
+        decision.reason,
+        lowered.join(", ")
+    );
+    Some(decision)
+}
+
+fn cascade_note(hit: &CascadeHit, how: &str) -> String {
+    format!(
+        ", through {hit_object}: {how} it{more}",
+        hit_object = hit.object,
+        more = if hit.count > 1 {
+            format!(" and {} more protected objects", hit.count - 1)
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// A human sets an approval: it must name themselves, end in the future, fit every protecting
+/// policy's maxTTL, and come from an allowed approver of everything the object protects,
+/// directly or through what its deletion would take with it (a namespace's claims, a CRD's
+/// instances, an owner's dependents).
+fn judge_new_approval(
+    req: &AdmissionRequest<DynamicObject>,
+    snapshot: &Snapshot,
+    objects: &dyn ProtectedObjects,
+    now: Timestamp,
+    object: ObjectRef,
+    approval: &Approval,
 ) -> Decision {
-    let found = protections(snapshot, &object, obj);
+    let username = req.user_info.username.as_deref().unwrap_or_default();
+    let groups = req.user_info.groups.as_deref().unwrap_or_default();
+    let Some(obj) = req.object.as_ref() else {
+        return Decision::allow(object, "no object");
+    };
+    let mut found = protections(snapshot, &object, obj);
+    if let Some((hit, _)) = cascade_of_object(
+        &object.group,
+        &object.kind,
+        &object.name,
+        obj,
+        false,
+        objects,
+    ) {
+        inherit(&mut found, &hit, snapshot);
+    }
     let mut problems = Vec::new();
+    if matches!(req.operation, Operation::Create) {
+        problems.push(
+            "an approval is sealed to an object that exists: create the object first, then approve it"
+                .to_owned(),
+        );
+    }
     if approval.by != username {
         problems.push(format!(
             "{APPROVED_BY_ANNOTATION} must be your own username {username:?}, not {:?}",
@@ -606,9 +816,21 @@ fn judge_new_approval(
             }
         }
     }
+    if found.is_empty() && username.starts_with(SERVICE_ACCOUNT_PREFIX) {
+        problems.push(format!(
+            "{username} is a ServiceAccount; an approval is a person's act unless a policy names the ServiceAccount as an approver"
+        ));
+    }
     for p in &found {
         if !p.allows_approver(username, Some(groups)) {
-            problems.push(format!("{username} is not an approver of {}", p.describe()));
+            problems.push(if username.starts_with(SERVICE_ACCOUNT_PREFIX) {
+                format!(
+                    "{username} is a ServiceAccount and {} does not name it as an approver",
+                    p.describe()
+                )
+            } else {
+                format!("{username} is not an approver of {}", p.describe())
+            });
         }
     }
     if problems.is_empty() {
@@ -630,6 +852,59 @@ fn judge_new_approval(
     );
     d.approval = Some(ApprovalEvent::Rejected);
     d
+}
+
+/// The JSON patch agentguard's sealing (mutating) webhook returns for a write: add the seal
+/// when it accepts the approval the write leaves on the object, remove a seal that no longer
+/// verifies, nothing otherwise. It never refuses; the validating webhook, which runs after it,
+/// decides. A restricted identity's approval is never sealed.
+pub fn seal_patch(
+    req: &AdmissionRequest<DynamicObject>,
+    snapshot: &Snapshot,
+    objects: &dyn ProtectedObjects,
+    now: Timestamp,
+) -> Option<json_patch::Patch> {
+    use json_patch::jsonptr::PointerBuf;
+    use json_patch::{AddOperation, PatchOperation, RemoveOperation};
+    if !matches!(req.operation, Operation::Create | Operation::Update) {
+        return None;
+    }
+    let new = req.object.as_ref()?;
+    let annotations = annotations(Some(new));
+    let path = PointerBuf::from_tokens(["metadata", "annotations", APPROVAL_SEAL_ANNOTATION]);
+    let remove = || {
+        annotations.contains_key(APPROVAL_SEAL_ANNOTATION).then(|| {
+            json_patch::Patch(vec![PatchOperation::Remove(RemoveOperation {
+                path: path.clone(),
+            })])
+        })
+    };
+    let Some(approval) = Approval::of(annotations) else {
+        return remove();
+    };
+    let object = ObjectRef::of(req);
+    let uid = new.metadata.uid.as_deref().unwrap_or_default();
+    let input = approval.seal_input(&object, uid, annotations);
+    if snapshot
+        .keys()
+        .verify(&input, approval.seal.as_deref())
+        .is_ok()
+    {
+        return None;
+    }
+    let username = req.user_info.username.as_deref().unwrap_or_default();
+    let groups = req.user_info.groups.as_deref().unwrap_or_default();
+    let accepted = matches!(req.operation, Operation::Update)
+        && snapshot.restricted_anywhere(username, groups).is_none()
+        && judge_new_approval(req, snapshot, objects, now, object.clone(), &approval).verdict
+            == Verdict::Allow;
+    match (accepted, snapshot.keys().seal(&input)) {
+        (true, Some(seal)) => Some(json_patch::Patch(vec![PatchOperation::Add(AddOperation {
+            path,
+            value: serde_json::Value::String(seal),
+        })])),
+        _ => remove(),
+    }
 }
 
 fn decide_delete(
@@ -664,15 +939,7 @@ fn decide_delete(
     let mut through = String::new();
     if let Some((hit, how)) = cascade_of(req, old, objects) {
         // Judge the root as the protected data it would take with it.
-        through = format!(
-            ", through {hit_object}: {how} it{more}",
-            hit_object = hit.object,
-            more = if hit.count > 1 {
-                format!(" and {} more protected objects", hit.count - 1)
-            } else {
-                String::new()
-            }
-        );
+        through = cascade_note(&hit, how);
         inherit(&mut found, &hit, snapshot);
     }
     judge(Judged {
@@ -766,7 +1033,7 @@ fn judge(j: Judged<'_, '_>) -> Decision {
         .filter_map(|(p, r)| {
             let problem = match &approval {
                 None => Some(None),
-                Some(a) => a.problem(*p, snapshot, now).map(Some),
+                Some(a) => a.problem(*p, snapshot, now, &object, approval_on).map(Some),
             };
             problem.map(|problem| (*p, r, problem))
         })
@@ -980,6 +1247,25 @@ pub(crate) mod tests {
             labelled.iter().map(|s| s.to_string()).collect(),
             compiled,
         )
+        .with_keys(crate::policy::seal::tests::keyring())
+    }
+
+    /// The seal agentguard's test key gives an approval on the claim `pvc(..)` builds.
+    pub fn seal_of(by: &str, until: &str) -> String {
+        seal_for("", "PersistentVolumeClaim", "uid-data", by, until)
+    }
+
+    /// The seal agentguard's test key gives an approval on any object.
+    pub fn seal_for(group: &str, kind: &str, uid: &str, by: &str, until: &str) -> String {
+        crate::policy::seal::tests::keyring()
+            .seal(&SealInput {
+                group,
+                kind,
+                uid,
+                approved_by: by,
+                approved_until: until,
+            })
+            .unwrap()
     }
 
     pub struct Req {
@@ -1046,12 +1332,24 @@ pub(crate) mod tests {
         pub fn decide(&self, snapshot: &Snapshot) -> Decision {
             decide(&self.build(), snapshot, &(), now())
         }
+
+        /// What the API server does: the sealing (mutating) webhook's patch applied to the
+        /// object first, then the validating decision on the patched request.
+        pub fn admit(&self, snapshot: &Snapshot) -> Decision {
+            let mut sealed = self.build();
+            if let Some(patch) = seal_patch(&sealed, snapshot, &(), now()) {
+                let mut object = serde_json::to_value(sealed.object.as_ref().unwrap()).unwrap();
+                json_patch::patch(&mut object, &patch).unwrap();
+                sealed.object = Some(serde_json::from_value(object).unwrap());
+            }
+            decide(&sealed, snapshot, &(), now())
+        }
     }
 
     pub fn pvc(annotations: Value) -> Value {
         json!({
             "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "data", "namespace": "prod", "annotations": annotations, "labels": {"app": "orders-db"}},
+            "metadata": {"name": "data", "namespace": "prod", "uid": "uid-data", "annotations": annotations, "labels": {"app": "orders-db"}},
             "spec": {}
         })
     }
@@ -1060,7 +1358,18 @@ pub(crate) mod tests {
         pvc(json!({"agentguard.dev/protected": "true"}))
     }
 
+    /// A claim with an approval agentguard sealed.
     fn approved(by: &str, until: &str) -> Value {
+        pvc(json!({
+            "agentguard.dev/protected": "true",
+            "agentguard.dev/approved-by": by,
+            "agentguard.dev/approved-until": until,
+            "agentguard.dev/approval-seal": seal_of(by, until),
+        }))
+    }
+
+    /// A claim with approval annotations agentguard never sealed.
+    fn unsealed(by: &str, until: &str) -> Value {
         pvc(json!({
             "agentguard.dev/protected": "true",
             "agentguard.dev/approved-by": by,
@@ -1524,7 +1833,7 @@ pub(crate) mod tests {
             );
             Req::update(user, pvc(json!({})), new)
                 .groups(groups)
-                .decide(&snap)
+                .admit(&snap)
         };
         let ok = set("alice", &["sre"], "alice", &at(3600));
         assert_eq!(
@@ -1689,7 +1998,8 @@ pub(crate) mod tests {
                 root(
                     cm_kind,
                     owner(
-                        json!({"agentguard.dev/approved-by": "alice", "agentguard.dev/approved-until": at(600)}),
+                        json!({"agentguard.dev/approved-by": "alice", "agentguard.dev/approved-until": at(600),
+                               "agentguard.dev/approval-seal": seal_for("", "ConfigMap", "owner-1", "alice", &at(600))}),
                     ),
                     Value::Null,
                 ),
@@ -1783,5 +2093,300 @@ pub(crate) mod tests {
             decide(&human.build(), &snap, &OneClaim, now()).verdict,
             Verdict::Allow
         );
+    }
+
+    /// The four routes of issue 15, at the decision level (the end-to-end suite drives them
+    /// through the API server).
+    #[test]
+    fn forged_approval_on_a_cascade_root_is_void() {
+        let snap = snapshot(vec![], &[]);
+        let until = at(300);
+        let ns = |annotations: Value| {
+            json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "prod", "uid": "ns-uid", "annotations": annotations}})
+        };
+        let forged = ns(
+            json!({"agentguard.dev/approved-by": "alice", "agentguard.dev/approved-until": until}),
+        );
+        let kind = ("", "Namespace", "namespaces");
+        // Writing it is refused to the agent...
+        let mut write = Req::update(AGENT, ns(json!({})), forged.clone());
+        write.kind = kind;
+        let d = decide(&write.build(), &snap, &OneClaim, now());
+        assert_eq!(d.verdict, Verdict::Deny, "{}", d.reason);
+        // ...and, written by any other path, it counts for nothing at the deletion.
+        let d = decide(
+            &root(kind, forged, Value::Null).build(),
+            &snap,
+            &OneClaim,
+            now(),
+        );
+        assert_eq!(d.verdict, Verdict::Deny, "{}", d.reason);
+        assert!(d.message.unwrap().contains("carries no agentguard seal"));
+        // A seal made for another object does not travel with a copy.
+        let copied = ns(
+            json!({"agentguard.dev/approved-by": "alice", "agentguard.dev/approved-until": until,
+            "agentguard.dev/approval-seal": seal_of("alice", &until)}),
+        );
+        let d = decide(
+            &root(kind, copied, Value::Null).build(),
+            &snap,
+            &OneClaim,
+            now(),
+        );
+        assert!(
+            d.message.unwrap().contains("does not match this object"),
+            "{}",
+            d.reason
+        );
+        let genuine = ns(
+            json!({"agentguard.dev/approved-by": "alice", "agentguard.dev/approved-until": until,
+            "agentguard.dev/approval-seal": seal_for("", "Namespace", "ns-uid", "alice", &until)}),
+        );
+        let d = decide(
+            &root(kind, genuine, Value::Null).build(),
+            &snap,
+            &OneClaim,
+            now(),
+        );
+        assert_eq!(d.verdict, Verdict::Allow, "{}", d.reason);
+    }
+
+    #[test]
+    fn approvers_of_what_a_root_takes_are_checked_when_sealing() {
+        let mut s = spec(Mode::Enforce, "PersistentVolumeClaim");
+        s.approval = Some(ApprovalSpec {
+            max_ttl: None,
+            approvers: Some(Approvers {
+                usernames: vec![],
+                groups: vec!["sre".into()],
+            }),
+        });
+        let snap = snapshot(vec![(PolicyRef::cluster("p"), s)], &[]);
+        let mut with_policy = hit();
+        with_policy.policies = vec![PolicyRef::cluster("p")];
+        struct Held(CascadeHit);
+        impl ProtectedObjects for Held {
+            fn in_namespace(&self, ns: &str) -> Option<CascadeHit> {
+                (ns == "prod").then(|| self.0.clone())
+            }
+            fn of_kind(&self, _: &str, _: &str) -> Option<CascadeHit> {
+                None
+            }
+            fn owned_by(&self, _: &str) -> Option<CascadeHit> {
+                None
+            }
+            fn claims_with_prefix(&self, _: &str, _: &[String]) -> Option<CascadeHit> {
+                None
+            }
+            fn claim(&self, _: &str, _: &str) -> Option<CascadeHit> {
+                None
+            }
+        }
+        let ns = |annotations: Value| {
+            json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "prod", "uid": "ns-uid", "annotations": annotations}})
+        };
+        let until = at(300);
+        let mut req = Req::update(
+            "dave",
+            ns(json!({})),
+            ns(
+                json!({"agentguard.dev/approved-by": "dave", "agentguard.dev/approved-until": until}),
+            ),
+        );
+        req.kind = ("", "Namespace", "namespaces");
+        let held = Held(with_policy);
+        assert_eq!(
+            seal_patch(&req.build(), &snap, &held, now()),
+            None,
+            "dave is not an sre"
+        );
+        let req = req.groups(&["sre"]);
+        assert!(seal_patch(&req.build(), &snap, &held, now()).is_some());
+    }
+
+    #[test]
+    fn a_ghost_owner_a_relabel_and_a_lost_finalizer_lower_protection() {
+        let mut by_label = spec(Mode::Enforce, "PersistentVolumeClaim");
+        by_label.targets[0].selector = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                match_labels: Some([("app".to_owned(), "orders-db".to_owned())].into()),
+                match_expressions: None,
+            },
+        );
+        let snap = snapshot(vec![(PolicyRef::cluster("by-label"), by_label)], &[]);
+        let plain = pvc(json!({}));
+        let with = |pointer: &str, value: Value| {
+            let mut o = plain.clone();
+            *o.pointer_mut(pointer).unwrap() = value;
+            o
+        };
+        let mut ghost = plain.clone();
+        ghost["metadata"]["ownerReferences"] =
+            json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "ghost", "uid": "ghost-uid"}]);
+        let mut finalized = plain.clone();
+        finalized["metadata"]["finalizers"] = json!(["kubernetes.io/pvc-protection"]);
+        let cases = [
+            (
+                "ghost owner",
+                plain.clone(),
+                ghost.clone(),
+                "adds owner ConfigMap ghost",
+            ),
+            (
+                "relabel",
+                plain.clone(),
+                with("/metadata/labels", json!({})),
+                "leaves the protection of ClusterProtectedResource by-label",
+            ),
+            (
+                "relabel value",
+                plain.clone(),
+                with("/metadata/labels", json!({"app": "staging"})),
+                "leaves the protection",
+            ),
+            (
+                "finalizer",
+                finalized.clone(),
+                plain.clone(),
+                "removes finalizer kubernetes.io/pvc-protection",
+            ),
+        ];
+        for (what, old, new, needle) in cases {
+            // Through the status subresource the review is the same (the whole object); the
+            // decision never looks at which subresource carried the write.
+            let d = Req::update(AGENT, old.clone(), new.clone()).decide(&snap);
+            assert_eq!(d.verdict, Verdict::Deny, "{what}: {}", d.reason);
+            assert!(
+                d.message.as_deref().unwrap().contains(needle),
+                "{what}: {:?}",
+                d.message
+            );
+            assert!(
+                d.message
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("agentguard: DENIED update ("),
+                "{what}"
+            );
+            assert_eq!(
+                Req::update("alice", old, new).decide(&snap).verdict,
+                Verdict::Allow,
+                "{what} by a human"
+            );
+        }
+        // Writes that do not lower it go through.
+        let tiered = with(
+            "/metadata/labels",
+            json!({"app": "orders-db", "tier": "db"}),
+        );
+        assert_eq!(
+            Req::update(AGENT, plain.clone(), tiered)
+                .decide(&snap)
+                .verdict,
+            Verdict::Allow
+        );
+        assert_eq!(
+            Req::update(AGENT, ghost, plain.clone())
+                .decide(&snap)
+                .verdict,
+            Verdict::Allow,
+            "dropping an owner"
+        );
+        assert_eq!(
+            Req::update(AGENT, plain, finalized).decide(&snap).verdict,
+            Verdict::Allow,
+            "adding a finalizer"
+        );
+    }
+
+    #[test]
+    fn the_sealing_webhook_seals_only_what_the_validating_one_accepts() {
+        let snap = snapshot(vec![], &[]);
+        let until = at(600);
+        let set = unsealed("alice", &until);
+        let human = Req::update("alice", protected(), set.clone());
+        let patch =
+            seal_patch(&human.build(), &snap, &(), now()).expect("a human's approval is sealed");
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap(),
+            json!([{"op": "add", "path": "/metadata/annotations/agentguard.dev~1approval-seal", "value": seal_of("alice", &until)}])
+        );
+        assert_eq!(human.admit(&snap).verdict, Verdict::Allow);
+        // Without the sealing webhook (a subresource it does not see, no key) the human is told.
+        let d = human.decide(&snap);
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert!(d.message.unwrap().contains("not sealed"));
+        // Never for an agent, nor for someone else's name, nor on CREATE (no uid yet).
+        assert_eq!(
+            seal_patch(
+                &Req::update(AGENT, protected(), set.clone()).build(),
+                &snap,
+                &(),
+                now()
+            ),
+            None
+        );
+        assert_eq!(
+            seal_patch(
+                &Req::update("bob", protected(), set.clone()).build(),
+                &snap,
+                &(),
+                now()
+            ),
+            None
+        );
+        let create = Req {
+            op: "CREATE",
+            ..Req::update("alice", Value::Null, set.clone())
+        };
+        assert_eq!(seal_patch(&create.build(), &snap, &(), now()), None);
+        // A seal that no longer verifies is removed; a valid one is left alone.
+        let stale = pvc(
+            json!({"agentguard.dev/protected": "true", "agentguard.dev/approved-by": "alice",
+            "agentguard.dev/approved-until": at(900), "agentguard.dev/approval-seal": seal_of("alice", &until)}),
+        );
+        let patch = seal_patch(
+            &Req::update("bob", protected(), stale).build(),
+            &snap,
+            &(),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(serde_json::to_value(&patch).unwrap()[0]["op"], "remove");
+        let sealed = approved("alice", &until);
+        assert_eq!(
+            seal_patch(
+                &Req::update("bob", sealed.clone(), sealed).build(),
+                &snap,
+                &(),
+                now()
+            ),
+            None
+        );
+        // A ServiceAccount is no person: it approves only where a policy names it.
+        let sa = "system:serviceaccount:ops:deployer";
+        let mut named = spec(Mode::Enforce, "PersistentVolumeClaim");
+        named.approval = Some(ApprovalSpec {
+            max_ttl: None,
+            approvers: Some(Approvers {
+                usernames: vec![sa.into()],
+                groups: vec![],
+            }),
+        });
+        let named = snapshot(vec![(PolicyRef::cluster("p"), named)], &[]);
+        let by_sa = Req::update(
+            sa,
+            pvc(json!({})),
+            pvc(json!({"agentguard.dev/approved-by": sa, "agentguard.dev/approved-until": until})),
+        );
+        let d = by_sa.admit(&snap);
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert!(
+            d.message.unwrap().contains("is a ServiceAccount"),
+            "unprotected object, no policy"
+        );
+        assert_eq!(by_sa.admit(&named).verdict, Verdict::Allow);
     }
 }

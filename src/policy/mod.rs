@@ -9,6 +9,7 @@ mod compiled;
 mod decision;
 mod glob;
 mod proxy;
+mod seal;
 
 pub use agents::{AgentDefinition, AgentMatcher, Restriction, SubjectMatcher};
 pub use cascade::{CascadeHit, ProtectedObjects};
@@ -16,9 +17,10 @@ pub use compiled::{
     ApproverSet, CompiledPolicy, ObjectFacts, PolicyKind, PolicyRef, Snapshot, compile,
     parse_duration,
 };
-pub use decision::{ApprovalEvent, Decision, ObjectRef, Verdict, decide};
+pub use decision::{ApprovalEvent, Decision, ObjectRef, Verdict, decide, seal_patch};
 pub use glob::{GlobError, GlobList};
 pub use proxy::{Applies, ProxyRule, RULES as PROXY_RULES, Reach};
+pub use seal::{KEY_BYTES, KEY_PREFIX, Keyring, SealInput, SealProblem, key_created};
 
 #[cfg(test)]
 mod proptests;

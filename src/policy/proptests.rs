@@ -5,7 +5,7 @@ use jiff::Timestamp;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
-use super::decision::tests::{AGENT, NOW, Req, at, pvc, snapshot, spec};
+use super::decision::tests::{AGENT, NOW, Req, at, pvc, seal_for, seal_of, snapshot, spec};
 use super::{PolicyRef, Verdict};
 use crate::api::{ApprovalSpec, Approvers, Mode};
 
@@ -29,6 +29,24 @@ fn until() -> impl Strategy<Value = Option<String>> {
     ]
 }
 
+/// The seal an approval carries: agentguard's, one copied from another object, or none.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Seal {
+    Genuine,
+    Copied,
+    Garbage,
+    Missing,
+}
+
+fn seal() -> impl Strategy<Value = Seal> {
+    prop_oneof![
+        3 => Just(Seal::Genuine),
+        1 => Just(Seal::Copied),
+        1 => Just(Seal::Garbage),
+        1 => Just(Seal::Missing),
+    ]
+}
+
 #[derive(Debug, Clone)]
 struct Case {
     user: &'static str,
@@ -38,6 +56,7 @@ struct Case {
     until: Option<String>,
     policy: Option<(Option<&'static str>, bool)>,
     collection: bool,
+    seal: Seal,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -56,8 +75,9 @@ fn case() -> impl Strategy<Value = Case> {
             any::<bool>(),
         )),
         any::<bool>(),
+        seal(),
     )
-        .prop_map(|((user, groups), protected, by, until, policy, collection)| Case {
+        .prop_map(|((user, groups), protected, by, until, policy, collection, seal)| Case {
             user,
             groups,
             protected,
@@ -65,6 +85,7 @@ fn case() -> impl Strategy<Value = Case> {
             until,
             policy,
             collection,
+            seal,
         })
 }
 
@@ -78,6 +99,16 @@ proptest! {
             if let Some(v) = value {
                 annotations.insert(format!("agentguard.dev/{key}"), json!(v));
             }
+        }
+        let (by, until) = (c.by.clone().unwrap_or_default(), c.until.clone().unwrap_or_default());
+        let seal = match c.seal {
+            Seal::Genuine if c.by.is_some() && c.until.is_some() => Some(seal_of(&by, &until)),
+            Seal::Genuine | Seal::Missing => None,
+            Seal::Copied => Some(seal_for("", "PersistentVolumeClaim", "uid-other", &by, &until)),
+            Seal::Garbage => Some("v1:key-100:00ff".to_owned()),
+        };
+        if let Some(seal) = seal {
+            annotations.insert("agentguard.dev/approval-seal".into(), json!(seal));
         }
         let mut policies = vec![];
         let mut cap_secs = i64::MAX;
@@ -106,6 +137,7 @@ proptest! {
         if protected && d.verdict != Verdict::Deny {
             let by = c.by.clone().unwrap_or_default();
             prop_assert!(by == "alice" || by == "bob", "approved by {by:?}: {}", d.reason);
+            prop_assert_eq!(c.seal, Seal::Genuine, "an approval agentguard did not seal counted: {}", d.reason);
             prop_assert!(!approvers_only_bob || by == "bob");
             let until: Timestamp = c.until.clone().unwrap_or_default().parse().expect("a valid approval has a valid time");
             let window = until.as_second() - NOW;
@@ -134,6 +166,182 @@ proptest! {
         for user in ["alice", "system:serviceaccount:kube-system:generic-garbage-collector"] {
             let d = Req::delete(user, pvc(Value::Object(annotations.clone()))).decide(&snap);
             prop_assert_eq!(d.verdict, Verdict::Allow);
+        }
+    }
+}
+
+/// One write a restricted identity tries on the claim.
+#[derive(Debug, Clone)]
+enum Write {
+    Label(&'static str, Option<&'static str>),
+    Annotation(&'static str, Option<&'static str>),
+    AddOwner(&'static str),
+    RemoveOwner(&'static str),
+    AddFinalizer(&'static str),
+    RemoveFinalizer(&'static str),
+    Spec(&'static str),
+}
+
+fn write() -> impl Strategy<Value = Write> {
+    let label_value = proptest::option::of(proptest::sample::select(vec!["orders-db", "other"]));
+    let owner = proptest::sample::select(vec!["owner-1", "ghost-1", "ghost-2"]);
+    let finalizer =
+        proptest::sample::select(vec!["kubernetes.io/pvc-protection", "example.com/backup"]);
+    prop_oneof![
+        (proptest::sample::select(vec!["app", "tier"]), label_value)
+            .prop_map(|(k, v)| Write::Label(k, v)),
+        (
+            proptest::sample::select(vec!["agentguard.dev/protected", "team"]),
+            proptest::option::of(proptest::sample::select(vec!["true", "false"]))
+        )
+            .prop_map(|(k, v)| Write::Annotation(k, v)),
+        owner.clone().prop_map(Write::AddOwner),
+        owner.prop_map(Write::RemoveOwner),
+        finalizer.clone().prop_map(Write::AddFinalizer),
+        finalizer.prop_map(Write::RemoveFinalizer),
+        proptest::sample::select(vec!["1Gi", "2Gi"]).prop_map(Write::Spec),
+    ]
+}
+
+fn apply(object: &Value, w: &Write) -> Value {
+    let mut next = object.clone();
+    let meta = next["metadata"].as_object_mut().unwrap();
+    let set = |map: &mut Map<String, Value>, k: &str, v: Option<&str>| match v {
+        Some(v) => {
+            map.insert(k.to_owned(), json!(v));
+        }
+        None => {
+            map.remove(k);
+        }
+    };
+    match w {
+        Write::Label(k, v) => set(
+            meta.entry("labels")
+                .or_insert(json!({}))
+                .as_object_mut()
+                .unwrap(),
+            k,
+            *v,
+        ),
+        Write::Annotation(k, v) => set(
+            meta.entry("annotations")
+                .or_insert(json!({}))
+                .as_object_mut()
+                .unwrap(),
+            k,
+            *v,
+        ),
+        Write::AddOwner(uid) => {
+            let owners = meta
+                .entry("ownerReferences")
+                .or_insert(json!([]))
+                .as_array_mut()
+                .unwrap();
+            if !owners.iter().any(|o| o["uid"] == *uid) {
+                owners.push(
+                    json!({"apiVersion": "v1", "kind": "ConfigMap", "name": uid, "uid": uid}),
+                );
+            }
+        }
+        Write::RemoveOwner(uid) => {
+            if let Some(owners) = meta
+                .get_mut("ownerReferences")
+                .and_then(Value::as_array_mut)
+            {
+                owners.retain(|o| o["uid"] != *uid);
+            }
+        }
+        Write::AddFinalizer(f) => {
+            let finalizers = meta
+                .entry("finalizers")
+                .or_insert(json!([]))
+                .as_array_mut()
+                .unwrap();
+            if !finalizers.iter().any(|x| x == f) {
+                finalizers.push(json!(f));
+            }
+        }
+        Write::RemoveFinalizer(f) => {
+            if let Some(finalizers) = meta.get_mut("finalizers").and_then(Value::as_array_mut) {
+                finalizers.retain(|x| x != f);
+            }
+        }
+        Write::Spec(size) => {
+            next["spec"] = json!({"resources": {"requests": {"storage": size}}});
+        }
+    }
+    next
+}
+
+fn strings(object: &Value, pointer: &str, field: &str) -> Vec<String> {
+    object
+        .pointer(pointer)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| {
+            if field.is_empty() {
+                v.as_str()
+            } else {
+                v[field].as_str()
+            }
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// Invariant 2: no sequence of writes by a restricted identity leaves a protected object
+    /// less protected (out of a policy's selector, unannotated, with an owner it did not have,
+    /// without a finalizer it had) unless a human's sealed approval is on it.
+    #[test]
+    fn no_agent_write_sequence_lowers_protection(
+        annotated in any::<bool>(),
+        owned in any::<bool>(),
+        writes in proptest::collection::vec(write(), 1..8),
+    ) {
+        let mut selector = spec(Mode::Enforce, "PersistentVolumeClaim");
+        selector.targets[0].selector = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+            match_labels: Some([("app".to_owned(), "orders-db".to_owned())].into()),
+            match_expressions: None,
+        });
+        let snap = snapshot(vec![(PolicyRef::cluster("by-label"), selector)], &[]);
+        let mut initial = pvc(if annotated { json!({"agentguard.dev/protected": "true"}) } else { json!({}) });
+        initial["metadata"]["finalizers"] = json!(["kubernetes.io/pvc-protection"]);
+        if owned {
+            initial["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner-1", "uid": "owner-1"}]);
+        }
+        let mut current = initial.clone();
+        for w in &writes {
+            let next = apply(&current, w);
+            let d = Req::update(AGENT, current.clone(), next.clone()).decide(&snap);
+            if d.verdict == Verdict::Allow {
+                current = next;
+            }
+        }
+        prop_assert_eq!(&current["metadata"]["labels"]["app"], &json!("orders-db"), "left the selector: {:?}", writes);
+        if annotated {
+            prop_assert_eq!(&current["metadata"]["annotations"]["agentguard.dev/protected"], &json!("true"));
+        }
+        let owners = strings(&current, "/metadata/ownerReferences", "uid");
+        let initial_owners = strings(&initial, "/metadata/ownerReferences", "uid");
+        prop_assert!(owners.iter().all(|o| initial_owners.contains(o)), "gained owners {:?}: {:?}", owners, writes);
+        let finalizers = strings(&current, "/metadata/finalizers", "");
+        prop_assert!(finalizers.contains(&"kubernetes.io/pvc-protection".to_owned()), "lost a finalizer: {:?}", writes);
+    }
+
+    /// The same writes by a human go through: the invariant costs people nothing.
+    #[test]
+    fn humans_may_lower_protection(writes in proptest::collection::vec(write(), 1..8)) {
+        let snap = snapshot(vec![(PolicyRef::cluster("p"), spec(Mode::Enforce, "PersistentVolumeClaim"))], &[]);
+        let mut current = pvc(json!({"agentguard.dev/protected": "true"}));
+        for w in &writes {
+            let next = apply(&current, w);
+            let d = Req::update("alice", current.clone(), next.clone()).decide(&snap);
+            prop_assert_eq!(d.verdict, Verdict::Allow, "{:?}: {}", w, d.reason);
+            current = next;
         }
     }
 }
