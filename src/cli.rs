@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::operator::approval_keys::KeyParams;
 use crate::operator::certificates::RotationParams;
 use crate::operator::webhook_config::{WebhookParams, WebhookTarget};
 use crate::policy::AgentDefinition;
@@ -162,6 +163,22 @@ pub struct RunArgs {
     /// Namespace of the Lease (default: --namespace).
     #[arg(long, env = "AGENTGUARD_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
+    /// Secret holding the keys approvals are sealed with (`name`, or `namespace/name`; default
+    /// namespace: --lease-namespace, else --namespace). Created and rotated by the leader.
+    #[arg(
+        long,
+        default_value = "agentguard-approval-keys",
+        env = "AGENTGUARD_APPROVAL_KEY_SECRET"
+    )]
+    pub approval_key_secret: String,
+    /// A new sealing key takes over this long after the newest one was made (h, m, s units);
+    /// older keys are kept while approvals sealed with them can be live (24h).
+    #[arg(
+        long,
+        default_value = "720h",
+        env = "AGENTGUARD_APPROVAL_KEY_ROTATE_AFTER"
+    )]
+    pub approval_key_rotate_after: String,
     /// Largest AdmissionReview body accepted; larger bodies get 413.
     #[arg(long, default_value_t = DEFAULT_MAX_REVIEW_BYTES, env = "AGENTGUARD_MAX_REVIEW_BYTES")]
     pub max_review_bytes: usize,
@@ -195,7 +212,28 @@ pub fn main() -> anyhow::Result<()> {
                     args.lease_name.clone(),
                 )
             });
+            let home = args
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(|| args.namespace.clone());
+            let (key_namespace, key_name) = match args.approval_key_secret.split_once('/') {
+                Some((ns, name)) => (ns.to_owned(), name.to_owned()),
+                None => (home, args.approval_key_secret.clone()),
+            };
+            let approval_keys = KeyParams {
+                secret_namespace: key_namespace,
+                secret_name: key_name,
+                rotate_after: crate::policy::parse_duration(&args.approval_key_rotate_after)
+                    .filter(|d| !d.is_zero())
+                    .with_context(|| {
+                        format!(
+                            "--approval-key-rotate-after {:?} is not a duration like 720h",
+                            args.approval_key_rotate_after
+                        )
+                    })?,
+            };
             let config = RunConfig {
+                approval_keys,
                 lease,
                 webhook_configuration,
                 webhook_addr: args.webhook_addr,

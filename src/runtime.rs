@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::index::{self, BlockLedger, Readiness, SharedObjects, SharedSnapshot};
 use crate::metrics::Metrics;
 use crate::operator;
+use crate::operator::approval_keys::{self, KeyParams};
 use crate::operator::certificates::{self, RotationParams};
 use crate::operator::webhook_config::{self, WebhookParams};
 use crate::policy::Snapshot;
@@ -52,6 +53,8 @@ pub struct RunConfig {
     pub webhook_configuration: Option<WebhookParams>,
     /// Lease (namespace, name) for leader election; None: this replica always leads.
     pub lease: Option<(String, String)>,
+    /// The Secret holding the keys approvals are sealed with.
+    pub approval_keys: KeyParams,
 }
 
 /// Where the serving certificate comes from.
@@ -73,7 +76,11 @@ pub fn install_crypto_provider() {
 pub async fn run(config: RunConfig) -> Result<()> {
     install_crypto_provider();
     let metrics = Metrics::new();
-    let mut gates = vec![index::POLICIES_GATE, index::OBJECTS_GATE];
+    let mut gates = vec![
+        index::POLICIES_GATE,
+        index::OBJECTS_GATE,
+        approval_keys::APPROVAL_KEYS_GATE,
+    ];
     if matches!(config.tls, TlsSource::Secret(_)) {
         gates.push(certificates::CERTIFICATES_GATE);
     }
@@ -145,14 +152,18 @@ pub async fn run(config: RunConfig) -> Result<()> {
     // Ready only after the first full sync of policies, agents and protected objects.
     let (health_tx, health_rx) = tokio::sync::watch::channel(Vec::new());
     let (kinds_tx, kinds_rx) = tokio::sync::watch::channel(Default::default());
+    let (keys_tx, keys_rx) = tokio::sync::watch::channel(Default::default());
     tokio::spawn(index::run(
         client.clone(),
         agents,
         snapshot.clone(),
         objects.clone(),
         readiness.clone(),
-        health_tx,
-        kinds_tx,
+        index::Feeds {
+            health: health_tx,
+            kinds: kinds_tx,
+            keys: keys_rx,
+        },
     ));
     tokio::spawn(index::run_objects(
         client.clone(),
@@ -179,6 +190,13 @@ pub async fn run(config: RunConfig) -> Result<()> {
         }
         None => tokio::sync::watch::channel(true).1,
     };
+    tokio::spawn(approval_keys::run(
+        client.clone(),
+        config.approval_keys.clone(),
+        keys_tx,
+        leader.clone(),
+        readiness.clone(),
+    ));
     let (ca_tx, ca_rx) = tokio::sync::watch::channel(Vec::new());
     match config.tls.clone() {
         TlsSource::Files { cert, key } => {

@@ -40,10 +40,11 @@ pub struct AdmissionState {
     pub ledger: BlockLedger,
 }
 
-/// Router for the HTTPS admission endpoint `/validate`.
+/// Router for the HTTPS admission endpoints: `/validate` and `/seal` (approvals).
 pub fn admission_router(state: Arc<AdmissionState>, max_review_bytes: usize) -> Router {
     Router::new()
         .route("/validate", post(validate))
+        .route("/seal", post(seal))
         .layer(DefaultBodyLimit::max(max_review_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -52,41 +53,100 @@ pub fn admission_router(state: Arc<AdmissionState>, max_review_bytes: usize) -> 
         .with_state(state)
 }
 
-async fn validate(
-    State(state): State<Arc<AdmissionState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if !is_json(&headers) {
-        return plain(
+/// Reads the body as an `admission.k8s.io/v1` AdmissionReview with a request; anything else
+/// gets the HTTP error (or, for a review without a request, the invalid review) to send back.
+fn parse_review(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<AdmissionRequest<DynamicObject>, Box<Response>> {
+    if !is_json(headers) {
+        return Err(Box::new(plain(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "expected Content-Type: application/json",
-        );
+        )));
     }
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
         Ok(review) => review,
         Err(err) => {
             tracing::warn!(error = %err, "malformed AdmissionReview");
-            return plain(
+            return Err(Box::new(plain(
                 StatusCode::BAD_REQUEST,
                 &format!("malformed AdmissionReview: {err}"),
-            );
+            )));
         }
     };
     // Only what the API server sends (the configuration asks for v1): anything else is not a
     // review, and answering it would echo a type the caller did not ask about.
     if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
-        return plain(
+        return Err(Box::new(plain(
             StatusCode::BAD_REQUEST,
             "malformed AdmissionReview: expected apiVersion admission.k8s.io/v1, kind AdmissionReview",
-        );
+        )));
     }
-    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+    review.try_into().map_err(|_| {
+        tracing::warn!("AdmissionReview without a request");
+        Box::new(json_review(AdmissionResponse::invalid(
+            "AdmissionReview has no request",
+        )))
+    })
+}
+
+/// The sealing (mutating) webhook: adds agentguard's seal to an approval it accepts, removes
+/// a seal that no longer verifies. It never refuses; `/validate`, which the API server calls
+/// after every mutating webhook, decides.
+async fn seal(
+    State(state): State<Arc<AdmissionState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = match parse_review(&headers, &body) {
         Ok(request) => request,
-        Err(_) => {
-            tracing::warn!("AdmissionReview without a request");
-            return json_review(AdmissionResponse::invalid("AdmissionReview has no request"));
+        Err(response) => return *response,
+    };
+    let patch = {
+        let objects = state.objects.read().unwrap_or_else(|e| e.into_inner());
+        policy::seal_patch(
+            &request,
+            &state.snapshot.load(),
+            &*objects,
+            jiff::Timestamp::now(),
+        )
+    };
+    let response = AdmissionResponse::from(&request);
+    let Some(patch) = patch else {
+        return json_review(response);
+    };
+    let sealed = patch
+        .0
+        .iter()
+        .any(|op| matches!(op, json_patch::PatchOperation::Add(_)));
+    tracing::info!(
+        uid = %request.uid,
+        user = request.user_info.username.as_deref().unwrap_or_default(),
+        kind = %request.kind.kind,
+        namespace = request.namespace.as_deref().unwrap_or_default(),
+        name = %request.name,
+        sealed,
+        "approval {}", if sealed { "sealed" } else { "seal removed" }
+    );
+    match response.clone().with_patch(patch) {
+        Ok(patched) => json_review(patched),
+        Err(err) => {
+            // Without the seal the approval counts for nothing: safe, and /validate says why.
+            tracing::error!(error = %err, "cannot serialize the seal patch");
+            json_review(response)
         }
+    }
+}
+
+async fn validate(
+    State(state): State<Arc<AdmissionState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = match parse_review(&headers, &body) {
+        Ok(request) => request,
+        Err(response) => return *response,
     };
     let started = Instant::now();
     let decision = {

@@ -56,25 +56,50 @@ fn managed_configuration_is_created_restored_and_follows_policies() {
         "{}",
         stderr(&out)
     );
-    // Other updates do not reach the webhook at all.
-    let updates = |g: &Guard<'_>| {
+    // Every write by a person or an agent to a protected kind is judged (any field may lower
+    // its protection: a label a policy selects on)...
+    let updates = |g: &Guard<'_>, resource: &str| {
         g.metric(
             "agentguard_admission_requests_total",
             &[
                 ("operation", "UPDATE"),
-                ("resource", "persistentvolumeclaims"),
+                ("resource", resource),
                 ("decision", "allowed"),
                 ("dry_run", "false"),
             ],
         )
     };
     ns.pvc("scratch", false);
-    let before = updates(&guard);
+    let before = updates(&guard, "persistentvolumeclaims");
     ns.kubectl_ok(&["label", "pvc", "scratch", "tier=cold"]);
     assert_eq!(
-        updates(&guard),
+        updates(&guard, "persistentvolumeclaims"),
+        before + 1.0,
+        "a person's write to a protected kind did not reach the webhook"
+    );
+    // ...while a write to a root (a Namespace) that touches nothing the decisions read does
+    // not reach it at all.
+    let before = updates(&guard, "namespaces");
+    ns.kubectl_ok(&["label", "namespace", &ns.name, "tier=cold"]);
+    assert_eq!(
+        updates(&guard, "namespaces"),
         before,
         "an irrelevant update reached the webhook"
+    );
+    ns.grant_cluster("cursor-agent", "get,patch,update", "namespaces");
+    let out = ns.kubectl_as(
+        &agent,
+        &[
+            "annotate",
+            "namespace",
+            &ns.name,
+            "agentguard.dev/approved-by=alice",
+        ],
+    );
+    assert!(
+        stderr(&out).contains("agentguard: DENIED"),
+        "an agent wrote an approval on its namespace: {}",
+        stderr(&out)
     );
 
     // Deleted: restored within seconds, and still enforcing.

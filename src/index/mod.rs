@@ -123,6 +123,17 @@ pub fn build_snapshot(
     )
 }
 
+/// What the policy index publishes and reads besides the snapshot.
+#[derive(Debug)]
+pub struct Feeds {
+    /// Compiled policies' health, for their status.
+    pub health: watch::Sender<Vec<PolicyHealth>>,
+    /// The kinds policies target, for the object index.
+    pub kinds: watch::Sender<Option<BTreeSet<(String, String)>>>,
+    /// The approval-sealing keys, put into every snapshot.
+    pub keys: watch::Receiver<crate::policy::Keyring>,
+}
+
 /// Readiness gate of the policy and labelled-ServiceAccount watches.
 pub const POLICIES_GATE: &str = "policies";
 /// Readiness gate of the protected-object watches.
@@ -137,9 +148,13 @@ pub async fn run(
     shared: SharedSnapshot,
     objects: SharedObjects,
     readiness: Readiness,
-    health_tx: watch::Sender<Vec<PolicyHealth>>,
-    kinds_tx: watch::Sender<Option<BTreeSet<(String, String)>>>,
+    feeds: Feeds,
 ) {
+    let Feeds {
+        health: health_tx,
+        kinds: kinds_tx,
+        mut keys,
+    } = feeds;
     let (protected, w1) = reflector::store::<ProtectedResource>();
     let (cluster_protected, w2) = reflector::store::<ClusterProtectedResource>();
     let (agent_sas, w3) = reflector::store::<PartialObjectMeta<ServiceAccount>>();
@@ -181,19 +196,25 @@ pub async fn run(
     };
     let mut events = futures::stream::select_all([s1, s2, s3]);
     let mut listed = [false; 3];
-    while let Some(event) = events.next().await {
-        match event {
-            Err(err) => {
-                tracing::warn!(error = %err, "watch error; retrying");
-                continue;
-            }
-            Ok(Some(i)) => listed[i] = true,
-            Ok(None) => {}
+    let mut keys_open = true;
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                None => return,
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "watch error; retrying");
+                    continue;
+                }
+                Some(Ok(Some(i))) => listed[i] = true,
+                Some(Ok(None)) => {}
+            },
+            changed = keys.changed(), if keys_open => keys_open = changed.is_ok(),
         }
         if !listed.iter().all(|&l| l) {
             continue;
         }
         let (snapshot, health) = build_snapshot(&agents, &stores);
+        let snapshot = snapshot.with_keys(keys.borrow_and_update().clone());
         let kinds: BTreeSet<(String, String)> =
             snapshot.policies().iter().flat_map(|p| p.kinds()).collect();
         objects

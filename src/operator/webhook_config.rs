@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MatchCondition, RuleWithOperations, ServiceReference, ValidatingWebhook,
-    ValidatingWebhookConfiguration, WebhookClientConfig,
+    MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
+    ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -20,9 +20,12 @@ use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::index::{KindResolver, SharedObjects, SharedSnapshot};
+use crate::policy::{Applies, PROXY_RULES};
 
 /// The webhook's name, as the API server prints it in denials and prefixes audit annotations.
 pub const WEBHOOK_NAME: &str = "validate.agentguard.dev";
+/// The sealing webhook's name.
+pub const SEAL_WEBHOOK_NAME: &str = "seal.agentguard.dev";
 const FIELD_MANAGER: &str = "agentguard-operator";
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -34,15 +37,32 @@ const CASCADE_ROOTS: &[(&str, &str)] = &[
     ("apps", "statefulsets"),
 ];
 
-/// UPDATE and CREATE reach the webhook only when they touch agentguard metadata, set a
-/// volume's reclaim policy to Delete, or carry a StatefulSet claim retention policy. Policies
-/// themselves always do.
-pub const MATCH_CONDITION: &str = "request.operation == 'DELETE' \
-|| request.resource.group == 'agentguard.dev' \
-|| (object != null && has(object.metadata.annotations) && object.metadata.annotations.exists(k, k.startsWith('agentguard.dev/'))) \
+/// Always routed for CREATE and UPDATE: the agent label on ServiceAccounts, volumes (their
+/// reclaim policy), agentguard's own objects.
+const ALWAYS_WRITTEN: &[(&str, &str)] = &[
+    ("", "serviceaccounts"),
+    ("", "persistentvolumes"),
+    ("agentguard.dev", "protectedresources"),
+    ("agentguard.dev", "clusterprotectedresources"),
+    // Filed only in one's own name; answered only by humans.
+    ("agentguard.dev", "deletionrequests"),
+    ("agentguard.dev", "deletionrequests/status"),
+];
+
+/// The cluster's own controllers: never restricted (a cascade a human started must finish), so
+/// their writes (status churn, mostly) need not reach the webhook.
+const CONTROLLERS: &str = "(request.userInfo.username == 'system:kube-controller-manager' \
+|| request.userInfo.username.startsWith('system:serviceaccount:kube-system:'))";
+
+/// Writes to a root (not a protected kind) reach the webhook when they touch what the
+/// decisions read: agentguard metadata (approvals, protection), owners and finalizers
+/// (invariant 2), and the fields of the deletion-by-proxy table.
+const ROOT_WRITE_CONDITION: &str = "(object != null && has(object.metadata.annotations) && object.metadata.annotations.exists(k, k.startsWith('agentguard.dev/'))) \
 || (oldObject != null && has(oldObject.metadata.annotations) && oldObject.metadata.annotations.exists(k, k.startsWith('agentguard.dev/'))) \
 || (object != null && has(object.metadata.labels) && object.metadata.labels.exists(k, k.startsWith('agentguard.dev/'))) \
 || (oldObject != null && has(oldObject.metadata.labels) && oldObject.metadata.labels.exists(k, k.startsWith('agentguard.dev/'))) \
+|| (object != null && oldObject != null && (has(object.metadata.ownerReferences) != has(oldObject.metadata.ownerReferences) || (has(object.metadata.ownerReferences) && object.metadata.ownerReferences != oldObject.metadata.ownerReferences))) \
+|| (object != null && oldObject != null && (has(object.metadata.finalizers) != has(oldObject.metadata.finalizers) || (has(object.metadata.finalizers) && object.metadata.finalizers != oldObject.metadata.finalizers))) \
 || (request.resource.resource == 'persistentvolumes' && object != null && has(object.spec.persistentVolumeReclaimPolicy) && object.spec.persistentVolumeReclaimPolicy == 'Delete') \
 || (request.resource.resource == 'statefulsets' && object != null && has(object.spec.persistentVolumeClaimRetentionPolicy)) \
 || (request.operation == 'CREATE' && request.resource.resource == 'deletebackuprequests') \
@@ -52,6 +72,89 @@ pub const MATCH_CONDITION: &str = "request.operation == 'DELETE' \
 || (oldObject != null && has(oldObject.spec) && has(oldObject.spec.managementPolicies)) \
 || (object != null && has(object.metadata.labels) && 'cleanup.kyverno.io/ttl' in object.metadata.labels) \
 || (oldObject != null && has(oldObject.metadata.annotations) && ('helm.sh/resource-policy' in oldObject.metadata.annotations || 'argocd.argoproj.io/sync-options' in oldObject.metadata.annotations || 'kustomize.toolkit.fluxcd.io/prune' in oldObject.metadata.annotations))";
+
+/// The sealing webhook sees a write only when approval metadata is on the object.
+pub const SEAL_CONDITION: &str = "object != null && has(object.metadata.annotations) \
+&& ('agentguard.dev/approved-by' in object.metadata.annotations || 'agentguard.dev/approved-until' in object.metadata.annotations || 'agentguard.dev/approval-seal' in object.metadata.annotations)";
+
+/// The validating webhook's matchCondition for a set of protected resources: every DELETE,
+/// every write to agentguard's own objects, every write by a human or an agent to a protected
+/// kind (any field may lower its protection: a label a selector reads), and writes to roots
+/// when they touch what the decisions read. Generated with the rules from one table.
+pub fn match_condition(protected: &Resources) -> String {
+    let names: Vec<String> = protected
+        .iter()
+        .flat_map(|(group, plurals)| plurals.iter().map(move |p| format!("'{group}/{p}'")))
+        .collect();
+    let protected_write = if names.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "|| (!{CONTROLLERS} && (request.resource.group + '/' + request.resource.resource) in [{}]) ",
+            names.join(", ")
+        )
+    };
+    format!(
+        "request.operation == 'DELETE' || request.resource.group == 'agentguard.dev' {protected_write}|| {ROOT_WRITE_CONDITION}"
+    )
+}
+
+/// What the webhooks route: the protected kinds (policy targets and annotation kinds) and the
+/// roots whose deletion or edit reaches them (owner kinds of protected objects).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Routes {
+    pub protected: Resources,
+    pub roots: Resources,
+}
+
+impl Routes {
+    /// Resources whose DELETE is judged.
+    pub fn deletes(&self) -> Resources {
+        let mut delete = self.protected.clone();
+        merge(&mut delete, &self.roots);
+        for (group, plural) in CASCADE_ROOTS {
+            insert(&mut delete, group, plural);
+        }
+        delete
+    }
+
+    /// Resources whose CREATE and UPDATE are judged (and sealed): every deleted resource and
+    /// its `status` subresource (which keeps metadata changes for several kinds), plus
+    /// [`ALWAYS_WRITTEN`].
+    pub fn writes(&self, velero: bool) -> Resources {
+        let mut write = Resources::new();
+        for (group, plurals) in self.deletes() {
+            for plural in plurals {
+                insert(&mut write, &group, &format!("{plural}/status"));
+                insert(&mut write, &group, &plural);
+            }
+        }
+        for (group, plural) in ALWAYS_WRITTEN {
+            insert(&mut write, group, plural);
+        }
+        insert(&mut write, "", "persistentvolumes/status");
+        // Deletion by proxy through Velero: a DeleteBackupRequest for a protected Backup.
+        if velero {
+            insert(&mut write, "velero.io", "deletebackuprequests");
+        }
+        write
+    }
+}
+
+fn insert(resources: &mut Resources, group: &str, plural: &str) {
+    resources
+        .entry(group.to_owned())
+        .or_default()
+        .insert(plural.to_owned());
+}
+
+fn merge(into: &mut Resources, from: &Resources) {
+    for (group, plurals) in from {
+        into.entry(group.clone())
+            .or_default()
+            .extend(plurals.iter().cloned());
+    }
+}
 
 /// Where the API server reaches the webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,60 +205,15 @@ fn rules(operations: &[&str], resources: &Resources) -> Vec<RuleWithOperations> 
         .collect()
 }
 
-/// The configuration for a set of guarded resources. Pure: tested by value, applied as is.
-/// `ca_bundle` is the PEM CA bundle the API server trusts for the webhook.
-pub fn desired(
-    params: &WebhookParams,
-    guarded: &Resources,
-    ca_bundle: &[u8],
-    owner: Option<&OwnerReference>,
-) -> ValidatingWebhookConfiguration {
-    let mut delete = guarded.clone();
-    for (group, plural) in CASCADE_ROOTS {
-        delete
-            .entry(group.to_string())
-            .or_default()
-            .insert(plural.to_string());
-    }
-    let mut write = guarded.clone();
-    for (group, plural) in [
-        ("", "serviceaccounts"),
-        ("", "persistentvolumes"),
-        ("apps", "statefulsets"),
-        ("agentguard.dev", "protectedresources"),
-        ("agentguard.dev", "clusterprotectedresources"),
-        // Filed only in one's own name; answered only by humans.
-        ("agentguard.dev", "deletionrequests"),
-        ("agentguard.dev", "deletionrequests/status"),
-    ] {
-        write.entry(group.into()).or_default().insert(plural.into());
-    }
-    // Deletion by proxy through Velero: a DeleteBackupRequest for a protected Backup.
-    if guarded
-        .get("velero.io")
-        .is_some_and(|p| p.contains("backups"))
-    {
-        write
-            .entry("velero.io".into())
-            .or_default()
-            .insert("deletebackuprequests".into());
-    }
-    let mut all_rules = rules(&["DELETE"], &delete);
-    all_rules.extend(rules(&["CREATE", "UPDATE"], &write));
-    all_rules.push(RuleWithOperations {
-        operations: Some(vec!["DELETE".into()]),
-        api_groups: Some(vec!["agentguard.dev".into()]),
-        api_versions: Some(vec!["*".into()]),
-        resources: Some(vec![
-            "protectedresources".into(),
-            "clusterprotectedresources".into(),
-        ]),
-        scope: Some("*".into()),
-    });
-    let client_config = WebhookClientConfig {
+fn client_config(params: &WebhookParams, path: &str, ca_bundle: &[u8]) -> WebhookClientConfig {
+    WebhookClientConfig {
         ca_bundle: Some(ByteString(ca_bundle.to_vec())),
         url: match &params.target {
-            WebhookTarget::Url(url) => Some(url.clone()),
+            // The URL names /validate; the sealing webhook is its sibling.
+            WebhookTarget::Url(url) => Some(match url.strip_suffix("/validate") {
+                Some(base) => format!("{base}{path}"),
+                None => url.clone(),
+            }),
             WebhookTarget::Service { .. } => None,
         },
         service: match &params.target {
@@ -167,11 +225,14 @@ pub fn desired(
             } => Some(ServiceReference {
                 namespace: namespace.clone(),
                 name: name.clone(),
-                path: Some("/validate".into()),
+                path: Some(path.into()),
                 port: Some(*port),
             }),
         },
-    };
+    }
+}
+
+fn namespace_selector(params: &WebhookParams) -> LabelSelector {
     let mut expressions = vec![LabelSelectorRequirement {
         key: "kubernetes.io/metadata.name".into(),
         operator: "NotIn".into(),
@@ -184,19 +245,56 @@ pub fn desired(
             values: Some(vec![value.clone()]),
         });
     }
+    LabelSelector {
+        match_expressions: Some(expressions),
+        match_labels: None,
+    }
+}
+
+fn metadata(params: &WebhookParams, owner: Option<&OwnerReference>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(params.configuration_name.clone()),
+        owner_references: owner.map(|o| vec![o.clone()]),
+        labels: Some(
+            [(
+                "app.kubernetes.io/managed-by".to_owned(),
+                "agentguard".to_owned(),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn velero(routes: &Routes) -> bool {
+    routes
+        .protected
+        .get("velero.io")
+        .is_some_and(|p| p.contains("backups"))
+}
+
+/// The validating configuration for a set of routes. Pure: tested by value, applied as is.
+/// `ca_bundle` is the PEM CA bundle the API server trusts for the webhook.
+pub fn desired(
+    params: &WebhookParams,
+    routes: &Routes,
+    ca_bundle: &[u8],
+    owner: Option<&OwnerReference>,
+) -> ValidatingWebhookConfiguration {
+    let mut all_rules = rules(&["DELETE"], &routes.deletes());
+    all_rules.extend(rules(&["CREATE", "UPDATE"], &routes.writes(velero(routes))));
+    all_rules.push(RuleWithOperations {
+        operations: Some(vec!["DELETE".into()]),
+        api_groups: Some(vec!["agentguard.dev".into()]),
+        api_versions: Some(vec!["*".into()]),
+        resources: Some(vec![
+            "protectedresources".into(),
+            "clusterprotectedresources".into(),
+        ]),
+        scope: Some("*".into()),
+    });
     ValidatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some(params.configuration_name.clone()),
-            owner_references: owner.map(|o| vec![o.clone()]),
-            labels: Some(
-                [(
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    "agentguard".to_owned(),
-                )]
-                .into(),
-            ),
-            ..Default::default()
-        },
+        metadata: metadata(params, owner),
         webhooks: Some(vec![ValidatingWebhook {
             name: WEBHOOK_NAME.into(),
             admission_review_versions: vec!["v1".into()],
@@ -204,25 +302,75 @@ pub fn desired(
             failure_policy: Some(params.failure_policy.clone()),
             match_policy: Some("Equivalent".into()),
             timeout_seconds: Some(params.timeout_seconds),
-            client_config,
-            namespace_selector: Some(LabelSelector {
-                match_expressions: Some(expressions),
-                match_labels: None,
-            }),
+            client_config: client_config(params, "/validate", ca_bundle),
+            namespace_selector: Some(namespace_selector(params)),
             object_selector: None,
             match_conditions: Some(vec![MatchCondition {
                 name: "only-when-it-matters".into(),
-                expression: MATCH_CONDITION.into(),
+                expression: match_condition(&routes.protected),
             }]),
             rules: Some(all_rules),
         }]),
     }
 }
 
+/// The sealing (mutating) configuration: the same writes as the validating one, when they
+/// carry approval metadata. The API server runs it before every validating webhook, so the
+/// validating webhook sees the seal it added.
+pub fn desired_sealing(
+    params: &WebhookParams,
+    routes: &Routes,
+    ca_bundle: &[u8],
+    owner: Option<&OwnerReference>,
+) -> MutatingWebhookConfiguration {
+    MutatingWebhookConfiguration {
+        metadata: metadata(params, owner),
+        webhooks: Some(vec![MutatingWebhook {
+            name: SEAL_WEBHOOK_NAME.into(),
+            admission_review_versions: vec!["v1".into()],
+            side_effects: "None".into(),
+            failure_policy: Some(params.failure_policy.clone()),
+            match_policy: Some("Equivalent".into()),
+            timeout_seconds: Some(params.timeout_seconds),
+            client_config: client_config(params, "/seal", ca_bundle),
+            namespace_selector: Some(namespace_selector(params)),
+            object_selector: None,
+            reinvocation_policy: Some("IfNeeded".into()),
+            match_conditions: Some(vec![MatchCondition {
+                name: "approvals-only".into(),
+                expression: SEAL_CONDITION.into(),
+            }]),
+            rules: Some(rules(&["CREATE", "UPDATE"], &routes.writes(velero(routes)))),
+        }]),
+    }
+}
+
 type Kind = (String, String);
 
-/// Keeps the configuration equal to [`desired`] for the kinds in force, and restores it when
-/// it is deleted or edited, while `leader` says this replica leads. Never returns.
+/// The kinds to route: protected (policy targets and annotation kinds: every write by a human
+/// or agent is judged) and roots (owners of protected objects, and the kinds of the
+/// deletion-by-proxy table, whose writes are judged when they touch what decisions read).
+/// One place, so a decision never lacks its route.
+pub fn kinds_to_route(
+    annotation_kinds: &[Kind],
+    policy_kinds: impl IntoIterator<Item = Kind>,
+    owner_kinds: impl IntoIterator<Item = Kind>,
+) -> (BTreeSet<Kind>, BTreeSet<Kind>) {
+    let mut protected: BTreeSet<Kind> = annotation_kinds.iter().cloned().collect();
+    protected.extend(policy_kinds);
+    let mut roots: BTreeSet<Kind> = owner_kinds.into_iter().collect();
+    for rule in PROXY_RULES {
+        if let Applies::Update(group, kind) | Applies::Create(group, kind) = rule.applies {
+            roots.insert((group.to_owned(), kind.to_owned()));
+        }
+    }
+    roots.retain(|k| !protected.contains(k));
+    (protected, roots)
+}
+
+/// Keeps both configurations equal to [`desired`] and [`desired_sealing`] for the kinds in
+/// force, and restores them when deleted or edited, while `leader` says this replica leads.
+/// Never returns.
 pub async fn reconcile(
     client: kube::Client,
     params: WebhookParams,
@@ -233,19 +381,23 @@ pub async fn reconcile(
     mut ca_bundle: tokio::sync::watch::Receiver<Vec<u8>>,
 ) {
     let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    let mut changes = watcher(
-        api.clone(),
-        watcher::Config::default().fields(&format!("metadata.name={}", params.configuration_name)),
-    )
-    .default_backoff()
-    .boxed();
+    let sealing_api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let by_name =
+        watcher::Config::default().fields(&format!("metadata.name={}", params.configuration_name));
+    let validating_changes = watcher(api.clone(), by_name.clone())
+        .default_backoff()
+        .map(|e| matches!(e, Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))));
+    let sealing_changes = watcher(sealing_api.clone(), by_name)
+        .default_backoff()
+        .map(|e| matches!(e, Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))));
+    let mut changes = futures::stream::select(validating_changes, sealing_changes).boxed();
     let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
     let mut plurals: HashMap<Kind, Option<(String, String)>> = HashMap::new();
-    let mut applied: Option<ValidatingWebhookConfiguration> = None;
+    let mut applied: Option<(ValidatingWebhookConfiguration, MutatingWebhookConfiguration)> = None;
     loop {
         let external_change = tokio::select! {
             _ = tick.tick() => false,
-            event = changes.next() => matches!(event, Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)))),
+            event = changes.next() => event.unwrap_or(false),
             _ = leader.changed() => true,
             _ = ca_bundle.changed() => true,
         };
@@ -254,17 +406,22 @@ pub async fn reconcile(
             applied = None;
             continue;
         }
-        let mut kinds: BTreeSet<Kind> = annotation_kinds.iter().cloned().collect();
-        kinds.extend(snapshot.load().policies().iter().flat_map(|p| p.kinds()));
-        kinds.extend(
-            objects
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .owner_kinds_of_protected(),
+        let owner_kinds = objects
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .owner_kinds_of_protected();
+        let (protected_kinds, root_kinds) = kinds_to_route(
+            &annotation_kinds,
+            snapshot.load().policies().iter().flat_map(|p| p.kinds()),
+            owner_kinds,
         );
-        let mut guarded = Resources::new();
+        let mut routes = Routes::default();
         let mut resolver = KindResolver::default();
-        for kind in kinds {
+        for (kind, is_root) in protected_kinds
+            .into_iter()
+            .map(|k| (k, false))
+            .chain(root_kinds.into_iter().map(|k| (k, true)))
+        {
             if plurals.get(&kind).is_none_or(|p| p.is_none()) {
                 let resolved = resolver
                     .resolve(&client, &kind.0, &kind.1)
@@ -273,10 +430,12 @@ pub async fn reconcile(
                 plurals.insert(kind.clone(), resolved);
             }
             if let Some(Some((group, plural))) = plurals.get(&kind) {
-                guarded
-                    .entry(group.clone())
-                    .or_default()
-                    .insert(plural.clone());
+                let into = if is_root {
+                    &mut routes.roots
+                } else {
+                    &mut routes.protected
+                };
+                insert(into, group, plural);
             }
         }
         let ca = ca_bundle.borrow_and_update().clone();
@@ -301,26 +460,35 @@ pub async fn reconcile(
                 }
             },
         };
-        let want = desired(&params, &guarded, &ca, owner.as_ref());
+        let want = (
+            desired(&params, &routes, &ca, owner.as_ref()),
+            desired_sealing(&params, &routes, &ca, owner.as_ref()),
+        );
         if !external_change && applied.as_ref() == Some(&want) {
             continue;
         }
-        match api
-            .patch(
-                &params.configuration_name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&want),
-            )
+        let apply = PatchParams::apply(FIELD_MANAGER).force();
+        // The sealing configuration first: a validating rule that judges approvals must not
+        // go live before the webhook that seals them.
+        let result = match sealing_api
+            .patch(&params.configuration_name, &apply, &Patch::Apply(&want.1))
             .await
         {
-            Ok(_) => {
+            Ok(_) => api
+                .patch(&params.configuration_name, &apply, &Patch::Apply(&want.0))
+                .await
+                .map(|_| ()),
+            Err(err) => Err(err),
+        };
+        match result {
+            Ok(()) => {
                 if applied.as_ref() != Some(&want) {
-                    tracing::info!(name = %params.configuration_name, resources = ?guarded, "webhook configuration applied");
+                    tracing::info!(name = %params.configuration_name, protected = ?routes.protected, roots = ?routes.roots, "webhook configurations applied");
                 }
                 applied = Some(want);
             }
             Err(err) => {
-                tracing::warn!(error = %err, "cannot apply the webhook configuration; retrying");
+                tracing::warn!(error = %err, "cannot apply the webhook configurations; retrying");
                 applied = None;
             }
         }
@@ -349,9 +517,11 @@ mod tests {
 
     #[test]
     fn rules_cover_guarded_kinds_roots_and_policies() {
-        let guarded: Resources =
-            [("".to_owned(), ["persistentvolumeclaims".to_owned()].into())].into();
-        let vwc = desired(&params(), &guarded, b"CA", None);
+        let routes = Routes {
+            protected: [("".to_owned(), ["persistentvolumeclaims".to_owned()].into())].into(),
+            roots: [("".to_owned(), ["configmaps".to_owned()].into())].into(),
+        };
+        let vwc = desired(&params(), &routes, b"CA", None);
         let hook = &vwc.webhooks.as_ref().unwrap()[0];
         assert_eq!(hook.name, WEBHOOK_NAME);
         assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));
@@ -374,6 +544,15 @@ mod tests {
             ),
             ("DELETE", "apps", "statefulsets"),
             ("UPDATE", "", "persistentvolumeclaims"),
+            ("UPDATE", "", "persistentvolumeclaims/status"),
+            ("UPDATE", "", "namespaces"),
+            (
+                "UPDATE",
+                "apiextensions.k8s.io",
+                "customresourcedefinitions",
+            ),
+            ("UPDATE", "", "configmaps"),
+            ("DELETE", "", "configmaps"),
             ("UPDATE", "", "serviceaccounts"),
             ("UPDATE", "", "persistentvolumes"),
             ("CREATE", "agentguard.dev", "protectedresources"),
@@ -381,7 +560,7 @@ mod tests {
         ] {
             assert!(has(op, group, resource), "{op} {group}/{resource}");
         }
-        assert!(!has("UPDATE", "", "namespaces"));
+        assert!(!has("UPDATE", "", "secrets"));
         let excluded = &hook
             .namespace_selector
             .as_ref()
@@ -406,8 +585,100 @@ mod tests {
             failure_policy: "Ignore".into(),
             ..params()
         };
-        let vwc = desired(&params, &Resources::new(), b"CA", None);
+        let vwc = desired(&params, &Routes::default(), b"CA", None);
         let hook = &vwc.webhooks.as_ref().unwrap()[0];
         assert_eq!(hook.failure_policy.as_deref(), Some("Ignore"));
+    }
+
+    #[test]
+    fn every_kind_a_decision_reads_is_routed() {
+        let annotation = vec![("".to_owned(), "PersistentVolumeClaim".to_owned())];
+        let (protected, roots) = kinds_to_route(
+            &annotation,
+            [("velero.io".to_owned(), "Backup".to_owned())],
+            [("apps".to_owned(), "Deployment".to_owned())],
+        );
+        assert!(protected.contains(&annotation[0]));
+        assert!(roots.contains(&("apps".to_owned(), "Deployment".to_owned())));
+        // Every kind a deletion-by-proxy row names.
+        for rule in PROXY_RULES {
+            if let Applies::Update(g, k) | Applies::Create(g, k) = rule.applies {
+                let kind = (g.to_owned(), k.to_owned());
+                assert!(
+                    protected.contains(&kind) || roots.contains(&kind),
+                    "{}: {g}/{k} has no route",
+                    rule.id
+                );
+            }
+        }
+        // Every routed resource's status subresource is judged too (metadata rides along).
+        let routes = Routes {
+            protected: [("".to_owned(), ["persistentvolumeclaims".to_owned()].into())].into(),
+            roots: [("apps".to_owned(), ["deployments".to_owned()].into())].into(),
+        };
+        let writes = routes.writes(false);
+        for (group, plurals) in routes.deletes() {
+            for plural in plurals {
+                assert!(writes[&group].contains(&plural), "{group}/{plural}");
+                assert!(
+                    writes[&group].contains(&format!("{plural}/status")),
+                    "{group}/{plural}/status"
+                );
+            }
+        }
+        // Protected kinds: every write by a person or agent; roots: only what decisions read.
+        let condition = match_condition(&routes.protected);
+        assert!(
+            condition.contains("in ['/persistentvolumeclaims']"),
+            "{condition}"
+        );
+        assert!(!condition.contains("deployments"));
+        for needle in [
+            "ownerReferences",
+            "finalizers",
+            "agentguard.dev/",
+            "deletionPolicy",
+        ] {
+            assert!(condition.contains(needle), "{needle}");
+        }
+    }
+
+    #[test]
+    fn the_sealing_webhook_sees_the_same_writes_with_approvals() {
+        let routes = Routes {
+            protected: [("".to_owned(), ["persistentvolumeclaims".to_owned()].into())].into(),
+            roots: Resources::new(),
+        };
+        let params = WebhookParams {
+            target: WebhookTarget::Url("https://127.0.0.1:8443/validate".into()),
+            ..params()
+        };
+        let mwc = desired_sealing(&params, &routes, b"CA", None);
+        let hook = &mwc.webhooks.as_ref().unwrap()[0];
+        assert_eq!(hook.name, SEAL_WEBHOOK_NAME);
+        assert_eq!(
+            hook.client_config.url.as_deref(),
+            Some("https://127.0.0.1:8443/seal")
+        );
+        let vwc = desired(&params, &routes, b"CA", None);
+        let validating = &vwc.webhooks.as_ref().unwrap()[0];
+        let write_rules = |rules: &[RuleWithOperations]| -> Vec<RuleWithOperations> {
+            rules
+                .iter()
+                .filter(|r| {
+                    r.operations
+                        .as_ref()
+                        .unwrap()
+                        .contains(&"UPDATE".to_owned())
+                })
+                .cloned()
+                .collect()
+        };
+        assert_eq!(
+            write_rules(hook.rules.as_ref().unwrap()),
+            write_rules(validating.rules.as_ref().unwrap())
+        );
+        assert_eq!(hook.namespace_selector, validating.namespace_selector);
+        assert_eq!(hook.failure_policy, validating.failure_policy);
     }
 }
