@@ -50,6 +50,7 @@ const GROUP_MEMBER_PREFIX: &str = "agentguard-audit:member-of:";
 /// The chart's names, used when agentguard's Deployment does not say otherwise.
 const DEFAULT_NAME: &str = "agentguard";
 const DEFAULT_TLS_SECRET: &str = "agentguard-webhook-tls";
+const DEFAULT_KEY_SECRET: &str = "agentguard-approval-keys";
 const CHART_SELECTOR: &str = "app.kubernetes.io/name=agentguard";
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 const AGENTGUARD_CRDS: [&str; 2] = [
@@ -373,6 +374,17 @@ impl Install {
         }
     }
 
+    /// The Secret holding the approval-sealing keys, when it is in agentguard's namespace.
+    fn key_secret(&self, agns: &str) -> Option<String> {
+        match self.flags.single("approval-key-secret") {
+            Some(s) => match s.split_once('/') {
+                Some((ns, name)) => (ns == agns).then(|| name.to_owned()),
+                None => Some(s),
+            },
+            None => Some(DEFAULT_KEY_SECRET.to_owned()),
+        }
+    }
+
     /// The Secret holding the webhook's serving certificate, when it is in agentguard's namespace.
     fn tls_secret(&self, agns: &str) -> Option<String> {
         match self.flags.single("cert-secret") {
@@ -392,7 +404,7 @@ struct RunFlags {
     values: BTreeMap<&'static str, Vec<String>>,
 }
 
-const RUN_FLAGS: [(&str, &str); 7] = [
+const RUN_FLAGS: [(&str, &str); 8] = [
     (
         "agent-service-accounts",
         "AGENTGUARD_AGENT_SERVICE_ACCOUNTS",
@@ -405,6 +417,7 @@ const RUN_FLAGS: [(&str, &str); 7] = [
         "AGENTGUARD_WEBHOOK_CONFIGURATION_NAME",
     ),
     ("cert-secret", "AGENTGUARD_CERT_SECRET"),
+    ("approval-key-secret", "AGENTGUARD_APPROVAL_KEY_SECRET"),
     ("annotation-kinds", "AGENTGUARD_ANNOTATION_KINDS"),
 ];
 
@@ -1777,6 +1790,23 @@ impl ClusterFacts {
                     "the webhook's serving certificate and CA: replacing or deleting it breaks or hijacks the webhook",
                     &write,
                     Request::new("", "", "secrets").named(&secret).within(agns),
+                ));
+            }
+            let keys = self
+                .install
+                .as_ref()
+                .map_or(Some(DEFAULT_KEY_SECRET.to_owned()), |i| i.key_secret(agns));
+            if let Some(keys) = keys {
+                let mut verbs = vec!["get", "list", "watch"];
+                verbs.extend(write.iter().copied());
+                checks.push(Check::verbs(
+                    K::Secret,
+                    Bypass,
+                    Some(agns),
+                    format!("secrets/{keys}"),
+                    "the keys approvals are sealed with: whoever reads or replaces them can forge a human's approval on any object",
+                    &verbs,
+                    Request::new("", "", "secrets").named(&keys).within(agns),
                 ));
             }
         }
