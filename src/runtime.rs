@@ -247,7 +247,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
             params,
             config.annotation_kinds.clone(),
             snapshot.clone(),
-            objects,
+            objects.clone(),
             leader,
             ca_rx,
         ));
@@ -258,7 +258,15 @@ pub async fn run(config: RunConfig) -> Result<()> {
         std::env::var("POD_NAME").ok(),
     ));
     tokio::spawn(operator::reconcile_policy_status(
-        client, snapshot, health_rx, ledger,
+        client,
+        snapshot,
+        objects,
+        config
+            .webhook_configuration
+            .as_ref()
+            .map(|p| p.configuration_name.clone()),
+        health_rx,
+        ledger,
     ));
 
     let (a, b) = tokio::join!(

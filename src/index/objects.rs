@@ -118,6 +118,11 @@ pub struct ObjectIndex {
     /// Owner UID → UIDs of the objects it owns (all watched objects, protected or not, so a
     /// chain through a watched intermediate is followed).
     by_owner: HashMap<String, HashSet<String>>,
+    /// Served kinds watched but not yet listed once: their protected objects may be missing,
+    /// so cascade lookups cannot answer "nothing protected" yet.
+    loading: BTreeSet<(String, String)>,
+    /// Kinds listed at least once (their objects are all here).
+    listed: BTreeSet<(String, String)>,
 }
 
 fn protection_of(entry: &ObjectEntry, snapshot: &Snapshot) -> Option<ProtectedBy> {
@@ -247,6 +252,29 @@ impl ObjectIndex {
         }
     }
 
+    /// A served kind is being watched; until [`ObjectIndex::listed`] it is loading.
+    pub fn watching(&mut self, kind: (String, String)) {
+        self.listed.remove(&kind);
+        self.loading.insert(kind);
+    }
+
+    /// A watched kind finished its first list.
+    pub fn listed(&mut self, kind: (String, String)) {
+        self.loading.remove(&kind);
+        self.listed.insert(kind);
+    }
+
+    /// A kind is no longer watched (no policy targets it).
+    pub fn unwatched(&mut self, kind: &(String, String)) {
+        self.loading.remove(kind);
+        self.listed.remove(kind);
+    }
+
+    /// Whether every object of this kind is in the index.
+    pub fn has_listed(&self, group: &str, kind: &str) -> bool {
+        self.listed.contains(&(group.to_owned(), kind.to_owned()))
+    }
+
     /// Kinds (group, kind) that own protected objects: deleting one of them is a cascade root,
     /// so the webhook must see their deletions.
     pub fn owner_kinds_of_protected(&self) -> std::collections::BTreeSet<(String, String)> {
@@ -372,6 +400,21 @@ impl<'a> Found<'a> {
 }
 
 impl ProtectedObjects for ObjectIndex {
+    fn loading(&self) -> Option<String> {
+        let kinds: Vec<String> = self
+            .loading
+            .iter()
+            .map(|(g, k)| {
+                if g.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{k}.{g}")
+                }
+            })
+            .collect();
+        (!kinds.is_empty()).then(|| kinds.join(", "))
+    }
+
     fn in_namespace(&self, namespace: &str) -> Option<CascadeHit> {
         self.protected_in_namespace(namespace).map(|f| f.hit())
     }

@@ -138,10 +138,10 @@ pub async fn run_objects(
         {
             running.remove(&kind).expect("present").abort();
             listed.remove(&kind);
-            objects
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|e| e.key.group != kind.0 || e.key.kind != kind.1);
+            let mut index = objects.write().unwrap_or_else(|e| e.into_inner());
+            index.retain(|e| e.key.group != kind.0 || e.key.kind != kind.1);
+            index.unwatched(&kind);
+            drop(index);
             tracing::info!(group = %kind.0, kind = %kind.1, "stopped watching");
         }
         let mut resolver = KindResolver::default();
@@ -156,6 +156,10 @@ pub async fn run_objects(
                 continue;
             };
             tracing::info!(group = %kind.0, kind = %kind.1, "watching");
+            objects
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .watching(kind.clone());
             plurals.insert(kind.clone(), resource.plural.clone());
             running.insert(
                 kind.clone(),
@@ -187,6 +191,12 @@ pub async fn run_objects(
                 }
             }
             Some(kind) = synced_rx.recv() => {
+                if running.contains_key(&kind) {
+                    objects
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .listed(kind.clone());
+                }
                 listed.insert(kind);
             }
             _ = retry.tick() => {}

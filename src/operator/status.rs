@@ -14,8 +14,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::api::{ClusterProtectedResource, LastBlocked, ProtectedResource};
-use crate::index::{BlockLedger, KindResolver, PendingBlocks, PolicyHealth, SharedSnapshot};
+use crate::index::{
+    BlockLedger, KindResolver, PendingBlocks, PolicyHealth, SharedObjects, SharedSnapshot,
+};
+use crate::operator::webhook_config::WEBHOOK_NAME;
 use crate::policy::{CompiledPolicy, ObjectFacts, PolicyKind, PolicyRef};
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 
 /// How often protected objects are recounted (and unknown kinds rediscovered).
 const RECOUNT_INTERVAL: Duration = Duration::from_secs(15);
@@ -31,12 +35,19 @@ struct Desired {
     protected_objects: i64,
     /// Targeted kinds not served (the policy is in force for the others).
     unserved: Vec<String>,
+    /// Why a served kind is not protected yet (not routed to the webhook, not indexed).
+    not_yet: Vec<String>,
 }
 
 /// The Ready condition for a policy.
 fn ready_condition(desired: &Desired, last_transition_time: Time) -> Condition {
     let (status, message) = if !desired.problems.is_empty() {
         ("False", desired.problems.join("; "))
+    } else if !desired.not_yet.is_empty() {
+        (
+            "False",
+            format!("not protecting yet: {}", desired.not_yet.join("; ")),
+        )
     } else if desired.unserved.is_empty() {
         ("True", "policy is valid and in force".to_owned())
     } else {
@@ -78,9 +89,11 @@ async fn count_protected(
     client: &kube::Client,
     policy: &CompiledPolicy,
     resolver: &mut KindResolver,
+    coverage: &Coverage<'_>,
 ) -> Result<Count, Vec<String>> {
     let mut total = 0;
     let mut problems = Vec::new();
+    let mut not_yet = Vec::new();
     for (group, kind) in policy.kinds() {
         let Some((resource, caps)) = resolver.resolve(client, &group, &kind).await else {
             let shown = if group.is_empty() {
@@ -93,6 +106,21 @@ async fn count_protected(
             ));
             continue;
         };
+        if !coverage.routes(&resource.group, &resource.plural) {
+            not_yet.push(format!(
+                "deletions of {} are not routed to the webhook yet (ValidatingWebhookConfiguration {})",
+                resource.plural,
+                coverage.configuration.unwrap_or_default()
+            ));
+        }
+        let indexed = coverage
+            .objects
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .has_listed(&group, &kind);
+        if !indexed {
+            not_yet.push(format!("{} are not indexed yet", resource.plural));
+        }
         let api: Api<DynamicObject> = match (&policy.id.namespace, caps.scope) {
             (Some(ns), discovery::Scope::Namespaced) => {
                 Api::namespaced_with(client.clone(), ns, &resource)
@@ -126,6 +154,7 @@ async fn count_protected(
         Ok(Count {
             total,
             unserved: problems,
+            not_yet,
         })
     } else {
         Err(problems)
@@ -143,6 +172,57 @@ async fn sleep_until_due(due: Option<Instant>) {
 struct Count {
     total: i64,
     unserved: Vec<String>,
+    not_yet: Vec<String>,
+}
+
+/// What must hold before a policy protects a served kind: its deletions are routed to the
+/// webhook, and its objects are in the index (cascade lookups see them).
+struct Coverage<'a> {
+    /// (group, plural) with DELETE routed, from the live configuration; None when it cannot
+    /// be read (then nothing counts as routed).
+    routed: Option<Vec<(String, String)>>,
+    configuration: Option<&'a str>,
+    objects: &'a SharedObjects,
+}
+
+impl Coverage<'_> {
+    fn routes(&self, group: &str, plural: &str) -> bool {
+        match (&self.routed, self.configuration) {
+            // Not agentguard's to check (the configuration is someone else's and unnamed).
+            (_, None) => true,
+            (None, Some(_)) => false,
+            (Some(routed), Some(_)) => routed
+                .iter()
+                .any(|(g, p)| (g == "*" || g == group) && (p == "*" || p == plural)),
+        }
+    }
+}
+
+/// (group, resource) pairs whose DELETE the named ValidatingWebhookConfiguration sends to
+/// agentguard.
+async fn routed_deletes(client: &kube::Client, name: &str) -> Option<Vec<(String, String)>> {
+    let config = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .get_opt(name)
+        .await
+        .ok()??;
+    let mut routed = Vec::new();
+    for hook in config.webhooks.iter().flatten() {
+        if hook.name != WEBHOOK_NAME {
+            continue;
+        }
+        for rule in hook.rules.iter().flatten() {
+            let ops = rule.operations.as_deref().unwrap_or_default();
+            if !ops.iter().any(|o| o == "DELETE" || o == "*") {
+                continue;
+            }
+            for group in rule.api_groups.iter().flatten() {
+                for resource in rule.resources.iter().flatten() {
+                    routed.push((group.clone(), resource.clone()));
+                }
+            }
+        }
+    }
+    Some(routed)
 }
 
 /// Keeps every policy's status current: on policy changes, on blocked deletions, and every
@@ -151,6 +231,8 @@ struct Count {
 pub async fn reconcile_policy_status(
     client: kube::Client,
     snapshot: SharedSnapshot,
+    objects: SharedObjects,
+    webhook_configuration: Option<String>,
     mut health_rx: watch::Receiver<Vec<PolicyHealth>>,
     ledger: BlockLedger,
 ) {
@@ -187,12 +269,23 @@ pub async fn reconcile_policy_status(
             last_count = Instant::now();
             let snap = snapshot.load_full();
             let mut resolver = KindResolver::default();
+            let coverage = Coverage {
+                routed: match &webhook_configuration {
+                    Some(name) => routed_deletes(&client, name).await,
+                    None => None,
+                },
+                configuration: webhook_configuration.as_deref(),
+                objects: &objects,
+            };
             counts.clear();
             for policy in snap.policies() {
-                counts.insert(
-                    policy.id.clone(),
-                    count_protected(&client, policy, &mut resolver).await,
-                );
+                let count = count_protected(&client, policy, &mut resolver, &coverage).await;
+                // Coverage follows within seconds of a new policy: look again soon, not at
+                // the next tick.
+                if count.as_ref().is_ok_and(|c| !c.not_yet.is_empty()) {
+                    recount_due.get_or_insert(Instant::now() + MIN_RECOUNT_GAP);
+                }
+                counts.insert(policy.id.clone(), count);
             }
         }
         let mut blocks = ledger.drain();
@@ -201,9 +294,14 @@ pub async fn reconcile_policy_status(
                 ([], Some(Ok(count))) => Desired {
                     generation: h.generation,
                     problems: vec![],
-                    reason: "Enforcing",
+                    reason: if count.not_yet.is_empty() {
+                        "Enforcing"
+                    } else {
+                        "NotYetProtecting"
+                    },
                     protected_objects: count.total,
                     unserved: count.unserved.clone(),
+                    not_yet: count.not_yet.clone(),
                 },
                 ([], Some(Err(problems))) => Desired {
                     generation: h.generation,
@@ -211,6 +309,7 @@ pub async fn reconcile_policy_status(
                     reason: "UnknownKind",
                     protected_objects: 0,
                     unserved: vec![],
+                    not_yet: vec![],
                 },
                 ([], None) => continue, // compiled after the last count; next tick
                 (problems, _) => Desired {
@@ -219,6 +318,7 @@ pub async fn reconcile_policy_status(
                     reason: "InvalidSpec",
                     protected_objects: 0,
                     unserved: vec![],
+                    not_yet: vec![],
                 },
             };
             let pending = blocks.remove(&h.id);

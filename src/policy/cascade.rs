@@ -22,6 +22,11 @@ pub struct CascadeHit {
 /// Lookups into the index of protected objects. Implemented by the watch-fed index; `()` is
 /// the empty view.
 pub trait ProtectedObjects {
+    /// Kinds whose objects are still being listed (a policy just started targeting them), as
+    /// text for a denial; None when every watched kind is complete.
+    fn loading(&self) -> Option<String> {
+        None
+    }
     fn in_namespace(&self, namespace: &str) -> Option<CascadeHit>;
     fn of_kind(&self, group: &str, kind: &str) -> Option<CascadeHit>;
     fn owned_by(&self, uid: &str) -> Option<CascadeHit>;

@@ -941,6 +941,23 @@ fn decide_delete(
         // Judge the root as the protected data it would take with it.
         through = cascade_note(&hit, how);
         inherit(&mut found, &hit, snapshot);
+    } else if let Some(loading) = objects.loading()
+        && found.is_empty()
+        && let Some(r) = snapshot.restricted_anywhere(username, groups)
+    {
+        // Invariant 5: the index cannot yet say what this deletion would take with it.
+        let message = format!(
+            "agentguard: DENIED delete of {} {} by {username}: agentguard is still loading the objects of {loading}, \
+             so it cannot tell whether this deletion would take protected data with it. Retry in a few seconds; \
+             if it is refused again, stop and ask a human.",
+            object.kind,
+            object.qualified_name()
+        );
+        return Decision::deny(
+            object,
+            format!("{}; index still loading {loading}", r.reason),
+            message,
+        );
     }
     judge(Judged {
         snapshot,
@@ -2388,5 +2405,50 @@ pub(crate) mod tests {
             "unprotected object, no policy"
         );
         assert_eq!(by_sa.admit(&named).verdict, Verdict::Allow);
+    }
+
+    #[test]
+    fn while_a_kind_is_loading_agents_may_not_delete_what_might_be_a_root() {
+        struct Loading;
+        impl ProtectedObjects for Loading {
+            fn loading(&self) -> Option<String> {
+                Some("Cluster.postgresql.cnpg.io".into())
+            }
+            fn in_namespace(&self, _: &str) -> Option<CascadeHit> {
+                None
+            }
+            fn of_kind(&self, _: &str, _: &str) -> Option<CascadeHit> {
+                None
+            }
+            fn owned_by(&self, _: &str) -> Option<CascadeHit> {
+                None
+            }
+            fn claims_with_prefix(&self, _: &str, _: &[String]) -> Option<CascadeHit> {
+                None
+            }
+            fn claim(&self, _: &str, _: &str) -> Option<CascadeHit> {
+                None
+            }
+        }
+        let snap = snapshot(vec![], &[]);
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod", "uid": "ns-uid"}});
+        let agent = root(("", "Namespace", "namespaces"), ns.clone(), Value::Null);
+        let d = decide(&agent.build(), &snap, &Loading, now());
+        assert_eq!(d.verdict, Verdict::Deny, "{}", d.reason);
+        assert!(
+            d.message
+                .unwrap()
+                .contains("still loading the objects of Cluster.postgresql.cnpg.io")
+        );
+        assert_eq!(
+            decide(&agent.build(), &snap, &(), now()).verdict,
+            Verdict::Allow
+        );
+        let mut human = agent;
+        human.user = "alice".into();
+        assert_eq!(
+            decide(&human.build(), &snap, &Loading, now()).verdict,
+            Verdict::Allow
+        );
     }
 }
