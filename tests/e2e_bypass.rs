@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Cluster, Guard, GuardOptions, TestNamespace, stderr, stdout, wait_until};
+use support::{Cluster, Guard, TestNamespace, stderr, stdout, wait_until};
 
 /// How a row must end.
 enum Expect {
@@ -93,11 +93,7 @@ fn an_agent_with_broad_rbac_tries_every_route() {
     // Policies too: that agentguard, not RBAC, keeps agents off them is what the rows show.
     ns.grant("cursor-agent", "protectedresources.agentguard.dev");
     ns.grant_cluster("cursor-agent", "create", "pods");
-    let options = GuardOptions {
-        extra_rules: "      - operations: [UPDATE]\n        apiGroups: [\"\"]\n        apiVersions: [v1]\n        resources: [persistentvolumes]\n".into(),
-        ..Default::default()
-    };
-    let guard = Guard::start_with(&ns, &agent, &options);
+    let guard = Guard::start(&ns, &agent);
 
     // What agentguard's own namespace holds when installed by the chart.
     system.kubectl_ok(&["create", "serviceaccount", "agentguard"]);
