@@ -471,10 +471,7 @@ fn in_availability_mode_the_operator_writes_failure_policy_ignore() {
     let cluster = Cluster::connect();
     let ns = TestNamespace::create(&cluster, "avail-managed");
     let agent = ns.agent("cursor-agent");
-    let options = GuardOptions {
-        managed: true,
-        ..ignore()
-    };
+    let options = ignore();
     // Starting waits until the API server calls agentguard through the configuration it wrote.
     let guard = Guard::start_with(&ns, &agent, &options);
     assert_eq!(

@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Cluster, Guard, GuardOptions, TestNamespace, stderr, stdout, wait_until};
+use support::{Cluster, Guard, GuardOptions, TestNamespace, in_secs, stderr, stdout, wait_until};
 
 /// How a row must end.
 enum Expect {
@@ -93,11 +93,7 @@ fn an_agent_with_broad_rbac_tries_every_route() {
     // Policies too: that agentguard, not RBAC, keeps agents off them is what the rows show.
     ns.grant("cursor-agent", "protectedresources.agentguard.dev");
     ns.grant_cluster("cursor-agent", "create", "pods");
-    let options = GuardOptions {
-        extra_rules: "      - operations: [UPDATE]\n        apiGroups: [\"\"]\n        apiVersions: [v1]\n        resources: [persistentvolumes]\n".into(),
-        ..Default::default()
-    };
-    let guard = Guard::start_with(&ns, &agent, &options);
+    let guard = Guard::start(&ns, &agent);
 
     // What agentguard's own namespace holds when installed by the chart.
     system.kubectl_ok(&["create", "serviceaccount", "agentguard"]);
@@ -502,4 +498,387 @@ fn an_agent_with_broad_rbac_tries_every_route() {
     for claim in ["data", "orders-db-0", "owned"] {
         assert!(ns.pvc_intact(claim), "{claim} was deleted");
     }
+}
+
+// Routes that need their own fixture (a webhook outage, a selector policy, a garbage
+// collector given time to act) have their own test below; `docs/security.md` lists them too.
+
+/// The rows with their own test, by name, as `docs/security.md` must list them.
+const OWN_TEST_ROWS: &[&str] = &[
+    "approve the namespace (cascade root)",
+    "ghost owner",
+    "relabel out of a selector policy",
+    "metadata through the status subresource",
+    "unsealed approval (written while the webhook was down)",
+    "copied approval seal",
+];
+
+#[test]
+fn security_doc_lists_every_own_test_row() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/security.md"))
+        .expect("docs/security.md");
+    for name in OWN_TEST_ROWS {
+        assert!(
+            doc.contains(&format!("| {name} |")),
+            "docs/security.md has no row \"{name}\""
+        );
+    }
+}
+
+/// The human every forged approval below names.
+const HUMAN: &str = "alice";
+/// The admin's username (the client certificate `hack/cluster.sh` makes).
+const ADMIN: &str = "agentguard-admin";
+
+/// Ok when agentguard refused the request; otherwise what happened instead, for `what`.
+fn refused(out: &Output, what: &str) -> Result<(), String> {
+    let err = stderr(out);
+    if out.status.success() {
+        return Err(format!(
+            "{what}: accepted, not refused: {}{err}",
+            stdout(out)
+        ));
+    }
+    // kubectl prints `Error from server (Forbidden): ... denied the request: <message>`.
+    match err.split_once("denied the request: ") {
+        Some((_, message)) if message.starts_with("agentguard: DENIED") => Ok(()),
+        _ => Err(format!(
+            "{what}: refused, but not with a message starting `agentguard: DENIED`: {err}"
+        )),
+    }
+}
+
+/// Fails the test with every collected failure.
+fn assert_all(failures: Vec<String>) {
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn annotation_of(ns: &TestNamespace<'_>, object: &str, key: &str) -> String {
+    let escaped = key.replace('.', "\\.");
+    stdout(&ns.kubectl(&[
+        "get",
+        object,
+        "-o",
+        &format!("jsonpath={{.metadata.annotations.{escaped}}}"),
+    ]))
+}
+
+/// The agent sets an approval on the namespace, a cascade root, and then deletes the
+/// namespace with the protected claim in it. Only a human may approve, on any object.
+#[test]
+fn an_agent_cannot_approve_the_namespace_that_holds_protected_data() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "bypass-nsok");
+    let agent = ns.agent("cursor-agent");
+    ns.grant_cluster("cursor-agent", "get,patch,delete", "namespaces");
+    let _guard = Guard::start(&ns, &agent);
+    ns.pvc("data", true);
+    let delete_ns = || {
+        ns.kubectl_as(
+            &agent,
+            &["delete", "namespace", &ns.name, "--dry-run=server"],
+        )
+    };
+    // The object index learns of the claim from its watch: the cascade is judged first.
+    wait_until(
+        Duration::from_secs(30),
+        "the namespace cascade to be known",
+        || stderr(&delete_ns()).contains("agentguard: DENIED"),
+    );
+
+    let mut failures = Vec::new();
+    let out = ns.kubectl_as(
+        &agent,
+        &[
+            "annotate",
+            "namespace",
+            &ns.name,
+            &format!("agentguard.dev/approved-by={HUMAN}"),
+            &format!("agentguard.dev/approved-until={}", in_secs(300)),
+        ],
+    );
+    failures.extend(refused(&out, "the agent's approval on the namespace").err());
+    failures.extend(refused(&delete_ns(), "the agent's delete of the namespace").err());
+    let on_ns = stdout(&cluster.kubectl(&[
+        "get",
+        "namespace",
+        &ns.name,
+        "-o",
+        "jsonpath={.metadata.annotations}",
+    ]));
+    if on_ns.contains("agentguard.dev/approved-by") {
+        failures.push(format!(
+            "the namespace carries the agent's approval: {on_ns}"
+        ));
+    }
+    let phase = stdout(&cluster.kubectl(&[
+        "get",
+        "namespace",
+        &ns.name,
+        "-o",
+        "jsonpath={.status.phase}",
+    ]));
+    assert_eq!(phase, "Active", "the namespace is being deleted");
+    assert!(ns.pvc_intact("data"), "the protected claim was deleted");
+    assert_all(failures);
+}
+
+/// The agent points a protected claim's ownerReferences at an owner that does not exist; the
+/// garbage collector would then delete the claim, under its own (unrestricted) name.
+#[test]
+fn an_agent_cannot_give_a_protected_claim_a_ghost_owner() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "bypass-ghost");
+    let agent = ns.agent("cursor-agent");
+    let _guard = Guard::start(&ns, &agent);
+    ns.pvc("data", true);
+    let uid = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap();
+    let out = ns.kubectl_as(
+        &agent,
+        &[
+            "patch",
+            "pvc",
+            "data",
+            "--type=merge",
+            "-p",
+            &format!(
+                r#"{{"metadata":{{"ownerReferences":[{{"apiVersion":"v1","kind":"ConfigMap","name":"ghost","uid":"{}"}}]}}}}"#,
+                uid.trim()
+            ),
+        ],
+    );
+    let mut failures = Vec::new();
+    failures.extend(refused(&out, "the agent's ghost owner on the protected claim").err());
+    // The garbage collector acts within seconds of seeing an absent owner: the claim must
+    // stay, without owners, for all of them.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        let owners = stdout(&ns.kubectl(&[
+            "get",
+            "pvc",
+            "data",
+            "-o",
+            "jsonpath={.metadata.ownerReferences}",
+        ]));
+        if !ns.pvc_intact("data") {
+            failures.push(format!(
+                "the protected claim is deleted or being deleted (owners: {owners:?})"
+            ));
+            break;
+        }
+        if !owners.trim().is_empty() {
+            failures.push(format!("the protected claim has owners: {owners}"));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_all(failures);
+}
+
+/// A policy protects claims by label; the agent removes the label, after which the claim is
+/// no longer protected. A label change that keeps the claim selected is the agent's business.
+#[test]
+fn an_agent_cannot_relabel_a_claim_out_of_a_selector_policy() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "bypass-relabel");
+    let agent = ns.agent("cursor-agent");
+    let _guard = Guard::start(&ns, &agent);
+    cluster.apply(&format!(
+        "apiVersion: agentguard.dev/v1alpha1\nkind: ProtectedResource\nmetadata:\n  name: orders\n  namespace: {}\n\
+         spec:\n  mode: Enforce\n  targets:\n    - apiGroups: [\"\"]\n      kinds: [PersistentVolumeClaim]\n      \
+         selector: {{matchLabels: {{app: orders-db}}}}\n",
+        ns.name
+    ));
+    ns.wait_policy_ready("orders");
+    ns.pvc("data-0", false);
+    ns.kubectl_ok(&["label", "pvc", "data-0", "app=orders-db"]);
+    wait_until(
+        Duration::from_secs(30),
+        "the orders policy in force",
+        || {
+            stderr(&ns.kubectl_as(&agent, &["delete", "pvc", "data-0", "--dry-run=server"]))
+                .contains(&format!(
+                    "Protected by ProtectedResource {}/orders",
+                    ns.name
+                ))
+        },
+    );
+
+    let mut failures = Vec::new();
+    let out = ns.kubectl_as(&agent, &["label", "pvc", "data-0", "tier=hot"]);
+    if !out.status.success() {
+        failures.push(format!(
+            "a label that keeps the claim selected was refused: {}",
+            stderr(&out)
+        ));
+    }
+    let out = ns.kubectl_as(&agent, &["label", "pvc", "data-0", "app-"]);
+    failures.extend(refused(&out, "the agent's removal of the selected label").err());
+    let app = stdout(&ns.kubectl(&[
+        "get",
+        "pvc",
+        "data-0",
+        "-o",
+        "jsonpath={.metadata.labels.app}",
+    ]));
+    if app != "orders-db" {
+        failures.push(format!("the claim's label app is now {app:?}"));
+    }
+    assert!(ns.pvc_intact("data-0"), "the protected claim was deleted");
+    assert_all(failures);
+}
+
+/// The status subresource carries metadata too: the agent forges an approval, and removes the
+/// protection, through it.
+#[test]
+fn an_agent_cannot_change_guard_metadata_through_the_status_subresource() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "bypass-status");
+    let agent = ns.agent("cursor-agent");
+    // `edit` has no claim status; the route needs it.
+    ns.grant("cursor-agent", "persistentvolumeclaims/status");
+    let _guard = Guard::start(&ns, &agent);
+    ns.pvc("data", true);
+    let through_status = |body: String| {
+        ns.kubectl_as(
+            &agent,
+            &[
+                "patch",
+                "pvc",
+                "data",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &body,
+            ],
+        )
+    };
+
+    let mut failures = Vec::new();
+    let forged = through_status(format!(
+        r#"{{"metadata":{{"annotations":{{"agentguard.dev/approved-by":"{HUMAN}","agentguard.dev/approved-until":"{}"}}}}}}"#,
+        in_secs(300)
+    ));
+    failures.extend(refused(&forged, "an approval through status").err());
+    let unprotect =
+        through_status(r#"{"metadata":{"annotations":{"agentguard.dev/protected":null}}}"#.into());
+    failures.extend(refused(&unprotect, "removing the protection through status").err());
+    let by = annotation_of(&ns, "pvc/data", "agentguard.dev/approved-by");
+    if !by.is_empty() {
+        failures.push(format!("the claim carries an approval by {by:?}"));
+    }
+    let protected = annotation_of(&ns, "pvc/data", "agentguard.dev/protected");
+    if protected != "true" {
+        failures.push(format!("agentguard.dev/protected is now {protected:?}"));
+    }
+    assert!(ns.pvc_intact("data"), "the protected claim was deleted");
+    assert_all(failures);
+}
+
+/// agentguard with failurePolicy Ignore, so that a write can land while it is down.
+fn ignore() -> GuardOptions {
+    GuardOptions {
+        failure_policy: Some("Ignore"),
+        ..Default::default()
+    }
+}
+
+/// An approval agentguard never saw (written while it was down, failurePolicy Ignore) has no
+/// seal, and counts for nothing once it is back.
+#[test]
+fn an_approval_written_while_the_webhook_was_down_does_not_count() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "bypass-unsealed");
+    let agent = ns.agent("cursor-agent");
+    let options = ignore();
+    let mut guard = Guard::start_with(&ns, &agent, &options);
+    ns.pvc("data", true);
+
+    guard.kill();
+    ns.kubectl_ok(&[
+        "annotate",
+        "pvc",
+        "data",
+        &format!("agentguard.dev/approved-by={ADMIN}"),
+        &format!("agentguard.dev/approved-until={}", in_secs(300)),
+    ]);
+    assert_eq!(
+        annotation_of(&ns, "pvc/data", "agentguard.dev/approval-seal"),
+        "",
+        "nothing sealed the approval while agentguard was down"
+    );
+    guard.respawn(&ns, &options);
+    guard.wait_enforcing(&ns, &agent);
+
+    let out = ns.kubectl_as(&agent, &["delete", "pvc", "data", "--dry-run=server"]);
+    let mut failures = Vec::new();
+    failures.extend(refused(&out, "the agent's delete under an unsealed approval").err());
+    // Refused, it must also say why: the agent is to ask for a real approval, not retry.
+    if !out.status.success() && !stderr(&out).to_lowercase().contains("not sealed") {
+        failures.push(format!(
+            "the denial does not say the approval is not sealed: {}",
+            stderr(&out)
+        ));
+    }
+    assert!(ns.pvc_intact("data"), "the protected claim was deleted");
+    assert_all(failures);
+}
+
+/// A seal is for one object: a human's genuine approval of claim A, seal included, copied
+/// onto claim B while agentguard is down, does not approve B. A's approval still counts.
+#[test]
+fn a_seal_copied_to_another_claim_does_not_count() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "bypass-copied");
+    let agent = ns.agent("cursor-agent");
+    let options = ignore();
+    let mut guard = Guard::start_with(&ns, &agent, &options);
+    ns.pvc("a", true);
+    ns.pvc("b", true);
+    // A human approves A through agentguard, which seals it.
+    ns.kubectl_ok(&[
+        "annotate",
+        "pvc",
+        "a",
+        &format!("agentguard.dev/approved-by={ADMIN}"),
+        &format!("agentguard.dev/approved-until={}", in_secs(300)),
+    ]);
+    let keys = [
+        "agentguard.dev/approved-by",
+        "agentguard.dev/approved-until",
+        "agentguard.dev/approval-seal",
+    ];
+    let copied: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{k}={}", annotation_of(&ns, "pvc/a", k)))
+        .collect();
+
+    guard.kill();
+    let mut args = vec!["annotate", "pvc", "b"];
+    args.extend(copied.iter().map(String::as_str));
+    ns.kubectl_ok(&args);
+    guard.respawn(&ns, &options);
+    guard.wait_enforcing(&ns, &agent);
+
+    let mut failures = Vec::new();
+    let out = ns.kubectl_as(&agent, &["delete", "pvc", "b", "--dry-run=server"]);
+    failures.extend(refused(&out, "the agent's delete of B under A's copied approval").err());
+    let seal = annotation_of(&ns, "pvc/a", "agentguard.dev/approval-seal");
+    if !seal.starts_with("v1:") {
+        failures.push(format!(
+            "the human's approval of A was not sealed (approval-seal {seal:?})"
+        ));
+    }
+    let out = ns.kubectl_as(&agent, &["delete", "pvc", "a", "--dry-run=server"]);
+    if !out.status.success() {
+        failures.push(format!(
+            "the agent's delete of A, genuinely approved, was refused: {}",
+            stderr(&out)
+        ));
+    }
+    assert!(
+        ns.pvc_intact("a") && ns.pvc_intact("b"),
+        "a claim was deleted"
+    );
+    assert_all(failures);
 }

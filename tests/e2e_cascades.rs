@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Cluster, Guard, GuardOptions, TestNamespace, stderr, stdout, wait_until};
+use support::{Cluster, Guard, TestNamespace, stderr, stdout, wait_until};
 
 fn uid(ns: &TestNamespace<'_>, what: &str) -> String {
     ns.kubectl_ok(&["get", what, "-o", "jsonpath={.metadata.uid}"])
@@ -178,11 +178,7 @@ fn crd_whose_instances_are_protected_is_denied() {
     let ns = TestNamespace::create(&cluster, "crd");
     let agent = ns.agent("cursor-agent");
     ns.grant_cluster("cursor-agent", "delete", "customresourcedefinitions");
-    let options = GuardOptions {
-        extra_rules: "      - operations: [DELETE]\n        apiGroups: [apiextensions.k8s.io]\n        apiVersions: [v1]\n        resources: [customresourcedefinitions]\n".into(),
-        ..Default::default()
-    };
-    let _guard = Guard::start_with(&ns, &agent, &options);
+    let _guard = Guard::start(&ns, &agent);
     let group = ns.crd("databases", "Database");
     cluster.apply(&format!(
         "apiVersion: agentguard.dev/v1alpha1\nkind: ProtectedResource\nmetadata:\n  name: databases\n  namespace: {ns}\nspec:\n  targets: [{{apiGroups: [{group}], kinds: [Database]}}]\n---\n\
@@ -236,11 +232,7 @@ fn reclaim_policy_of_a_protected_claims_volume_cannot_be_set_to_delete() {
     let ns = TestNamespace::create(&cluster, "reclaim");
     let agent = ns.agent("cursor-agent");
     ns.grant_cluster("cursor-agent", "get,patch,update", "persistentvolumes");
-    let options = GuardOptions {
-        extra_rules: "      - operations: [UPDATE]\n        apiGroups: [\"\"]\n        apiVersions: [v1]\n        resources: [persistentvolumes]\n".into(),
-        ..Default::default()
-    };
-    let _guard = Guard::start_with(&ns, &agent, &options);
+    let _guard = Guard::start(&ns, &agent);
     let pv = format!("pv-{}", ns.name);
     cluster.apply(&format!(
         "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: {pv}\nspec:\n  capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n  \

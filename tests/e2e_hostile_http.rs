@@ -99,14 +99,14 @@ fn hostile_clients_do_not_stop_real_reviews() {
     std::fs::write(dir.path().join("tls.key"), &bundle.key_pem).unwrap();
     std::fs::write(dir.path().join("ca.crt"), &bundle.ca_pem).unwrap();
     let (port, metrics) = (free_port(), free_port());
-    let mut child = spawn_agentguard(
-        &ns,
-        &GuardOptions::default(),
-        dir.path(),
-        port,
-        metrics,
-        "h",
-    );
+    // The test posts its reviews itself: the process registers nothing with the API server,
+    // which would otherwise route every test's cluster-scoped writes to a process under flood
+    // (and, once killed, to nothing, fail-closed).
+    let options = GuardOptions {
+        extra_args: vec!["--manage-webhook-configuration=false".to_owned()],
+        ..Default::default()
+    };
+    let mut child = spawn_agentguard(&ns, &options, dir.path(), port, metrics, "h");
     wait_until(Duration::from_secs(30), "agentguard /readyz", || {
         http_status(metrics, "/readyz") == Some(200)
     });

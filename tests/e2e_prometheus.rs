@@ -295,43 +295,14 @@ fn dashboard_queries_and_alerts_work_against_a_real_prometheus() {
         stderr(&out)
     );
 
-    // A webhook that is down (same webhook name, nothing listening) for a second namespace:
-    // the API server fails closed and counts a calling error.
+    // A webhook that is down for a second namespace: its own agentguard, killed, leaves the
+    // configuration it wrote (failurePolicy Fail) behind. The API server fails closed and
+    // counts a calling error.
     let down = TestNamespace::create(&cluster, "grafana-down");
     let down_agent = down.agent("cursor-agent");
+    let mut down_guard = Guard::start(&down, &down_agent);
+    down_guard.kill();
     down.pvc("data", false);
-    let dead_config = format!("agentguard-{}", down.name);
-    cluster.apply(&format!(
-        r#"apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingWebhookConfiguration
-metadata:
-  name: {dead_config}
-webhooks:
-  - name: validate.agentguard.dev
-    admissionReviewVersions: [v1]
-    sideEffects: None
-    failurePolicy: Fail
-    timeoutSeconds: 2
-    clientConfig:
-      url: https://127.0.0.1:{port}/validate
-      caBundle: {ca}
-    namespaceSelector:
-      matchLabels:
-        kubernetes.io/metadata.name: {ns}
-    rules:
-      - operations: [DELETE]
-        apiGroups: [""]
-        apiVersions: [v1]
-        resources: [persistentvolumeclaims]
-"#,
-        port = free_port(),
-        ca = {
-            use base64::Engine;
-            base64::engine::general_purpose::STANDARD
-                .encode(std::fs::read(guard.dir.path().join("ca.crt")).unwrap())
-        },
-        ns = down.name,
-    ));
     wait_until(
         Duration::from_secs(30),
         "the down webhook to refuse",
@@ -344,7 +315,8 @@ webhooks:
         down.pvc_intact("data"),
         "fail-closed let a deletion through"
     );
-    let _ = cluster.kubectl(&["delete", "validatingwebhookconfiguration", &dead_config]);
+    // Its configuration goes with it (it would refuse every cluster-scoped write it routes).
+    drop(down_guard);
 
     // Every query of every panel returns data.
     let dashboard: Value = serde_json::from_str(

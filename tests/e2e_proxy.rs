@@ -10,7 +10,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Cluster, Guard, GuardOptions, TestNamespace, in_secs, stderr, stdout, wait_until};
+use support::{Cluster, Guard, TestNamespace, in_secs, stderr, stdout, wait_until};
 
 const ADMIN: &str = "agentguard-admin";
 
@@ -38,13 +38,9 @@ fn gitops_and_cleanup_metadata_on_a_protected_claim_need_approval() {
     let cluster = Cluster::connect();
     let ns = TestNamespace::create(&cluster, "proxy-meta");
     let agent = ns.agent("cursor-agent");
-    // Managed configuration: the API server's matchConditions must let these updates through
-    // to the webhook, which the harness's plain configuration would not prove.
-    let options = GuardOptions {
-        managed: true,
-        ..Default::default()
-    };
-    let _guard = Guard::start_with(&ns, &agent, &options);
+    // The API server's matchConditions (in the configuration agentguard writes) must let these
+    // updates through to the webhook.
+    let _guard = Guard::start(&ns, &agent);
     ns.pvc("data", true);
     ns.kubectl_ok(&[
         "annotate",
@@ -227,11 +223,7 @@ fn snapshot_deletion_policies_of_protected_snapshots_stay_retain() {
         "get,patch,update",
         "volumesnapshotcontents.snapshot.storage.k8s.io,volumesnapshotclasses.snapshot.storage.k8s.io",
     );
-    let options = GuardOptions {
-        extra_rules: "      - operations: [UPDATE]\n        apiGroups: [snapshot.storage.k8s.io]\n        apiVersions: [\"*\"]\n        resources: [volumesnapshotcontents, volumesnapshotclasses]\n".into(),
-        ..Default::default()
-    };
-    let _guard = Guard::start_with(&ns, &agent, &options);
+    let _guard = Guard::start(&ns, &agent);
     let content = format!("snapcontent-{}", ns.name);
     let class = format!("snapclass-{}", ns.name);
     cluster.apply(&format!(
@@ -281,11 +273,7 @@ fn velero_delete_backup_request_for_a_protected_backup_is_denied() {
     let ns = TestNamespace::create(&cluster, "proxy-velero");
     let agent = ns.agent("cursor-agent");
     ns.grant("cursor-agent", "deletebackuprequests.velero.io");
-    let options = GuardOptions {
-        extra_rules: "      - operations: [CREATE]\n        apiGroups: [velero.io]\n        apiVersions: [\"*\"]\n        resources: [deletebackuprequests]\n".into(),
-        ..Default::default()
-    };
-    let _guard = Guard::start_with(&ns, &agent, &options);
+    let _guard = Guard::start(&ns, &agent);
     cluster.apply(&format!(
         "apiVersion: agentguard.dev/v1alpha1\nkind: ProtectedResource\nmetadata:\n  name: backups\n  namespace: {ns}\n\
          spec:\n  mode: Enforce\n  targets:\n    - apiGroups: [velero.io]\n      kinds: [Backup]\n---\n\
@@ -342,13 +330,7 @@ fn crossplane_style_managed_resources_keep_their_deletion_protection() {
     let group = ns.crd("instances", "Instance");
     let plural = format!("instances.{group}");
     ns.grant("cursor-agent", &plural);
-    let options = GuardOptions {
-        extra_rules: format!(
-            "      - operations: [UPDATE, DELETE]\n        apiGroups: [{group}]\n        apiVersions: [\"*\"]\n        resources: [instances]\n"
-        ),
-        ..Default::default()
-    };
-    let _guard = Guard::start_with(&ns, &agent, &options);
+    let _guard = Guard::start(&ns, &agent);
     cluster.apply(&format!(
         "apiVersion: agentguard.dev/v1alpha1\nkind: ProtectedResource\nmetadata:\n  name: databases\n  namespace: {ns}\n\
          spec:\n  mode: Enforce\n  targets:\n    - apiGroups: [{group}]\n      kinds: [Instance]\n---\n\

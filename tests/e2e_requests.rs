@@ -65,11 +65,7 @@ fn an_agent_asks_in_writing_and_a_human_answers() {
     // subresource too, so that the webhook (not RBAC) is what stops an agent answering itself.
     ns.grant("cursor-agent", "deletionrequests.agentguard.dev");
     ns.grant("cursor-agent", "deletionrequests.agentguard.dev/status");
-    let options = GuardOptions {
-        extra_rules: "      - operations: [CREATE, UPDATE, DELETE]\n        apiGroups: [agentguard.dev]\n        apiVersions: [\"*\"]\n        resources: [deletionrequests, deletionrequests/status]\n".into(),
-        ..Default::default()
-    };
-    let guard = Guard::start_with(&ns, &agent, &options);
+    let guard = Guard::start(&ns, &agent);
     ns.pvc("data", true);
     ns.pvc("logs", true);
     let token = ns.kubectl_ok(&["create", "token", "cursor-agent", "--duration=10m"]);

@@ -23,13 +23,9 @@ fn managed_configuration_is_created_restored_and_follows_policies() {
     let cluster = Cluster::connect();
     let ns = TestNamespace::create(&cluster, "managed");
     let agent = ns.agent("cursor-agent");
-    let options = GuardOptions {
-        managed: true,
-        ..Default::default()
-    };
     // Starting waits until the API server really calls agentguard through the configuration
     // agentguard made itself (an agent's dry-run delete of a protected claim is denied).
-    let guard = Guard::start_with(&ns, &agent, &options);
+    let guard = Guard::start(&ns, &agent);
     let name = guard.webhook_name.clone();
     assert_eq!(vwc(&cluster, &name, "{.webhooks[0].failurePolicy}"), "Fail");
     assert_eq!(vwc(&cluster, &name, "{.webhooks[0].sideEffects}"), "None");
@@ -169,10 +165,7 @@ fn a_new_leader_takes_over_when_the_leader_dies() {
     let cluster = Cluster::connect();
     let ns = TestNamespace::create(&cluster, "leader");
     let agent = ns.agent("cursor-agent");
-    let options = GuardOptions {
-        managed: true,
-        ..Default::default()
-    };
+    let options = GuardOptions::default();
     let mut guard = Guard::start_with(&ns, &agent, &options);
     let lease = format!("agentguard-{}", ns.name);
     let holder = || {
@@ -233,7 +226,6 @@ fn self_managed_certificates_rotate_under_load_without_a_failed_request() {
     // 60 s certificates rotated when 40 s are left: a rotation starts ~20 s in and its new
     // certificate is served 8 s later.
     let options = GuardOptions {
-        managed: true,
         self_certs: Some(("60s", "40s", "8s")),
         ..Default::default()
     };

@@ -1,6 +1,8 @@
 //! End-to-end harness: the local control plane started by `hack/cluster.sh up`, a namespace per
-//! test, and an agentguard process registered with the real API server through a
-//! ValidatingWebhookConfiguration (clientConfig.url, caBundle from a CA made per test).
+//! test, and an agentguard process that registers itself with the real API server: it writes
+//! and keeps its own ValidatingWebhookConfiguration (clientConfig.url, caBundle from a CA made
+//! per test), exactly as users get it. The harness never registers a configuration of its own,
+//! so a green suite says the routes agentguard writes are enough.
 //!
 //! Nothing here fakes the API server: every assertion is about what it answered.
 
@@ -12,8 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use base64::Engine;
 
 pub const START_HINT: &str = "start the local control plane with `hack/cluster.sh up` \
     (or run every test with `hack/test.sh`)";
@@ -431,7 +431,6 @@ pub struct Guard<'c> {
     pub metrics_port: u16,
     pub webhook_port: u16,
     pub dir: tempfile::TempDir,
-    managed: bool,
 }
 
 pub fn free_port() -> u16 {
@@ -449,12 +448,6 @@ pub struct GuardOptions {
     pub agent_service_accounts: Option<String>,
     /// `--break-glass-groups`.
     pub break_glass_groups: Option<String>,
-    /// Extra webhook rules (YAML list items, indented for `rules:`), e.g. for cluster-scoped
-    /// kinds, which a namespaceSelector cannot scope to this test.
-    pub extra_rules: String,
-    /// Let agentguard manage its own ValidatingWebhookConfiguration (scoped to namespaces
-    /// labelled `agentguard-e2e=<namespace>`), instead of the harness registering one.
-    pub managed: bool,
     /// Self-managed certificates in a Secret of the test namespace: (validity, rotate before,
     /// promote after), as agentguard duration flags. None: certificate files from the test.
     pub self_certs: Option<(&'static str, &'static str, &'static str)>,
@@ -462,12 +455,15 @@ pub struct GuardOptions {
     pub policy_reports: bool,
     /// More `agentguard run` flags.
     pub extra_args: Vec<String>,
-    /// The webhook's failurePolicy (`Fail` or `Ignore`), in the harness's configuration or, when
-    /// managed, as `--failure-policy`. None: Fail.
+    /// The webhook's failurePolicy (`Fail` or `Ignore`), as `--failure-policy`. None: Fail.
     pub failure_policy: Option<&'static str>,
 }
 
-/// Starts one agentguard process for `ns`, logging to `<dir>/agentguard-<replica>.log`.
+/// Starts one agentguard process for `ns`, logging to `<dir>/agentguard-<replica>.log`. It
+/// manages the ValidatingWebhookConfiguration `agentguard-<ns>` (the one users get), scoped to
+/// namespaces labelled `agentguard-e2e=<ns>` (namespaced kinds only: the API server applies
+/// no namespaceSelector to cluster-scoped kinds, so every running test's agentguard judges
+/// those).
 pub fn spawn_agentguard(
     ns: &TestNamespace<'_>,
     options: &GuardOptions,
@@ -510,20 +506,22 @@ pub fn spawn_agentguard(
                 .iter()
                 .map(|g| format!("--break-glass-groups={g}")),
         )
-        .args(if options.managed {
-            vec![
-                format!("--webhook-configuration-name=agentguard-{}", ns.name),
-                format!("--webhook-url=https://127.0.0.1:{webhook_port}/validate"),
-                format!("--ca-file={}", dir.join("ca.crt").display()),
-                format!("--webhook-namespace-label=agentguard-e2e={}", ns.name),
-                format!(
-                    "--failure-policy={}",
-                    options.failure_policy.unwrap_or("Fail")
-                ),
-            ]
-        } else {
-            vec!["--manage-webhook-configuration=false".to_owned()]
-        })
+        .arg(format!(
+            "--webhook-configuration-name=agentguard-{}",
+            ns.name
+        ))
+        .arg(format!(
+            "--webhook-url=https://127.0.0.1:{webhook_port}/validate"
+        ))
+        .arg(format!("--ca-file={}", dir.join("ca.crt").display()))
+        .arg(format!(
+            "--webhook-namespace-label=agentguard-e2e={}",
+            ns.name
+        ))
+        .arg(format!(
+            "--failure-policy={}",
+            options.failure_policy.unwrap_or("Fail")
+        ))
         .arg(format!("--policy-reports={}", options.policy_reports))
         .args(&options.extra_args)
         .arg(format!("--lease-namespace={}", ns.name))
@@ -544,8 +542,8 @@ impl<'c> Guard<'c> {
         Self::start_with(ns, probe_agent, &GuardOptions::default())
     }
 
-    /// Starts `agentguard run`, registers it for the test namespace (claims, ServiceAccounts
-    /// and ProtectedResources: create, update, delete), and waits until the API server calls it.
+    /// Labels the test namespace `agentguard-e2e=<ns>`, starts `agentguard run` (which writes
+    /// its own webhook configuration for that label), and waits until the API server calls it.
     pub fn start_with(ns: &TestNamespace<'c>, probe_agent: &str, options: &GuardOptions) -> Self {
         let cluster = ns.cluster;
         let dir = tempfile::tempdir().unwrap();
@@ -554,14 +552,12 @@ impl<'c> Guard<'c> {
         std::fs::write(dir.path().join("tls.crt"), &bundle.cert_pem).unwrap();
         std::fs::write(dir.path().join("tls.key"), &bundle.key_pem).unwrap();
         std::fs::write(dir.path().join("ca.crt"), &bundle.ca_pem).unwrap();
-        if options.managed {
-            ns.kubectl_ok(&[
-                "label",
-                "namespace",
-                &ns.name,
-                &format!("agentguard-e2e={}", ns.name),
-            ]);
-        }
+        ns.kubectl_ok(&[
+            "label",
+            "namespace",
+            &ns.name,
+            &format!("agentguard-e2e={}", ns.name),
+        ]);
         let webhook_port = free_port();
         let metrics_port = free_port();
         let child = spawn_agentguard(ns, options, dir.path(), webhook_port, metrics_port, "a");
@@ -572,57 +568,20 @@ impl<'c> Guard<'c> {
             metrics_port,
             webhook_port,
             dir,
-            managed: options.managed,
         };
         wait_until(Duration::from_secs(30), "agentguard /readyz", || {
             guard.http_get("/readyz").is_some_and(|(s, _)| s == 200)
         });
-        let ca = base64::engine::general_purpose::STANDARD.encode(&bundle.ca_pem);
-        if !options.managed {
-            cluster.apply(&format!(
-                r#"apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingWebhookConfiguration
-metadata:
-  name: {name}
-webhooks:
-  - name: validate.agentguard.dev
-    admissionReviewVersions: [v1]
-    sideEffects: None
-    failurePolicy: {failure_policy}
-    timeoutSeconds: 5
-    clientConfig:
-      url: https://127.0.0.1:{webhook_port}/validate
-      caBundle: {ca}
-    namespaceSelector:
-      matchLabels:
-        kubernetes.io/metadata.name: {ns}
-    rules:
-      - operations: [CREATE, UPDATE, DELETE]
-        apiGroups: [""]
-        apiVersions: [v1]
-        resources: [persistentvolumeclaims, serviceaccounts]
-      - operations: [CREATE, UPDATE, DELETE]
-        apiGroups: [agentguard.dev]
-        apiVersions: [v1alpha1]
-        resources: [protectedresources]
-      - operations: [UPDATE]
-        apiGroups: [apps]
-        apiVersions: [v1]
-        resources: [statefulsets]
-      - operations: [DELETE]
-        apiGroups: ["*"]
-        apiVersions: ["*"]
-        resources: ["*"]
-{extra}"#,
-                name = guard.webhook_name,
-                ns = ns.name,
-                extra = options.extra_rules,
-                failure_policy = options.failure_policy.unwrap_or("Fail"),
-            ));
-        }
-        // A new configuration takes a moment to reach the admission chain: probe until the
-        // API server really calls us, never sleep a fixed time.
         ns.pvc("agentguard-probe", true);
+        guard.wait_enforcing(ns, probe_agent);
+        guard
+    }
+
+    /// Waits until the API server calls this agentguard and it judges: `probe_agent`'s dry-run
+    /// delete of the protected claim `agentguard-probe` is denied. A new configuration (or a
+    /// restarted process) takes a moment to reach the admission chain: probe, never sleep a
+    /// fixed time. With failurePolicy Ignore, only this tells "judged" from "not called".
+    pub fn wait_enforcing(&mut self, ns: &TestNamespace<'_>, probe_agent: &str) {
         wait_until(Duration::from_secs(30), "webhook registered", || {
             let out = ns.kubectl_as(
                 probe_agent,
@@ -630,8 +589,7 @@ webhooks:
             );
             stderr(&out).contains("agentguard: DENIED")
         });
-        guard.child_alive_or_panic();
-        guard
+        self.child_alive_or_panic();
     }
 
     fn child_alive_or_panic(&mut self) {
@@ -698,19 +656,16 @@ webhooks:
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        // The configuration goes first: with failurePolicy Fail and no process behind it,
-        // it would block the namespace controller from emptying the test namespace. A managed
-        // configuration would be restored by the process, so the process goes first then.
-        if self.managed {
-            self.kill();
-        }
+        // The process goes first (it would restore its configuration), then the configuration:
+        // with failurePolicy Fail and no process behind it, it would block the namespace
+        // controller from emptying the test namespace, and every test's cluster-scoped writes.
+        self.kill();
         let _ = self.cluster.kubectl(&[
             "delete",
             "validatingwebhookconfiguration",
             &self.webhook_name,
             "--ignore-not-found",
         ]);
-        self.kill();
     }
 }
 
