@@ -2139,7 +2139,7 @@ pub(crate) mod tests {
             now(),
         );
         assert_eq!(d.verdict, Verdict::Deny, "{}", d.reason);
-        assert!(d.message.unwrap().contains("carries no agentguard seal"));
+        assert!(d.message.unwrap().contains("is not sealed by agentguard"));
         // A seal made for another object does not travel with a copy.
         let copied = ns(
             json!({"agentguard.dev/approved-by": "alice", "agentguard.dev/approved-until": until,

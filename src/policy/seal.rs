@@ -70,7 +70,7 @@ impl std::fmt::Display for SealProblem {
         match self {
             SealProblem::Missing => write!(
                 f,
-                "it carries no agentguard seal (it was not written through agentguard's webhook)"
+                "it is not sealed by agentguard (it was not written through agentguard's webhook)"
             ),
             SealProblem::NoKeys => write!(f, "agentguard has no sealing key loaded yet"),
             SealProblem::Malformed => write!(f, "its seal is malformed"),
