@@ -336,3 +336,96 @@ async fn ops_endpoints_report_health_readiness_and_metrics() {
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("agentguard_build_info{version="), "{body}");
 }
+
+/// `/seal`, the sealing (mutating) webhook: a human's approval comes back with a JSON patch
+/// that adds agentguard's seal; an agent's gets no patch; garbage gets an HTTP error as on
+/// `/validate`.
+#[tokio::test]
+async fn seal_endpoint_patches_a_humans_approval_only() {
+    use agentguard::policy::{KEY_BYTES, Keyring};
+    let keys = Keyring::from_data(&[("key-100".to_owned(), vec![3u8; KEY_BYTES])].into());
+    let agents = AgentMatcher::new(&AgentDefinition {
+        service_accounts: vec!["agents/*".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let state = Arc::new(AdmissionState {
+        snapshot: SharedSnapshot::new(
+            Snapshot::new(agents, Default::default(), vec![]).with_keys(keys),
+        ),
+        metrics: Metrics::new(),
+        ledger: Default::default(),
+        objects: Default::default(),
+    });
+    let until = (jiff::Timestamp::now() + jiff::SignedDuration::from_mins(10)).to_string();
+    let approval = |username: &str| {
+        let claim = |annotations: Value| {
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                   "metadata": {"name": "data", "namespace": "prod", "uid": "abc", "annotations": annotations}})
+        };
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": UID,
+                "kind": {"group": "", "version": "v1", "kind": "PersistentVolumeClaim"},
+                "resource": {"group": "", "version": "v1", "resource": "persistentvolumeclaims"},
+                "name": "data", "namespace": "prod", "operation": "UPDATE",
+                "userInfo": {"username": username, "groups": ["system:authenticated"]},
+                "object": claim(json!({"agentguard.dev/protected": "true",
+                    "agentguard.dev/approved-by": username, "agentguard.dev/approved-until": until})),
+                "oldObject": claim(json!({"agentguard.dev/protected": "true"})),
+                "dryRun": false
+            }
+        })
+    };
+    let call = |body: Value| {
+        let router = webhook::admission_router(state.clone(), LIMIT);
+        async move {
+            let resp = router
+                .oneshot(
+                    Request::post("/seal")
+                        .header("content-type", "application/json")
+                        .body(Body::from(body.to_string()))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let status = resp.status();
+            let bytes = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+            (status, bytes.to_vec())
+        }
+    };
+    let (status, body) = call(approval("alice")).await;
+    assert_eq!(status, StatusCode::OK);
+    let response: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(response["response"]["uid"], UID);
+    assert_eq!(response["response"]["allowed"], true);
+    assert_eq!(response["response"]["patchType"], "JSONPatch", "{response}");
+    // kube serializes the patch bytes as a JSON array of numbers, which the API server's Go
+    // decoder reads into its []byte as it would read base64.
+    let bytes: Vec<u8> = serde_json::from_value(response["response"]["patch"].clone()).unwrap();
+    let patch: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(patch[0]["op"], "add");
+    assert_eq!(
+        patch[0]["path"],
+        "/metadata/annotations/agentguard.dev~1approval-seal"
+    );
+    assert!(
+        patch[0]["value"]
+            .as_str()
+            .unwrap()
+            .starts_with("v1:key-100:")
+    );
+
+    let (_, body) = call(approval("system:serviceaccount:agents:bot")).await;
+    let response: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        response["response"]["allowed"], true,
+        "sealing never refuses"
+    );
+    assert!(response["response"].get("patch").is_none(), "{response}");
+
+    let (status, _) = call(json!({"not": "a review"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
