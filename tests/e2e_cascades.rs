@@ -203,6 +203,9 @@ fn crd_whose_instances_are_protected_is_denied() {
             .contains("agentguard: DENIED")
         },
     );
+    // Ready means its instances are indexed: until then the CRD's deletion is refused as
+    // "still loading" rather than for what it would take.
+    ns.wait_policy_ready("databases");
     let out = cluster.kubectl(&[
         &format!("--as={agent}"),
         "delete",
