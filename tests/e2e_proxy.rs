@@ -223,7 +223,9 @@ fn snapshot_deletion_policies_of_protected_snapshots_stay_retain() {
         "get,patch,update",
         "volumesnapshotcontents.snapshot.storage.k8s.io,volumesnapshotclasses.snapshot.storage.k8s.io",
     );
-    let _guard = Guard::start(&ns, &agent);
+    let guard = Guard::start(&ns, &agent);
+    guard.wait_routed("volumesnapshotcontents");
+    guard.wait_routed("volumesnapshotclasses");
     let content = format!("snapcontent-{}", ns.name);
     let class = format!("snapclass-{}", ns.name);
     cluster.apply(&format!(

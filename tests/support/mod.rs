@@ -623,6 +623,26 @@ impl<'c> Guard<'c> {
         }
     }
 
+    /// Waits until agentguard's configuration routes `resource` (a plural, e.g.
+    /// `volumesnapshotclasses`): a kind whose CRD was installed a moment ago is routed at the
+    /// operator's next reconcile, once discovery serves it.
+    pub fn wait_routed(&self, resource: &str) {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{resource} routed to the webhook"),
+            || {
+                stdout(&self.cluster.kubectl(&[
+                    "get",
+                    "validatingwebhookconfiguration",
+                    &self.webhook_name,
+                    "-o",
+                    "jsonpath={.webhooks[0].rules[*].resources}",
+                ]))
+                .contains(&format!("\"{resource}\""))
+            },
+        );
+    }
+
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
         let url = format!("http://127.0.0.1:{}{path}", self.metrics_port);
         let agent: ureq::Agent = ureq::Agent::config_builder()
