@@ -272,6 +272,9 @@ async fn write_reports(client: &kube::Client, objects: &SharedObjects) -> Result
     );
     let params = PatchParams::apply(MANAGER).force();
     let labels = json!({"app.kubernetes.io/managed-by": "agentguard"});
+    // One namespace refusing (it is being deleted) must not hold back every other report: write
+    // the rest, then report the first failure so the pass is retried.
+    let mut first_error = None;
     for (scope, body) in &reports {
         let (api, kind) = report_api(client, scope.as_deref());
         let mut report = json!({
@@ -284,8 +287,13 @@ async fn write_reports(client: &kube::Client, objects: &SharedObjects) -> Result
         if let Some(ns) = scope {
             report["metadata"]["namespace"] = json!(ns);
         }
-        api.patch(REPORT_NAME, &params, &Patch::Apply(&report))
-            .await?;
+        if let Err(err) = api
+            .patch(REPORT_NAME, &params, &Patch::Apply(&report))
+            .await
+        {
+            tracing::debug!(namespace = ?scope, error = %err, "cannot write a PolicyReport");
+            first_error.get_or_insert(err);
+        }
     }
     // Reports of scopes with nothing protected any more go.
     let selector = ListParams::default().labels("app.kubernetes.io/managed-by=agentguard");
@@ -303,7 +311,7 @@ async fn write_reports(client: &kube::Client, objects: &SharedObjects) -> Result
             .delete(REPORT_NAME, &DeleteParams::default())
             .await?;
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 /// The API for the report of `scope`: a namespace's PolicyReport, every namespace's

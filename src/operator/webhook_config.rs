@@ -78,9 +78,11 @@ pub const SEAL_CONDITION: &str = "object != null && has(object.metadata.annotati
 && ('agentguard.dev/approved-by' in object.metadata.annotations || 'agentguard.dev/approved-until' in object.metadata.annotations || 'agentguard.dev/approval-seal' in object.metadata.annotations)";
 
 /// The validating webhook's matchCondition for a set of protected resources: every DELETE,
-/// every write to agentguard's own objects, every write by a human or an agent to a protected
-/// kind (any field may lower its protection: a label a selector reads), and writes to roots
-/// when they touch what the decisions read. Generated with the rules from one table.
+/// every write to agentguard's own objects, every UPDATE by a human or an agent of a protected
+/// object (any field may lower its protection: a label a selector reads), and other writes
+/// when they touch what the decisions read (a new object has no protection to lower, so a
+/// CREATE without agentguard metadata or a proxy field still works while agentguard is down).
+/// Generated with the rules from one table.
 pub fn match_condition(protected: &Resources) -> String {
     let names: Vec<String> = protected
         .iter()
@@ -90,7 +92,7 @@ pub fn match_condition(protected: &Resources) -> String {
         String::new()
     } else {
         format!(
-            "|| (!{CONTROLLERS} && (request.resource.group + '/' + request.resource.resource) in [{}]) ",
+            "|| (request.operation == 'UPDATE' && !{CONTROLLERS} && (request.resource.group + '/' + request.resource.resource) in [{}]) ",
             names.join(", ")
         )
     };
