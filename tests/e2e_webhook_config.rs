@@ -83,19 +83,28 @@ fn managed_configuration_is_created_restored_and_follows_policies() {
         "an irrelevant update reached the webhook"
     );
     ns.grant_cluster("cursor-agent", "get,patch,update", "namespaces");
-    let out = ns.kubectl_as(
-        &agent,
-        &[
-            "annotate",
-            "namespace",
-            &ns.name,
-            "agentguard.dev/approved-by=alice",
-        ],
-    );
-    assert!(
-        stderr(&out).contains("agentguard: DENIED"),
-        "an agent wrote an approval on its namespace: {}",
-        stderr(&out)
+    // Polled: the new grant takes a moment to reach the API server's authorizer.
+    let mut last = String::new();
+    wait_until(
+        Duration::from_secs(15),
+        "the agent's approval on its namespace to be denied by agentguard",
+        || {
+            let out = ns.kubectl_as(
+                &agent,
+                &[
+                    "annotate",
+                    "namespace",
+                    &ns.name,
+                    "agentguard.dev/approved-by=alice",
+                ],
+            );
+            assert!(
+                !out.status.success(),
+                "an agent wrote an approval on its namespace"
+            );
+            last = stderr(&out);
+            last.contains("agentguard: DENIED")
+        },
     );
 
     // Deleted: restored within seconds, and still enforcing.

@@ -402,3 +402,73 @@ async fn write_status(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired(not_yet: &[&str]) -> Desired {
+        Desired {
+            generation: Some(1),
+            problems: vec![],
+            reason: if not_yet.is_empty() {
+                "Enforcing"
+            } else {
+                "NotYetProtecting"
+            },
+            protected_objects: 0,
+            unserved: vec![],
+            not_yet: not_yet.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_policy_is_ready_only_once_its_kinds_are_routed_and_indexed() {
+        let time = Time(jiff::Timestamp::from_second(0).unwrap());
+        let pending = ready_condition(
+            &desired(&["deletions of databases are not routed to the webhook yet"]),
+            time.clone(),
+        );
+        assert_eq!(
+            (pending.status.as_str(), pending.reason.as_str()),
+            ("False", "NotYetProtecting")
+        );
+        assert!(
+            pending.message.contains("not routed"),
+            "{}",
+            pending.message
+        );
+        let ready = ready_condition(&desired(&[]), time);
+        assert_eq!(ready.status, "True");
+    }
+
+    #[test]
+    fn routing_is_read_from_the_live_rules() {
+        let objects = SharedObjects::default();
+        let coverage = |routed: Option<Vec<(&str, &str)>>, configuration: Option<&'static str>| {
+            Coverage {
+                routed: routed.map(|r| {
+                    r.into_iter()
+                        .map(|(g, p)| (g.to_owned(), p.to_owned()))
+                        .collect()
+                }),
+                configuration,
+                objects: &objects,
+            }
+            .routes("example.com", "databases")
+        };
+        assert!(coverage(
+            Some(vec![("example.com", "databases")]),
+            Some("agentguard")
+        ));
+        assert!(coverage(Some(vec![("*", "*")]), Some("agentguard")));
+        assert!(!coverage(
+            Some(vec![("example.com", "tables"), ("", "databases")]),
+            Some("agentguard")
+        ));
+        // The configuration is missing or unreadable: nothing is routed.
+        assert!(!coverage(None, Some("agentguard")));
+        // Not agentguard's configuration to check.
+        assert!(coverage(None, None));
+    }
+}
