@@ -132,6 +132,8 @@ HUMAN=$("${K[@]}" auth whoami -o jsonpath='{.status.userInfo.username}')
 UNTIL=$(date -u -d '+15 minutes' +%Y-%m-%dT%H:%M:%SZ)
 run "${K[@]}" -n "$NS" annotate pvc orders-db "agentguard.dev/approved-by=$HUMAN" \
   "agentguard.dev/approved-until=$UNTIL" "agentguard.dev/approval-reason=replacing the volume"
+# agentguard's mutating webhook sealed the approval it accepted; only a sealed approval counts.
+run "${K[@]}" -n "$NS" get pvc orders-db -o jsonpath='{.metadata.annotations.agentguard\.dev/approval-seal}{"\n"}'
 printf '$ kubectl delete pvc orders-db   # as the agent, again\n'
 kubectl --kubeconfig "$AGENT_KUBECONFIG" delete pvc orders-db --wait=true --timeout=60s
 curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep '^agentguard_approvals_total'
