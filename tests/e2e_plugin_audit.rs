@@ -13,7 +13,7 @@ mod support;
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use support::{Cluster, TestNamespace, stderr, stdout, unique};
+use support::{Cluster, Guard, TestNamespace, stderr, stdout, unique};
 
 /// Runs `kubectl agentguard audit` as the cluster admin.
 fn audit(cluster: &Cluster, args: &[&str]) -> Output {
@@ -343,6 +343,18 @@ webhooks:
         "the configuration exists: {}",
         stderr(&out)
     );
+
+    // The configuration agentguard writes itself (the one users get) does judge them.
+    let guard = Guard::start(&ns, &format!("system:serviceaccount:{}:bot", ns.name));
+    let webhook = format!("--webhook-configuration-name={}", guard.webhook_name);
+    let out = audit(&cluster, &[&agents, &only, &webhook]);
+    assert!(
+        !stdout(&out).contains("not judged by the webhook"),
+        "agentguard's own configuration judges the claim:\n{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
 }
 
 #[test]

@@ -14,15 +14,15 @@ use support::{Cluster, Guard, TestNamespace, in_secs, stderr, stdout, wait_until
 
 const ADMIN: &str = "agentguard-admin";
 
-/// `kubectl patch --type=merge` as `who`; returns (succeeded, stderr).
+/// `kubectl patch --type=merge` as `who`; returns (succeeded, stdout and stderr).
 fn patch(ns: &TestNamespace<'_>, who: &str, object: &str, body: &str) -> (bool, String) {
     let out = ns.kubectl_as(who, &["patch", object, "--type=merge", "-p", body]);
-    (out.status.success(), stderr(&out))
+    (out.status.success(), stdout(&out) + &stderr(&out))
 }
 
 fn assert_denied(result: (bool, String), action: &str, what: &str) {
     let (ok, err) = result;
-    assert!(!ok, "{what}: the agent's change was accepted");
+    assert!(!ok, "{what}: the agent's change was accepted: {err}");
     assert!(
         err.contains(&format!("agentguard: DENIED {action}")),
         "{what}: {err}"
@@ -288,20 +288,32 @@ fn velero_delete_backup_request_for_a_protected_backup_is_denied() {
             ns.name
         )
     };
-    // The object index learns of the Backup from its watch: wait until a request is refused.
-    let mut err = String::new();
+    // The operator adds DeleteBackupRequests to the webhook's rules once it sees the policy on
+    // Backups, and the object index learns of the Backup from its watch: probe with server-side
+    // dry runs (judged like the real request, but never stored) until one is refused.
     wait_until(
         Duration::from_secs(30),
         "the DeleteBackupRequest to be refused",
         || {
             let out = ns.cluster.kubectl_stdin(
-                &[&format!("--as={agent}"), "create", "-f", "-"],
+                &[
+                    &format!("--as={agent}"),
+                    "create",
+                    "--dry-run=server",
+                    "-f",
+                    "-",
+                ],
                 &request("nightly"),
             );
-            err = stderr(&out);
             !out.status.success()
         },
     );
+    let out = ns.cluster.kubectl_stdin(
+        &[&format!("--as={agent}"), "create", "-f", "-"],
+        &request("nightly"),
+    );
+    assert!(!out.status.success(), "the request was created");
+    let err = stderr(&out);
     assert!(
         err.contains("agentguard: DENIED create (DeleteBackupRequest)"),
         "{err}"

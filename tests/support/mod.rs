@@ -676,16 +676,20 @@ impl<'c> Guard<'c> {
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        // The process goes first (it would restore its configuration), then the configuration:
-        // with failurePolicy Fail and no process behind it, it would block the namespace
-        // controller from emptying the test namespace, and every test's cluster-scoped writes.
+        // The process goes first (it would restore its configurations), then the validating
+        // and mutating configurations it writes under its one name: with failurePolicy Fail
+        // and no process behind them, they would block the namespace's controllers (a claim's
+        // pvc-protection finalizer is removed by an UPDATE they route) and every test's
+        // cluster-scoped writes.
         self.kill();
-        let _ = self.cluster.kubectl(&[
-            "delete",
+        for kind in [
             "validatingwebhookconfiguration",
-            &self.webhook_name,
-            "--ignore-not-found",
-        ]);
+            "mutatingwebhookconfiguration",
+        ] {
+            let _ =
+                self.cluster
+                    .kubectl(&["delete", kind, &self.webhook_name, "--ignore-not-found"]);
+        }
     }
 }
 
