@@ -18,8 +18,8 @@ use serde::Serialize;
 
 use super::{Ctx, Failure, Outcome, Output, human_duration, table};
 use crate::api::{
-    APPROVAL_REASON_ANNOTATION, APPROVED_BY_ANNOTATION, APPROVED_UNTIL_ANNOTATION,
-    ClusterProtectedResource, ProtectedResource, ProtectionStatus,
+    APPROVAL_REASON_ANNOTATION, APPROVAL_SEAL_ANNOTATION, APPROVED_BY_ANNOTATION,
+    APPROVED_UNTIL_ANNOTATION, ClusterProtectedResource, ProtectedResource, ProtectionStatus,
 };
 use crate::index::KindResolver;
 use crate::index::objects::{ObjectEntry, ObjectIndex, ObjectKey, Owner};
@@ -138,6 +138,8 @@ pub(super) struct FoundApproval {
     pub until: Option<Timestamp>,
     pub until_text: String,
     pub reason: Option<String>,
+    /// Whether agentguard's seal is on it (the plugin cannot verify it; the webhook does).
+    pub sealed: bool,
 }
 
 impl FoundApproval {
@@ -157,6 +159,9 @@ impl FoundApproval {
             until: until_text.trim().parse().ok(),
             until_text,
             reason: reason.cloned().filter(|r| !r.trim().is_empty()),
+            sealed: annotations
+                .get(APPROVAL_SEAL_ANNOTATION)
+                .is_some_and(|s| !s.trim().is_empty()),
         })
     }
 
@@ -448,6 +453,8 @@ struct ApprovalRow {
     time_left: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    /// agentguard's seal is on it; an unsealed approval counts for nothing.
+    sealed: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -537,6 +544,7 @@ impl Report {
                         seconds_left: left,
                         time_left: human_duration(left),
                         reason: a.reason.clone(),
+                        sealed: a.sealed,
                     },
                 ))
             })
@@ -625,7 +633,7 @@ impl Report {
         );
         let approvals = section(
             "APPROVALS",
-            &["OBJECT", "APPROVED BY", "TIME LEFT", "REASON"],
+            &["OBJECT", "APPROVED BY", "TIME LEFT", "SEALED", "REASON"],
             self.approvals
                 .iter()
                 .map(|a| {
@@ -633,6 +641,7 @@ impl Report {
                         a.object.clone(),
                         a.approved_by.clone(),
                         a.time_left.clone(),
+                        if a.sealed { "yes" } else { "no (void)" }.to_owned(),
                         a.reason.clone().unwrap_or_else(|| "-".to_owned()),
                     ]
                 })
@@ -941,6 +950,7 @@ mod tests {
                         (PROTECTED_ANNOTATION, "true"),
                         (APPROVED_BY_ANNOTATION, "alice"),
                         (APPROVED_UNTIL_ANNOTATION, "2026-01-01T10:29:00Z"),
+                        (APPROVAL_SEAL_ANNOTATION, "v1:key-1:00"),
                     ],
                 ),
                 pvc(
@@ -982,8 +992,8 @@ KIND                    PROTECTED   TOTAL
 PersistentVolumeClaim   2           4
 
 APPROVALS
-OBJECT                            APPROVED BY   TIME LEFT   REASON
-PersistentVolumeClaim prod/logs   alice         29m         -
+OBJECT                            APPROVED BY   TIME LEFT   SEALED   REASON
+PersistentVolumeClaim prod/logs   alice         29m         yes      -
 
 BLOCKED
 AGE   AGENT                               OBJECT                              POLICY
@@ -995,6 +1005,7 @@ none
         assert_eq!(text, expected);
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["approvals"][0]["secondsLeft"], 1740);
+        assert_eq!(json["approvals"][0]["sealed"], true);
         assert_eq!(json["protectedObjects"][0]["protected"], 2);
         assert_eq!(
             json["blocked"][0]["agent"],
