@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta};
 use ring::rand::SecureRandom;
 use tokio::sync::watch;
 
@@ -111,7 +111,7 @@ pub async fn run(
                 random_key,
             )
         {
-            let mut object = Secret {
+            let object = Secret {
                 metadata: ObjectMeta {
                     name: Some(params.secret_name.clone()),
                     namespace: Some(params.secret_namespace.clone()),
@@ -132,15 +132,7 @@ pub async fn run(
                 ),
                 ..Default::default()
             };
-            let written = match &secret {
-                Some(old) => {
-                    // Compare-and-swap: two leaders in a handover cannot both rotate.
-                    object.metadata.resource_version = old.metadata.resource_version.clone();
-                    api.replace(&params.secret_name, &PostParams::default(), &object)
-                        .await
-                }
-                None => api.create(&PostParams::default(), &object).await,
-            };
+            let written = super::write_secret(&api, secret.as_ref(), object).await;
             match written {
                 Ok(_) => {
                     tracing::info!(keys = ?next.keys().collect::<Vec<_>>(), "approval keys updated");

@@ -17,7 +17,7 @@ use axum_server::tls_rustls::RustlsConfig;
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta};
 use tokio::sync::watch;
 
 use crate::certs::{self, CertificateBundle};
@@ -200,17 +200,8 @@ pub async fn run(
             match plan(state.as_ref(), Timestamp::now(), &params) {
                 Ok(None) => {}
                 Ok(Some(next)) => {
-                    let mut object = next.to_secret(&params.secret_namespace, &params.secret_name);
-                    let written = match &secret {
-                        Some(old) => {
-                            // Compare-and-swap: two leaders in a handover cannot both rotate.
-                            object.metadata.resource_version =
-                                old.metadata.resource_version.clone();
-                            api.replace(&params.secret_name, &PostParams::default(), &object)
-                                .await
-                        }
-                        None => api.create(&PostParams::default(), &object).await,
-                    };
+                    let object = next.to_secret(&params.secret_namespace, &params.secret_name);
+                    let written = super::write_secret(&api, secret.as_ref(), object).await;
                     match written {
                         Ok(_) => {
                             tracing::info!(

@@ -13,3 +13,21 @@ pub mod webhook_config;
 
 pub use status::reconcile_policy_status;
 pub use volumes::pin_volumes;
+
+/// Creates `object`, or replaces `existing` with it only if nobody wrote it since it was read
+/// (compare-and-swap on resourceVersion): two leaders in a handover cannot both rotate.
+pub(crate) async fn write_secret(
+    api: &kube::Api<k8s_openapi::api::core::v1::Secret>,
+    existing: Option<&k8s_openapi::api::core::v1::Secret>,
+    mut object: k8s_openapi::api::core::v1::Secret,
+) -> kube::Result<k8s_openapi::api::core::v1::Secret> {
+    let params = kube::api::PostParams::default();
+    match existing {
+        Some(old) => {
+            object.metadata.resource_version = old.metadata.resource_version.clone();
+            let name = object.metadata.name.clone().unwrap_or_default();
+            api.replace(&name, &params, &object).await
+        }
+        None => api.create(&params, &object).await,
+    }
+}

@@ -1944,6 +1944,33 @@ pub(crate) mod tests {
         }
     }
 
+    /// A view with a namespace `prod` holding one protected object, and kinds still loading.
+    struct View {
+        namespace: Option<CascadeHit>,
+        loading: Option<String>,
+    }
+
+    impl ProtectedObjects for View {
+        fn loading(&self) -> Option<String> {
+            self.loading.clone()
+        }
+        fn in_namespace(&self, ns: &str) -> Option<CascadeHit> {
+            self.namespace.clone().filter(|_| ns == "prod")
+        }
+        fn of_kind(&self, _: &str, _: &str) -> Option<CascadeHit> {
+            None
+        }
+        fn owned_by(&self, _: &str) -> Option<CascadeHit> {
+            None
+        }
+        fn claims_with_prefix(&self, _: &str, _: &[String]) -> Option<CascadeHit> {
+            None
+        }
+        fn claim(&self, _: &str, _: &str) -> Option<CascadeHit> {
+            None
+        }
+    }
+
     fn hit() -> CascadeHit {
         CascadeHit {
             object: "PersistentVolumeClaim prod/data".into(),
@@ -2182,24 +2209,6 @@ pub(crate) mod tests {
         let snap = snapshot(vec![(PolicyRef::cluster("p"), s)], &[]);
         let mut with_policy = hit();
         with_policy.policies = vec![PolicyRef::cluster("p")];
-        struct Held(CascadeHit);
-        impl ProtectedObjects for Held {
-            fn in_namespace(&self, ns: &str) -> Option<CascadeHit> {
-                (ns == "prod").then(|| self.0.clone())
-            }
-            fn of_kind(&self, _: &str, _: &str) -> Option<CascadeHit> {
-                None
-            }
-            fn owned_by(&self, _: &str) -> Option<CascadeHit> {
-                None
-            }
-            fn claims_with_prefix(&self, _: &str, _: &[String]) -> Option<CascadeHit> {
-                None
-            }
-            fn claim(&self, _: &str, _: &str) -> Option<CascadeHit> {
-                None
-            }
-        }
         let ns = |annotations: Value| {
             json!({"apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": "prod", "uid": "ns-uid", "annotations": annotations}})
@@ -2213,7 +2222,10 @@ pub(crate) mod tests {
             ),
         );
         req.kind = ("", "Namespace", "namespaces");
-        let held = Held(with_policy);
+        let held = View {
+            namespace: Some(with_policy),
+            loading: None,
+        };
         assert_eq!(
             seal_patch(&req.build(), &snap, &held, now()),
             None,
@@ -2409,31 +2421,14 @@ pub(crate) mod tests {
 
     #[test]
     fn while_a_kind_is_loading_agents_may_not_delete_what_might_be_a_root() {
-        struct Loading;
-        impl ProtectedObjects for Loading {
-            fn loading(&self) -> Option<String> {
-                Some("Cluster.postgresql.cnpg.io".into())
-            }
-            fn in_namespace(&self, _: &str) -> Option<CascadeHit> {
-                None
-            }
-            fn of_kind(&self, _: &str, _: &str) -> Option<CascadeHit> {
-                None
-            }
-            fn owned_by(&self, _: &str) -> Option<CascadeHit> {
-                None
-            }
-            fn claims_with_prefix(&self, _: &str, _: &[String]) -> Option<CascadeHit> {
-                None
-            }
-            fn claim(&self, _: &str, _: &str) -> Option<CascadeHit> {
-                None
-            }
-        }
+        let loading = View {
+            namespace: None,
+            loading: Some("Cluster.postgresql.cnpg.io".into()),
+        };
         let snap = snapshot(vec![], &[]);
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod", "uid": "ns-uid"}});
         let agent = root(("", "Namespace", "namespaces"), ns.clone(), Value::Null);
-        let d = decide(&agent.build(), &snap, &Loading, now());
+        let d = decide(&agent.build(), &snap, &loading, now());
         assert_eq!(d.verdict, Verdict::Deny, "{}", d.reason);
         assert!(
             d.message
@@ -2447,7 +2442,7 @@ pub(crate) mod tests {
         let mut human = agent;
         human.user = "alice".into();
         assert_eq!(
-            decide(&human.build(), &snap, &Loading, now()).verdict,
+            decide(&human.build(), &snap, &loading, now()).verdict,
             Verdict::Allow
         );
     }
