@@ -486,3 +486,30 @@ fn without_flags_or_a_deployment_audit_fails_clearly() {
     let bad = audit(&cluster, &["--agent-service-accounts=ci/[", "--only=x"]);
     assert_eq!(code(&bad), 2, "{}", stderr(&bad));
 }
+
+#[test]
+fn acting_as_a_service_account_a_policy_names_as_approver_is_a_bypass() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "audit-approver");
+    // The release bot may approve (a policy names it); it holds no other right, so it is no
+    // deputy. The agent's `edit` lets it mint tokens for, impersonate and run pods as it.
+    ns.agent("bot");
+    ns.kubectl_ok(&["create", "serviceaccount", "release-bot"]);
+    ns.pvc("data", true);
+    cluster.apply(&format!(
+        "apiVersion: agentguard.dev/v1alpha1\nkind: ProtectedResource\nmetadata:\n  name: orders\n  namespace: {ns}\n\
+         spec:\n  targets: [{{apiGroups: [\"\"], kinds: [PersistentVolumeClaim]}}]\n  \
+         approval:\n    approvers:\n      usernames: [\"system:serviceaccount:{ns}:release-bot\"]\n",
+        ns = ns.name
+    ));
+    let out = audit_ns(&ns, "bot", &[]);
+    assert_eq!(code(&out), 3, "{}\n{}", stdout(&out), stderr(&out));
+    assert_row(
+        &out,
+        &format!("sa:{}/bot", ns.name),
+        &[
+            " bypass ",
+            &format!("act as {}/release-bot via impersonate,token,pods", ns.name),
+        ],
+    );
+}

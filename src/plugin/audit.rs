@@ -1635,6 +1635,33 @@ impl ClusterFacts {
                 has_pods: true,
             });
         }
+        // ServiceAccounts a policy names as approvers: agentguard seals their approvals, so an
+        // agent acting as one approves its own deletions.
+        let mut approvers: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        for policy in self.snapshot.policies() {
+            for username in policy.approvers.iter().flat_map(|a| a.usernames.iter()) {
+                if let Some((ns, name)) = username
+                    .strip_prefix("system:serviceaccount:")
+                    .and_then(|sa| sa.split_once(':'))
+                {
+                    approvers
+                        .entry((ns.to_owned(), name.to_owned()))
+                        .or_default()
+                        .push(policy.id.describe());
+                }
+            }
+        }
+        for ((ns, name), policies) in approvers {
+            out.push(Target {
+                has_pods: pods_as.contains(&(ns.clone(), name.clone())),
+                why: format!(
+                    "{ns}/{name} is named as an approver by {}: whoever acts as it approves deletions",
+                    policies.join(", ")
+                ),
+                namespace: ns,
+                name: Some(name),
+            });
+        }
         for d in deputies {
             if out
                 .iter()
