@@ -16,12 +16,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-ORDER = ["floor", "vap", "controller-runtime", "kyverno", "agentguard"]
+ORDER = ["floor", "vap", "controller-runtime", "kyverno", "agentguard-baseline", "agentguard"]
 LABEL = {
     "floor": "floor (no admission)",
     "vap": "ValidatingAdmissionPolicy (CEL)",
     "controller-runtime": "controller-runtime webhook (peer)",
     "kyverno": "Kyverno (peer)",
+    "agentguard-baseline": "agentguard baseline (BENCH_BASELINE_BIN)",
     "agentguard": "agentguard",
 }
 OPS = {
@@ -320,7 +321,7 @@ def plot(out, cells, configs, levels):
     import matplotlib.pyplot as plt
 
     colors = {"floor": "#9e9e9e", "vap": "#4c78a8", "controller-runtime": "#f58518",
-              "kyverno": "#54a24b", "agentguard": "#e45756"}
+              "kyverno": "#54a24b", "agentguard-baseline": "#b279a2", "agentguard": "#e45756"}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=False)
     for ax, op in zip(axes, ["delete", "update"]):
         width = 0.8 / max(len(configs), 1)

@@ -14,6 +14,9 @@
 #                       a ClusterPolicy (bench/peers/kyverno/run.sh, policy.yaml)
 #   agentguard          `cargo build --release` (or BENCH_AGENTGUARD_BIN), run out of cluster like
 #                       the e2e tests, writing its own (managed) webhook configurations
+#   agentguard-baseline only when asked for in BENCH_CONFIGS: the same with the binary
+#                       BENCH_BASELINE_BIN names (e.g. an older commit's), alternating with
+#                       agentguard inside every round, so that both see the same machine
 # what the agent's client sees through the API server (bench/driver, client-go, the agent's
 # TokenRequest token), the webhook's CPU and memory, then the scale of agentguard's index
 # (bench/scale) and its time to /readyz with many claims, and optionally a perf profile.
@@ -22,7 +25,8 @@
 #   bench/run.sh
 #
 # Environment (defaults in brackets):
-#   BENCH_CONFIGS       configurations to run [floor,vap,controller-runtime,kyverno,agentguard] (empty: none)
+#   BENCH_CONFIGS       configurations to run [floor,vap,controller-runtime,kyverno,agentguard] (empty: none;
+#                       agentguard-baseline is run only when named)
 #   BENCH_REQUESTS      measured requests per cell [2000]; BENCH_WARMUP [200]
 #   BENCH_ROUNDS        rounds over all configurations; the report takes each cell's median [3]
 #   BENCH_CONCURRENCY   client concurrency levels [1,8,32]
@@ -37,6 +41,8 @@
 #                       built from an older commit in another worktree (before/after runs) [none]
 #   BENCH_AGENTGUARD_COMMIT the commit that binary was built from, for build.json [the git HEAD of
 #                       the binary's directory, when it is inside a git worktree]
+#   BENCH_BASELINE_BIN  the agentguard binary of configuration agentguard-baseline [none]
+#   BENCH_BASELINE_COMMIT its commit, for build.json [as for BENCH_AGENTGUARD_COMMIT]
 #   BENCH_KEEP_CLUSTER  1: leave the control plane up at the end [0]
 set -euo pipefail
 # The whole script is one block, parsed before it runs: editing it mid-run cannot derail it.
@@ -99,21 +105,36 @@ else
   AG_SOURCE="$ROOT"
 fi
 [[ -x "$AGENTGUARD" ]] || die "no agentguard binary at $AGENTGUARD"
-AG_COMMIT="${BENCH_AGENTGUARD_COMMIT:-$(git -C "$AG_SOURCE" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
-AG_DIRTY="$(git -C "$AG_SOURCE" status --short -- :/src :/Cargo.toml :/Cargo.lock 2>/dev/null | wc -l)"
+commit_of() { # source-dir override
+  if [[ -n "$2" ]]; then echo "$2"; else git -C "$1" rev-parse --short HEAD 2>/dev/null || echo unknown; fi
+}
+dirty_of() { git -C "$1" status --short -- :/src :/Cargo.toml :/Cargo.lock 2>/dev/null | wc -l; }
+BASELINE=""
+if [[ ",$CONFIGS," == *",agentguard-baseline,"* ]]; then
+  [[ -n "${BENCH_BASELINE_BIN:-}" ]] || die "configuration agentguard-baseline needs BENCH_BASELINE_BIN"
+  BASELINE="$(realpath "$BENCH_BASELINE_BIN")"
+  [[ -x "$BASELINE" ]] || die "no agentguard binary at $BASELINE"
+fi
 python3 - "$OUT/build.json" "$AGENTGUARD" "$(git -C "$ROOT" rev-parse --short HEAD)" \
   "$(git -C "$ROOT" status --short src Cargo.toml Cargo.lock | wc -l)" "$ROOT" \
-  "${BENCH_AGENTGUARD_BIN:+1}" "$AG_COMMIT" "$AG_DIRTY" <<'PY'
+  "${BENCH_AGENTGUARD_BIN:+1}" "$(commit_of "$AG_SOURCE" "${BENCH_AGENTGUARD_COMMIT:-}")" "$(dirty_of "$AG_SOURCE")" \
+  "$BASELINE" "$( [[ -z "$BASELINE" ]] || commit_of "$(dirname "$BASELINE")" "${BENCH_BASELINE_COMMIT:-}")" \
+  "$( [[ -z "$BASELINE" ]] && echo 0 || dirty_of "$(dirname "$BASELINE")")" <<'PY'
 import hashlib, json, os, sys, time
-out, binary, head, dirty, root, given, commit, ag_dirty = sys.argv[1:]
+out, binary, head, dirty, root, given, commit, ag_dirty, baseline, b_commit, b_dirty = sys.argv[1:]
+sha = lambda path: hashlib.sha256(open(path, "rb").read()).hexdigest()
+built = lambda path: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.path.getmtime(path)))
 # Relative to the repository (results are committed; machine paths are not).
-json.dump({"agentguard_binary": "BENCH_AGENTGUARD_BIN" if given else os.path.relpath(binary, root),
-           "agentguard_commit": commit,
-           "uncommitted_source_files_of_agentguard": int(ag_dirty),
-           "sha256": hashlib.sha256(open(binary, "rb").read()).hexdigest(),
-           "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.path.getmtime(binary))),
-           "git_head_at_run": head, "uncommitted_source_files_at_run": int(dirty)},
-          open(out, "w"), indent=2)
+facts = {"agentguard_binary": "BENCH_AGENTGUARD_BIN" if given else os.path.relpath(binary, root),
+         "agentguard_commit": commit,
+         "uncommitted_source_files_of_agentguard": int(ag_dirty),
+         "sha256": sha(binary), "built": built(binary),
+         "git_head_at_run": head, "uncommitted_source_files_at_run": int(dirty)}
+if baseline:
+    facts["baseline"] = {"agentguard_binary": "BENCH_BASELINE_BIN", "agentguard_commit": b_commit,
+                         "uncommitted_source_files_of_agentguard": int(b_dirty),
+                         "sha256": sha(baseline), "built": built(baseline)}
+json.dump(facts, open(out, "w"), indent=2)
 PY
 KYVERNO_BIN=""
 if [[ ",$CONFIGS," == *",kyverno,"* ]]; then
@@ -433,44 +454,52 @@ stop_agentguard() {
     --ignore-not-found >/dev/null
 }
 
-run_agentguard() {
-  local port metrics started ready idle
+run_agentguard() { # config binary
+  local config="$1" port metrics started ready idle
   port=$(free_port); metrics=$(free_port)
   started=$(now_ms)
+  # One identity for every agentguard process: the next one takes the lease at once.
   POD_NAME=bench-agentguard KUBECONFIG="$STATE/kubeconfig" RUST_LOG=warn \
-    start_agentguard "$AGENTGUARD" agentguard "$port" "$metrics"
-  wait_http "http://127.0.0.1:$metrics/readyz" 60 || die "agentguard not ready; see $OUT/logs/agentguard.log"
+    start_agentguard "$2" "$config" "$port" "$metrics"
+  wait_http "http://127.0.0.1:$metrics/readyz" 60 || die "$config not ready; see $OUT/logs/$config.log"
   ready=$(now_ms)
-  wait_probe denied agentguard
+  wait_probe denied "$config"
   # The policy is in force too: the claims the human labels in human-update-policy are guarded.
   local deadline=$((SECONDS + 60))
   until [[ "$(probe selected-0)" == denied ]]; do
-    ((SECONDS < deadline)) || die "agentguard: the ProtectedResource does not protect selected-0 ($(probe selected-0))"
+    ((SECONDS < deadline)) || die "$config: the ProtectedResource does not protect selected-0 ($(probe selected-0))"
     sleep 0.2
   done
   kubectl get validatingwebhookconfiguration,mutatingwebhookconfiguration bench-agentguard -o yaml \
-    >"$OUT/logs/agentguard-webhook-configurations.yaml" 2>/dev/null || true
+    >"$OUT/logs/$config-webhook-configurations.yaml" 2>/dev/null || true
   sleep 2
   idle=$(kib "$AG_PID" VmRSS)
-  drive agentguard "$AG_PID" "delete,delete-dry,$WRITES" denied "http://127.0.0.1:$metrics/metrics"
-  process_facts agentguard "$AG_PID" "$idle" "$started" "$ready"
-  curl -sf "http://127.0.0.1:$metrics/metrics" >"$OUT/logs/agentguard.metrics" || true
+  drive "$config" "$AG_PID" "delete,delete-dry,$WRITES" denied "http://127.0.0.1:$metrics/metrics"
+  process_facts "$config" "$AG_PID" "$idle" "$started" "$ready"
+  curl -sf "http://127.0.0.1:$metrics/metrics" >"$OUT/logs/$config.metrics" || true
   stop_agentguard
-  wait_probe allowed "agentguard removal"
+  wait_probe allowed "$config removal"
 }
 
 # ---------------------------------------------------------------- latency configurations
 # Configurations alternate within each round, so that a slow spell of the shared machine
-# lands on all of them rather than on one.
+# lands on all of them rather than on one; even rounds run them in reverse order, so that none
+# always follows the same one (agentguard-baseline and agentguard above all).
 IFS=',' read -ra WANTED <<<"$CONFIGS"
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
-  for config in "${WANTED[@]}"; do
+  ORDERED=("${WANTED[@]}")
+  if ((ROUND % 2 == 0)); then
+    ORDERED=()
+    for ((i = ${#WANTED[@]} - 1; i >= 0; i--)); do ORDERED+=("${WANTED[i]}"); done
+  fi
+  for config in "${ORDERED[@]}"; do
     case "$config" in
       floor) run_floor ;;
       vap) run_vap ;;
       controller-runtime) run_controller_runtime ;;
       kyverno) run_kyverno ;;
-      agentguard) run_agentguard ;;
+      agentguard) run_agentguard agentguard "$AGENTGUARD" ;;
+      agentguard-baseline) run_agentguard agentguard-baseline "$BASELINE" ;;
       *) die "unknown configuration $config" ;;
     esac
   done
