@@ -30,6 +30,8 @@
 #   BENCH_REQUESTS      measured requests per cell [2000]; BENCH_WARMUP [200]
 #   BENCH_ROUNDS        rounds over all configurations; the report takes each cell's median [3]
 #   BENCH_CONCURRENCY   client concurrency levels [1,8,32]
+#   BENCH_WRITES        writes measured besides the DELETEs, from update (the agent's),
+#                       human-update, human-update-policy, configmap-update [all four; runs A-C: update]
 #   BENCH_KYVERNO       1: build Kyverno (once; needs ~6 GB free disk while building) and measure it [0]
 #   BENCH_SCALE_SIZES   objects for the in-process index scale [1000,10000,100000] (empty: skip)
 #   BENCH_READYZ_OBJECTS claims created through the API server before timing /readyz [10000] (0: skip)
@@ -280,7 +282,7 @@ wait_http() { # url seconds
 # annotated claim (human-update) and on a claim only a ProtectedResource selects
 # (human-update-policy); a human's ConfigMap update (configmap-update), a kind no
 # configuration routes.
-WRITES=update,human-update,human-update-policy,configmap-update
+WRITES="${BENCH_WRITES:-update,human-update,human-update-policy,configmap-update}"
 
 # Runs the driver for one configuration in round $ROUND.
 # Args: config webhook-pid ops dry-expect [metrics-url]
