@@ -16,18 +16,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-ORDER = ["floor", "vap", "controller-runtime", "kyverno", "agentguard"]
+ORDER = ["floor", "vap", "controller-runtime", "kyverno", "agentguard-baseline", "agentguard"]
 LABEL = {
     "floor": "floor (no admission)",
     "vap": "ValidatingAdmissionPolicy (CEL)",
     "controller-runtime": "controller-runtime webhook (peer)",
     "kyverno": "Kyverno (peer)",
+    "agentguard-baseline": "agentguard baseline (BENCH_BASELINE_BIN)",
     "agentguard": "agentguard",
 }
 OPS = {
     "delete": "DELETE, denied (floor: dry-run, allowed)",
     "delete-dry": "DELETE --dry-run=server",
     "update": "UPDATE (merge patch adding a label), allowed",
+    "human-update": "human UPDATE: the admin labels an annotated (protected) claim, allowed",
+    "human-update-policy": "human UPDATE: the admin labels a claim a ProtectedResource selects, allowed",
+    "configmap-update": "unrelated write: the admin patches a ConfigMap's data, allowed",
 }
 
 
@@ -98,6 +102,13 @@ def aggregate(raw):
         for key in ["requests", "errors", "webhook_cpu_s", "apiserver_cpu_s", "wall_s"]:
             cell[key] = sum(c[key] for c in rs)
         cell["webhook_vmhwm_kib"] = max(c["webhook_vmhwm_kib"] for c in rs)
+        # Reviews the webhook answered per request of the cell (agentguard only): about 1 when
+        # the API server sends the cell's requests to it, 0 when matchConditions or rules keep
+        # them away.
+        counted = [c for c in rs if c.get("webhook_reviews") is not None]
+        cell["webhook_reviews_per_request"] = (
+            sum(c["webhook_reviews"] for c in counted) / (sum(c["requests"] for c in counted) or 1)
+            if counted else None)
         cell["p99_us_rounds"] = [round(c["p99_us"]) for c in rs]
         cell["p50_us_rounds"] = [round(c["p50_us"]) for c in rs]
         cell["first_error"] = next((c.get("first_error") for c in rs if c.get("first_error")), None)
@@ -255,12 +266,12 @@ def main():
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
     lines = []
-    for op in ["delete", "delete-dry", "update"]:
+    for op in OPS:
         if not any(c["op"] == op for c in cells):
             continue
         lines += [f"\n**{OPS[op]}**\n",
-                  "| configuration | conc | p50 ms | p90 ms | p99 ms | added p99 ms | p99 ÷ floor | p99 ÷ agentguard | req/s | webhook CPU-s / 1k | API server CPU-s / 1k | errors |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| configuration | conc | p50 ms | p90 ms | p99 ms | added p99 ms | p99 ÷ floor | p99 ÷ agentguard | req/s | webhook CPU-s / 1k | API server CPU-s / 1k | reviews / request | errors |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for k in configs:
             for conc in levels:
                 c = cell(k, op, conc)
@@ -274,7 +285,7 @@ def main():
                     f"| {name} | {conc} | {c['p50_us']/1000:.2f} | {c['p90_us']/1000:.2f} | {c['p99_us']/1000:.2f} "
                     f"| {fmt(c['added_p99_us'] and c['added_p99_us']/1000)} | {fmt(c['p99_vs_floor'])} "
                     f"| {fmt(c['p99_vs_agentguard'])} | {c['req_per_s']:.0f} | {fmt(c['webhook_cpu_s_per_1k'], 3)} "
-                    f"| {c['apiserver_cpu_s_per_1k']:.3f} | {c['errors']} |")
+                    f"| {c['apiserver_cpu_s_per_1k']:.3f} | {fmt(c.get('webhook_reviews_per_request'))} | {c['errors']} |")
     lines += ["\n**Per configuration**\n",
               "| configuration | saturation req/s DELETE / UPDATE | webhook CPU-s per 1k reviews | API server CPU-s per 1k requests | idle RSS MB | peak RSS (VmHWM) MB |",
               "| --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -310,7 +321,7 @@ def plot(out, cells, configs, levels):
     import matplotlib.pyplot as plt
 
     colors = {"floor": "#9e9e9e", "vap": "#4c78a8", "controller-runtime": "#f58518",
-              "kyverno": "#54a24b", "agentguard": "#e45756"}
+              "kyverno": "#54a24b", "agentguard-baseline": "#b279a2", "agentguard": "#e45756"}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=False)
     for ax, op in zip(axes, ["delete", "update"]):
         width = 0.8 / max(len(configs), 1)

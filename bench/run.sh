@@ -3,15 +3,20 @@
 #
 # Brings up its own local control plane (hack/cluster.sh with a bench-only state directory),
 # then, for one rule — deny DELETE of a PersistentVolumeClaim annotated
-# agentguard.dev/protected=true by ServiceAccounts of namespace `agents` — measures, one
-# configuration at a time:
+# agentguard.dev/protected=true by ServiceAccounts of namespace `agents` — and the writes a
+# webhook sees or does not (a human's label change on a protected claim, annotated or selected
+# by a ProtectedResource; a human's ConfigMap update), measures, one configuration at a time:
 #   floor               no admission check
 #   vap                 a ValidatingAdmissionPolicy (CEL, in the API server)
 #   controller-runtime  a PEER: a minimal controller-runtime webhook (bench/peers/controller-runtime)
 #   kyverno             a PEER, only with BENCH_KYVERNO=1: Kyverno's admission controller built from
 #                       its Go module (bench/peers/kyverno/build.sh; heavy), run out of cluster with
 #                       a ClusterPolicy (bench/peers/kyverno/run.sh, policy.yaml)
-#   agentguard          `cargo build --release`, run out of cluster like the e2e tests
+#   agentguard          `cargo build --release` (or BENCH_AGENTGUARD_BIN), run out of cluster like
+#                       the e2e tests, writing its own (managed) webhook configurations
+#   agentguard-baseline only when asked for in BENCH_CONFIGS: the same with the binary
+#                       BENCH_BASELINE_BIN names (e.g. an older commit's), alternating with
+#                       agentguard inside every round, so that both see the same machine
 # what the agent's client sees through the API server (bench/driver, client-go, the agent's
 # TokenRequest token), the webhook's CPU and memory, then the scale of agentguard's index
 # (bench/scale) and its time to /readyz with many claims, and optionally a perf profile.
@@ -20,10 +25,13 @@
 #   bench/run.sh
 #
 # Environment (defaults in brackets):
-#   BENCH_CONFIGS       configurations to run [floor,vap,controller-runtime,kyverno,agentguard] (empty: none)
+#   BENCH_CONFIGS       configurations to run [floor,vap,controller-runtime,kyverno,agentguard] (empty: none;
+#                       agentguard-baseline is run only when named)
 #   BENCH_REQUESTS      measured requests per cell [2000]; BENCH_WARMUP [200]
 #   BENCH_ROUNDS        rounds over all configurations; the report takes each cell's median [3]
 #   BENCH_CONCURRENCY   client concurrency levels [1,8,32]
+#   BENCH_WRITES        writes measured besides the DELETEs, from update (the agent's),
+#                       human-update, human-update-policy, configmap-update [all four; runs A-C: update]
 #   BENCH_KYVERNO       1: build Kyverno (once; needs ~6 GB free disk while building) and measure it [0]
 #   BENCH_SCALE_SIZES   objects for the in-process index scale [1000,10000,100000] (empty: skip)
 #   BENCH_READYZ_OBJECTS claims created through the API server before timing /readyz [10000] (0: skip)
@@ -31,6 +39,12 @@
 #   BENCH_OUT           results directory [$CACHE/results/<UTC time>]
 #   BENCH_UPDATE_DOCS   1: copy the plot to docs/performance-latency.png [0]
 #   BENCH_SKIP_BUILD    1: use the binaries already built into $CACHE/bin and target/ (a rerun) [0]
+#   BENCH_AGENTGUARD_BIN an agentguard binary to measure instead of building this tree's, e.g. one
+#                       built from an older commit in another worktree (before/after runs) [none]
+#   BENCH_AGENTGUARD_COMMIT the commit that binary was built from, for build.json [the git HEAD of
+#                       the binary's directory, when it is inside a git worktree]
+#   BENCH_BASELINE_BIN  the agentguard binary of configuration agentguard-baseline [none]
+#   BENCH_BASELINE_COMMIT its commit, for build.json [as for BENCH_AGENTGUARD_COMMIT]
 #   BENCH_KEEP_CLUSTER  1: leave the control plane up at the end [0]
 set -euo pipefail
 # The whole script is one block, parsed before it runs: editing it mid-run cannot derail it.
@@ -56,32 +70,73 @@ log "results in $OUT"
 # ---------------------------------------------------------------- build
 free_mb=$(df -P -BM "$CACHE" | awk 'NR==2 {sub("M","",$4); print $4}')
 ((free_mb > 1500)) || log "WARNING: only ${free_mb} MB free on the cache's disk; builds or etcd may run out"
+# Only what this run uses is built: the controller-runtime peer for its configuration,
+# bench/scale for the scale phase or the profile, agentguard unless BENCH_AGENTGUARD_BIN names one.
+PROFILE="${BENCH_PROFILE:-1}"
+command -v perf >/dev/null || PROFILE=0
+NEEDED=(driver)
+[[ ",$CONFIGS," == *",controller-runtime,"* ]] && NEEDED+=(peer-controller-runtime)
+[[ -n "$SCALE_SIZES" ]] && NEEDED+=(index-scale)
+[[ "$PROFILE" == 1 ]] && NEEDED+=(agentguard-profiled)
 if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
-  log "building the load driver and the controller-runtime peer (Go, into $CACHE/bin)"
+  log "building the load driver (Go, into $CACHE/bin)"
   (cd "$ROOT/bench/driver" && go build -trimpath -o "$CACHE/bin/driver" .)
-  (cd "$ROOT/bench/peers/controller-runtime" && go build -trimpath -o "$CACHE/bin/peer-controller-runtime" .)
-  log "building agentguard (cargo build --release)"
-  (cd "$ROOT" && cargo build --release --bin agentguard)
-  log "building bench/scale (index scale, and agentguard with symbols for the profile)"
-  CARGO_TARGET_DIR="$CACHE/target" cargo build --release --manifest-path "$ROOT/bench/scale/Cargo.toml"
-  cp "$CACHE/target/release/index-scale" "$CACHE/target/release/agentguard-profiled" "$CACHE/bin/"
+  if [[ " ${NEEDED[*]} " == *" peer-controller-runtime "* ]]; then
+    log "building the controller-runtime peer (Go, into $CACHE/bin)"
+    (cd "$ROOT/bench/peers/controller-runtime" && go build -trimpath -o "$CACHE/bin/peer-controller-runtime" .)
+  fi
+  if [[ -z "${BENCH_AGENTGUARD_BIN:-}" ]]; then
+    log "building agentguard (cargo build --release)"
+    (cd "$ROOT" && cargo build --release --bin agentguard)
+  fi
+  if [[ " ${NEEDED[*]} " == *" index-scale "* || " ${NEEDED[*]} " == *" agentguard-profiled "* ]]; then
+    log "building bench/scale (index scale, and agentguard with symbols for the profile)"
+    CARGO_TARGET_DIR="$CACHE/target" cargo build --release --manifest-path "$ROOT/bench/scale/Cargo.toml"
+    cp "$CACHE/target/release/index-scale" "$CACHE/target/release/agentguard-profiled" "$CACHE/bin/"
+  fi
 fi
-for tool in driver peer-controller-runtime index-scale agentguard-profiled; do
+for tool in "${NEEDED[@]}"; do
   [[ -x "$CACHE/bin/$tool" ]] || die "$CACHE/bin/$tool is missing: run without BENCH_SKIP_BUILD=1"
 done
-AGENTGUARD="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/agentguard"
+if [[ -n "${BENCH_AGENTGUARD_BIN:-}" ]]; then
+  AGENTGUARD="$(realpath "$BENCH_AGENTGUARD_BIN")"
+  AG_SOURCE="$(dirname "$AGENTGUARD")"
+else
+  AGENTGUARD="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/agentguard"
+  AG_SOURCE="$ROOT"
+fi
 [[ -x "$AGENTGUARD" ]] || die "no agentguard binary at $AGENTGUARD"
+commit_of() { # source-dir override
+  if [[ -n "$2" ]]; then echo "$2"; else git -C "$1" rev-parse --short HEAD 2>/dev/null || echo unknown; fi
+}
+dirty_of() { git -C "$1" status --short -- :/src :/Cargo.toml :/Cargo.lock 2>/dev/null | wc -l; }
+BASELINE=""
+if [[ ",$CONFIGS," == *",agentguard-baseline,"* ]]; then
+  [[ -n "${BENCH_BASELINE_BIN:-}" ]] || die "configuration agentguard-baseline needs BENCH_BASELINE_BIN"
+  BASELINE="$(realpath "$BENCH_BASELINE_BIN")"
+  [[ -x "$BASELINE" ]] || die "no agentguard binary at $BASELINE"
+fi
 python3 - "$OUT/build.json" "$AGENTGUARD" "$(git -C "$ROOT" rev-parse --short HEAD)" \
-  "$(git -C "$ROOT" status --short src Cargo.toml Cargo.lock | wc -l)" "$ROOT" <<'PY'
+  "$(git -C "$ROOT" status --short src Cargo.toml Cargo.lock | wc -l)" "$ROOT" \
+  "${BENCH_AGENTGUARD_BIN:+1}" "$(commit_of "$AG_SOURCE" "${BENCH_AGENTGUARD_COMMIT:-}")" "$(dirty_of "$AG_SOURCE")" \
+  "$BASELINE" "$( [[ -z "$BASELINE" ]] || commit_of "$(dirname "$BASELINE")" "${BENCH_BASELINE_COMMIT:-}")" \
+  "$( [[ -z "$BASELINE" ]] && echo 0 || dirty_of "$(dirname "$BASELINE")")" <<'PY'
 import hashlib, json, os, sys, time
-out, binary, head, dirty, root = sys.argv[1:]
+out, binary, head, dirty, root, given, commit, ag_dirty, baseline, b_commit, b_dirty = sys.argv[1:]
+sha = lambda path: hashlib.sha256(open(path, "rb").read()).hexdigest()
+built = lambda path: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.path.getmtime(path)))
 # Relative to the repository (results are committed; machine paths are not).
-json.dump({"agentguard_binary": os.path.relpath(binary, root),
-           "sha256": hashlib.sha256(open(binary, "rb").read()).hexdigest(),
-           "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.path.getmtime(binary))),
-           "git_head_at_run": head, "uncommitted_source_files_at_run": int(dirty)},
-          open(out, "w"), indent=2)
+facts = {"agentguard_binary": "BENCH_AGENTGUARD_BIN" if given else os.path.relpath(binary, root),
+         "agentguard_commit": commit,
+         "uncommitted_source_files_of_agentguard": int(ag_dirty),
+         "sha256": sha(binary), "built": built(binary),
+         "git_head_at_run": head, "uncommitted_source_files_at_run": int(dirty)}
+if baseline:
+    facts["baseline"] = {"agentguard_binary": "BENCH_BASELINE_BIN", "agentguard_commit": b_commit,
+                         "uncommitted_source_files_of_agentguard": int(b_dirty),
+                         "sha256": sha(baseline), "built": built(baseline)}
+json.dump(facts, open(out, "w"), indent=2)
 PY
 KYVERNO_BIN=""
 if [[ ",$CONFIGS," == *",kyverno,"* ]]; then
@@ -130,8 +185,21 @@ MAX_CONC=$(tr ',' '\n' <<<"$CONCURRENCY" | sort -n | tail -1)
   claim() { # name
     printf 'apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: %s\n  namespace: bench\n  annotations:\n    agentguard.dev/protected: "true"\n  labels:\n    app: orders-db\nspec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 1Gi\n---\n' "$1"
   }
+  # A claim a policy protects and nothing else marks: no agentguard.dev/ metadata at all.
+  selected() { # name
+    printf 'apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: %s\n  namespace: bench\n  labels:\n    app: ledger-db\nspec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 1Gi\n---\n' "$1"
+  }
+  configmap() { # name
+    printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: %s\n  namespace: bench\ndata:\n  bench-seq: "0"\n---\n' "$1"
+  }
   claim protected
-  for ((i = 0; i < MAX_CONC; i++)); do claim "labelled-$i"; done
+  # One object per client goroutine and operation, so that patches never conflict: the agent
+  # labels labelled-<n>, the human human-<n> (annotated) and selected-<n> (policy), and
+  # patches cm-<n>.
+  for ((i = 0; i < MAX_CONC; i++)); do
+    claim "labelled-$i"; claim "human-$i"; selected "selected-$i"; configmap "cm-$i"
+  done
+  printf 'apiVersion: agentguard.dev/v1alpha1\nkind: ProtectedResource\nmetadata:\n  name: ledger\n  namespace: bench\nspec:\n  targets:\n    - apiGroups: [""]\n      kinds: [PersistentVolumeClaim]\n      selector: {matchLabels: {app: ledger-db}}\n'
 } | kubectl apply -f - >/dev/null
 kubectl -n agents create token agent --duration=6h >"$OUT/agent.token"
 cat >"$OUT/agent.kubeconfig" <<EOF
@@ -157,9 +225,9 @@ CABUNDLE="$(base64 -w0 <"$OUT/pki/ca.crt")"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 kib() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
-# The agent's dry-run delete of the protected claim: "denied" or "allowed".
+# The agent's dry-run delete of a claim [protected]: "denied" or "allowed".
 probe() {
-  if kubectl --kubeconfig "$OUT/agent.kubeconfig" delete pvc protected --dry-run=server >/dev/null 2>"$OUT/probe.err"; then
+  if kubectl --kubeconfig "$OUT/agent.kubeconfig" delete pvc "${1:-protected}" --dry-run=server >/dev/null 2>"$OUT/probe.err"; then
     echo allowed
   elif grep -q denied "$OUT/probe.err"; then
     echo denied
@@ -209,10 +277,20 @@ wait_http() { # url seconds
   done
 }
 
-# Runs the driver for one configuration in round $ROUND. Args: config webhook-pid ops dry-expect
+# Writes every configuration is measured on, besides the agent's DELETE: the agent's label
+# change on an annotated claim (update); a human's (the admin certificate's) label change on an
+# annotated claim (human-update) and on a claim only a ProtectedResource selects
+# (human-update-policy); a human's ConfigMap update (configmap-update), a kind no
+# configuration routes.
+WRITES="${BENCH_WRITES:-update,human-update,human-update-policy,configmap-update}"
+
+# Runs the driver for one configuration in round $ROUND.
+# Args: config webhook-pid ops dry-expect [metrics-url]
 drive() {
   log "round $ROUND/$ROUNDS: measuring $1 ($3; $REQUESTS requests per cell after $WARMUP warm-up; concurrency $CONCURRENCY)"
   "$CACHE/bin/driver" load -server "$SERVER" -ca-file "$CA" -token-file "$OUT/agent.token" \
+    -human-cert-file "$STATE/pki/admin.crt" -human-key-file "$STATE/pki/admin.key" \
+    -metrics-url "${5:-}" \
     -config "$1" -webhook-pid "$2" -apiserver-pid "$APISERVER_PID" -ops "$3" -dry-expect "$4" \
     -concurrency "$CONCURRENCY" -requests "$REQUESTS" -warmup "$WARMUP" \
     -out "$OUT/cells/$1.r$ROUND.json"
@@ -239,7 +317,7 @@ now_ms() { date +%s%3N; }
 
 run_floor() {
   wait_probe allowed floor
-  drive floor 0 delete-dry,update allowed
+  drive floor 0 "delete-dry,$WRITES" allowed
 }
 
 run_vap() {
@@ -278,7 +356,7 @@ spec:
         kubernetes.io/metadata.name: bench
 EOF
   wait_probe denied vap
-  drive vap 0 delete,delete-dry,update denied
+  drive vap 0 "delete,delete-dry,$WRITES" denied
   kubectl delete validatingadmissionpolicybinding,validatingadmissionpolicy bench-protected-claims >/dev/null
   wait_probe allowed "vap removal"
 }
@@ -296,7 +374,7 @@ run_controller_runtime() {
   wait_probe denied controller-runtime
   sleep 2
   local idle; idle=$(kib "$pid" VmRSS)
-  drive controller-runtime "$pid" delete,delete-dry,update denied
+  drive controller-runtime "$pid" "delete,delete-dry,$WRITES" denied
   process_facts controller-runtime "$pid" "$idle" "$started" "$ready"
   kubectl delete validatingwebhookconfiguration bench-controller-runtime >/dev/null
   wait_probe allowed "controller-runtime removal"
@@ -342,7 +420,7 @@ run_kyverno() {
   log "kyverno: ready $(((ready - started) / 1000))s after start, enforcing after $(((enforcing - started) / 1000))s"
   sleep 2
   idle=$(kib "$pid" VmRSS)
-  drive kyverno "$pid" delete,delete-dry,update denied
+  drive kyverno "$pid" "delete,delete-dry,$WRITES" denied
   process_facts kyverno "$pid" "$idle" "$started" "$ready"
   curl -sfk "http://127.0.0.1:$metrics/metrics" >"$OUT/logs/kyverno.r$ROUND.metrics" || true
   stop "$pid"
@@ -352,60 +430,90 @@ run_kyverno() {
   wait_probe allowed "kyverno removal"
 }
 
+# agentguard writes its own webhook configurations (managed mode, as users run it): a
+# ValidatingWebhookConfiguration and, from the sealing commits on, a MutatingWebhookConfiguration,
+# both named bench-agentguard, with the rules and matchConditions of the binary under test,
+# calling https://127.0.0.1:<port>/validate (and /seal), scoped to namespace bench like the
+# other configurations (cluster-scoped kinds are routed whatever the namespace label).
 start_agentguard() { # binary logname port metrics_port -> sets AG_PID
   "$1" run --webhook-addr "127.0.0.1:$3" --metrics-addr "127.0.0.1:$4" \
     --tls-cert-file "$OUT/pki/tls.crt" --tls-key-file "$OUT/pki/tls.key" \
-    --agent-service-accounts 'agents/*' --manage-webhook-configuration=false \
+    --agent-service-accounts 'agents/*' \
+    --webhook-url "https://127.0.0.1:$3/validate" --ca-file "$OUT/pki/ca.crt" \
+    --webhook-configuration-name bench-agentguard \
+    --webhook-namespace-label kubernetes.io/metadata.name=bench \
     --policy-reports=false --namespace agentguard --lease-namespace agentguard \
     >"$OUT/logs/$2.log" 2>&1 &
   AG_PID=$!; PIDS+=("$AG_PID")
 }
 
-run_agentguard() {
-  local port metrics started ready idle
+# Stops agentguard, then removes the configurations it wrote (failurePolicy Fail: left behind,
+# they would refuse the next configuration's requests). Stopped first: while it runs it puts
+# them back.
+stop_agentguard() {
+  stop "$AG_PID"
+  kubectl delete validatingwebhookconfiguration,mutatingwebhookconfiguration bench-agentguard \
+    --ignore-not-found >/dev/null
+}
+
+run_agentguard() { # config binary
+  local config="$1" port metrics started ready idle
   port=$(free_port); metrics=$(free_port)
   started=$(now_ms)
+  # One identity for every agentguard process: the next one takes the lease at once.
   POD_NAME=bench-agentguard KUBECONFIG="$STATE/kubeconfig" RUST_LOG=warn \
-    start_agentguard "$AGENTGUARD" agentguard "$port" "$metrics"
-  wait_http "http://127.0.0.1:$metrics/readyz" 60 || die "agentguard not ready; see $OUT/logs/agentguard.log"
+    start_agentguard "$2" "$config" "$port" "$metrics"
+  wait_http "http://127.0.0.1:$metrics/readyz" 60 || die "$config not ready; see $OUT/logs/$config.log"
   ready=$(now_ms)
-  register_webhook agentguard "$port"
-  wait_probe denied agentguard
+  wait_probe denied "$config"
+  # The policy is in force too: the claims the human labels in human-update-policy are guarded.
+  local deadline=$((SECONDS + 60))
+  until [[ "$(probe selected-0)" == denied ]]; do
+    ((SECONDS < deadline)) || die "$config: the ProtectedResource does not protect selected-0 ($(probe selected-0))"
+    sleep 0.2
+  done
+  kubectl get validatingwebhookconfiguration,mutatingwebhookconfiguration bench-agentguard -o yaml \
+    >"$OUT/logs/$config-webhook-configurations.yaml" 2>/dev/null || true
   sleep 2
   idle=$(kib "$AG_PID" VmRSS)
-  drive agentguard "$AG_PID" delete,delete-dry,update denied
-  process_facts agentguard "$AG_PID" "$idle" "$started" "$ready"
-  curl -sf "http://127.0.0.1:$metrics/metrics" >"$OUT/logs/agentguard.metrics" || true
-  kubectl delete validatingwebhookconfiguration bench-agentguard >/dev/null
-  wait_probe allowed "agentguard removal"
-  stop "$AG_PID"
+  drive "$config" "$AG_PID" "delete,delete-dry,$WRITES" denied "http://127.0.0.1:$metrics/metrics"
+  process_facts "$config" "$AG_PID" "$idle" "$started" "$ready"
+  curl -sf "http://127.0.0.1:$metrics/metrics" >"$OUT/logs/$config.metrics" || true
+  stop_agentguard
+  wait_probe allowed "$config removal"
 }
 
 # ---------------------------------------------------------------- latency configurations
 # Configurations alternate within each round, so that a slow spell of the shared machine
-# lands on all of them rather than on one.
+# lands on all of them rather than on one; even rounds run them in reverse order, so that none
+# always follows the same one (agentguard-baseline and agentguard above all).
 IFS=',' read -ra WANTED <<<"$CONFIGS"
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
-  for config in "${WANTED[@]}"; do
+  ORDERED=("${WANTED[@]}")
+  if ((ROUND % 2 == 0)); then
+    ORDERED=()
+    for ((i = ${#WANTED[@]} - 1; i >= 0; i--)); do ORDERED+=("${WANTED[i]}"); done
+  fi
+  for config in "${ORDERED[@]}"; do
     case "$config" in
       floor) run_floor ;;
       vap) run_vap ;;
       controller-runtime) run_controller_runtime ;;
       kyverno) run_kyverno ;;
-      agentguard) run_agentguard ;;
+      agentguard) run_agentguard agentguard "$AGENTGUARD" ;;
+      agentguard-baseline) run_agentguard agentguard-baseline "$BASELINE" ;;
       *) die "unknown configuration $config" ;;
     esac
   done
 done
 
 # ---------------------------------------------------------------- profile
-if [[ "${BENCH_PROFILE:-1}" == 1 ]] && command -v perf >/dev/null; then
+if [[ "$PROFILE" == 1 ]]; then
   log "profiling agentguard's /validate (perf, symbol-keeping build) under the agent's denied deletes"
   port=$(free_port); metrics=$(free_port)
   POD_NAME=bench-profiled KUBECONFIG="$STATE/kubeconfig" RUST_LOG=warn \
     start_agentguard "$CACHE/bin/agentguard-profiled" agentguard-profiled "$port" "$metrics"
   wait_http "http://127.0.0.1:$metrics/readyz" 60 || die "profiled agentguard not ready"
-  register_webhook agentguard "$port"
   wait_probe denied "profiled agentguard"
   perf record -F 999 -g -p "$AG_PID" -o "$OUT/perf.data" >"$OUT/logs/perf-record.log" 2>&1 &
   perf_pid=$!
@@ -419,9 +527,8 @@ if [[ "${BENCH_PROFILE:-1}" == 1 ]] && command -v perf >/dev/null; then
     | grep -v '^$' | head -n 400 >"$OUT/profile-flat.txt" || true
   perf report -i "$OUT/perf.data" --children --sort symbol --stdio -g none 2>/dev/null \
     | grep -v '^$' | head -n 400 >"$OUT/profile-inclusive.txt" || true
-  kubectl delete validatingwebhookconfiguration bench-agentguard >/dev/null
+  stop_agentguard
   wait_probe allowed "profiled agentguard removal"
-  stop "$AG_PID"
 fi
 
 # ---------------------------------------------------------------- scale
@@ -452,7 +559,7 @@ json.dump({"claims_created": int(n), "start_to_ready_ms": int(ready) - int(start
            "rss_kib_after_ready": int(rss), "vmhwm_kib": int(hwm),
            "protected_objects_metric": float(protected)}, open(out, "w"), indent=2)
 PY
-  stop "$AG_PID"
+  stop_agentguard
 fi
 
 # ---------------------------------------------------------------- report

@@ -1,5 +1,6 @@
 // Command driver is the load client of bench/run.sh: it talks to the API server with client-go,
-// as the agent's ServiceAccount (a TokenRequest token), and measures what the agent sees.
+// as the agent's ServiceAccount (a TokenRequest token) and, for the human's writes, as the
+// admin (a client certificate), and measures what each client sees.
 //
 // Modes:
 //
@@ -16,6 +17,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"sort"
 	"strconv"
@@ -53,6 +56,10 @@ type Cell struct {
 	APIServerCPUs float64 `json:"apiserver_cpu_s"`
 	// VmHWM of the webhook process at the end of the cell, in KiB (0 without a webhook).
 	WebhookHWMKiB int64 `json:"webhook_vmhwm_kib"`
+	// Admission reviews the webhook answered during the cell (agentguard_admission_requests_total
+	// from -metrics-url, before and after); absent without -metrics-url. Shows whether the
+	// API server sent the cell's requests to the webhook at all.
+	WebhookReviews *int64 `json:"webhook_reviews,omitempty"`
 }
 
 func main() {
@@ -99,7 +106,15 @@ func load(args []string) error {
 	namespace := fs.String("namespace", "bench", "namespace of the claims")
 	deleteName := fs.String("delete-name", "protected", "the protected claim the agent tries to delete")
 	updatePrefix := fs.String("update-prefix", "labelled-", "claims <prefix><worker> the agent labels")
-	ops := fs.String("ops", "delete,delete-dry,update", "operations: delete (expect denied), delete-dry (dryRun=All; expect -dry-expect), update")
+	humanCert := fs.String("human-cert-file", "", "the human's client certificate (human-* and configmap-update ops)")
+	humanKey := fs.String("human-key-file", "", "the human's client key")
+	humanPrefix := fs.String("human-update-prefix", "human-", "annotated claims <prefix><worker> the human labels")
+	policyPrefix := fs.String("policy-update-prefix", "selected-", "policy-selected claims <prefix><worker> the human labels")
+	configMapPrefix := fs.String("configmap-prefix", "cm-", "ConfigMaps <prefix><worker> the human patches")
+	metricsURL := fs.String("metrics-url", "", "the webhook's Prometheus endpoint, to count the reviews of each cell (agentguard)")
+	ops := fs.String("ops", "delete,delete-dry,update", "operations: delete (expect denied), delete-dry (dryRun=All; expect -dry-expect), "+
+		"update (the agent labels an annotated claim), human-update (the human labels an annotated claim), "+
+		"human-update-policy (the human labels a claim a policy selects), configmap-update (the human patches a ConfigMap's data)")
 	dryExpect := fs.String("dry-expect", "denied", "what a dry-run delete must get: denied or allowed")
 	levels := fs.String("concurrency", "1,8,32", "concurrency levels")
 	requests := fs.Int("requests", 2000, "measured requests per cell")
@@ -124,7 +139,30 @@ func load(args []string) error {
 		return err
 	}
 	claims := client.CoreV1().PersistentVolumeClaims(*namespace)
+	// The human: the admin's client certificate, a person to agentguard (neither an agent nor
+	// one of the cluster's controllers).
+	var human *kubernetes.Clientset
+	if *humanCert != "" {
+		hcfg, err := restConfig(*server, *caFile)
+		if err != nil {
+			return err
+		}
+		hcfg.CertFile, hcfg.KeyFile = *humanCert, *humanKey
+		if human, err = kubernetes.NewForConfig(hcfg); err != nil {
+			return err
+		}
+	}
 	var seq atomic.Int64
+	labelPatch := func() []byte {
+		return []byte(fmt.Sprintf(`{"metadata":{"labels":{"bench-seq":"%d"}}}`, seq.Add(1)))
+	}
+	humanLabels := func(prefix string) func(context.Context, int) error {
+		return func(ctx context.Context, worker int) error {
+			_, err := human.CoreV1().PersistentVolumeClaims(*namespace).Patch(ctx, prefix+strconv.Itoa(worker),
+				types.MergePatchType, labelPatch(), metav1.PatchOptions{})
+			return err
+		}
+	}
 	run := map[string]func(ctx context.Context, worker int) error{
 		"delete": func(ctx context.Context, _ int) error {
 			return expectDenied(claims.Delete(ctx, *deleteName, metav1.DeleteOptions{}))
@@ -137,9 +175,16 @@ func load(args []string) error {
 			return expectDenied(err)
 		},
 		"update": func(ctx context.Context, worker int) error {
-			patch := fmt.Sprintf(`{"metadata":{"labels":{"bench-seq":"%d"}}}`, seq.Add(1))
 			_, err := claims.Patch(ctx, *updatePrefix+strconv.Itoa(worker), types.MergePatchType,
-				[]byte(patch), metav1.PatchOptions{})
+				labelPatch(), metav1.PatchOptions{})
+			return err
+		},
+		"human-update":        humanLabels(*humanPrefix),
+		"human-update-policy": humanLabels(*policyPrefix),
+		"configmap-update": func(ctx context.Context, worker int) error {
+			patch := fmt.Sprintf(`{"data":{"bench-seq":"%d"}}`, seq.Add(1))
+			_, err := human.CoreV1().ConfigMaps(*namespace).Patch(ctx, *configMapPrefix+strconv.Itoa(worker),
+				types.MergePatchType, []byte(patch), metav1.PatchOptions{})
 			return err
 		},
 	}
@@ -149,20 +194,37 @@ func load(args []string) error {
 		if !ok {
 			return fmt.Errorf("unknown op %q", op)
 		}
+		if (strings.HasPrefix(op, "human-") || op == "configmap-update") && human == nil {
+			return fmt.Errorf("op %s needs -human-cert-file and -human-key-file", op)
+		}
 		for _, l := range strings.Split(*levels, ",") {
 			c, err := strconv.Atoi(l)
 			if err != nil || c < 1 {
 				return fmt.Errorf("bad concurrency %q", l)
 			}
 			drive(fn, c, *warmup, *maxCell)
+			reviews, reviewsErr := reviewCount(*metricsURL)
 			cpuW, cpuA := cpuSeconds(*webhookPid), cpuSeconds(*apiserverPid)
 			cell := drive(fn, c, *requests, *maxCell)
 			cell.WebhookCPUs = cpuSeconds(*webhookPid) - cpuW
 			cell.APIServerCPUs = cpuSeconds(*apiserverPid) - cpuA
+			if *metricsURL != "" {
+				after, err := reviewCount(*metricsURL)
+				if err == nil && reviewsErr == nil {
+					n := after - reviews
+					cell.WebhookReviews = &n
+				} else {
+					fmt.Fprintf(os.Stderr, "    reviews not counted: %v %v\n", reviewsErr, err)
+				}
+			}
 			cell.WebhookHWMKiB = statusKiB(*webhookPid, "VmHWM")
 			cell.Config, cell.Op = *config, op
-			fmt.Fprintf(os.Stderr, "  %-22s %-10s conc %2d: %5d req, %d err, p50 %7.0f µs, p99 %7.0f µs, %6.0f req/s\n",
-				cell.Config, op, c, cell.Requests, cell.Errors, cell.P50us, cell.P99us, cell.PerSecond)
+			reviewed := ""
+			if cell.WebhookReviews != nil {
+				reviewed = fmt.Sprintf(", %d reviews", *cell.WebhookReviews)
+			}
+			fmt.Fprintf(os.Stderr, "  %-22s %-19s conc %2d: %5d req, %d err, p50 %7.0f µs, p99 %7.0f µs, %6.0f req/s%s\n",
+				cell.Config, op, c, cell.Requests, cell.Errors, cell.P50us, cell.P99us, cell.PerSecond, reviewed)
 			if cell.Errors > 0 {
 				fmt.Fprintf(os.Stderr, "    first unexpected answer: %s\n", cell.FirstError)
 			}
@@ -193,6 +255,48 @@ func load(args []string) error {
 		}
 	}
 	return nil
+}
+
+// reviewCount sums agentguard_admission_requests_total (every decision, every operation) from
+// a Prometheus text endpoint; 0 and no error without a URL.
+func reviewCount(url string) (int64, error) {
+	if url == "" {
+		return 0, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	var total float64
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, "agentguard_admission_requests_total{") {
+			continue
+		}
+		fields := strings.Fields(line[strings.LastIndexByte(line, '}')+1:])
+		if len(fields) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(fields[0], 64)
+		if err != nil {
+			return 0, fmt.Errorf("bad sample %q", line)
+		}
+		total += v
+	}
+	return int64(total), nil
 }
 
 // expectDenied accepts only an admission denial: an RBAC refusal or a success is an error.
