@@ -9,7 +9,17 @@ use kube::discovery::{self, ApiCapabilities, ApiGroup};
 /// Resolves kinds for one pass; make a new one for the next pass to see new CRDs.
 #[derive(Default)]
 pub struct KindResolver {
-    groups: HashMap<String, Option<ApiGroup>>,
+    /// Err(true): the API server does not serve the group; Err(false): discovery failed.
+    groups: HashMap<String, Result<ApiGroup, bool>>,
+}
+
+/// What discovery says of a kind.
+pub enum Lookup {
+    Served(ApiResource, ApiCapabilities),
+    /// The API server answered, and does not serve it.
+    NotServed,
+    /// Discovery failed: whether it is served is unknown.
+    Unknown,
 }
 
 impl KindResolver {
@@ -21,10 +31,30 @@ impl KindResolver {
         group: &str,
         kind: &str,
     ) -> Option<(ApiResource, ApiCapabilities)> {
+        match self.lookup(client, group, kind).await {
+            Lookup::Served(resource, caps) => Some((resource, caps)),
+            Lookup::NotServed | Lookup::Unknown => None,
+        }
+    }
+
+    /// Like [`KindResolver::resolve`], telling "not served" from "discovery failed".
+    pub async fn lookup(&mut self, client: &kube::Client, group: &str, kind: &str) -> Lookup {
         if !self.groups.contains_key(group) {
-            let found = discovery::group(client, group).await.ok();
+            let found = discovery::group(client, group).await.map_err(|err| {
+                matches!(
+                    err,
+                    kube::Error::Discovery(kube::error::DiscoveryError::MissingApiGroup(_))
+                )
+            });
             self.groups.insert(group.to_owned(), found);
         }
-        self.groups[group].as_ref()?.recommended_kind(kind)
+        match &self.groups[group] {
+            Ok(api_group) => match api_group.recommended_kind(kind) {
+                Some((resource, caps)) => Lookup::Served(resource, caps),
+                None => Lookup::NotServed,
+            },
+            Err(true) => Lookup::NotServed,
+            Err(false) => Lookup::Unknown,
+        }
     }
 }

@@ -6,7 +6,7 @@ mod kinds;
 pub mod objects;
 mod watch_objects;
 
-pub use kinds::KindResolver;
+pub use kinds::{KindResolver, Lookup};
 pub use watch_objects::run_objects;
 
 use std::sync::Arc;

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::objects::{ObjectEntry, ObjectKey, Owner};
-use super::{KindResolver, OBJECTS_GATE, Readiness, SharedObjects, SharedSnapshot};
+use super::{KindResolver, Lookup, OBJECTS_GATE, Readiness, SharedObjects, SharedSnapshot};
 
 type Kind = (String, String);
 
@@ -151,9 +151,26 @@ pub async fn run_objects(
             .cloned()
             .collect();
         for kind in &missing {
-            let Some((resource, _)) = resolver.resolve(&client, &kind.0, &kind.1).await else {
-                tracing::debug!(group = %kind.0, kind = %kind.1, "kind not served; will look again");
-                continue;
+            let (resource, _) = match resolver.lookup(&client, &kind.0, &kind.1).await {
+                Lookup::Served(resource, caps) => (resource, caps),
+                Lookup::NotServed => {
+                    tracing::debug!(group = %kind.0, kind = %kind.1, "kind not served; will look again");
+                    objects
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .unwatched(kind);
+                    continue;
+                }
+                Lookup::Unknown => {
+                    // Whether its objects exist is unknown: the index says it is still loading,
+                    // so agents' deletions that might take them along are refused meanwhile.
+                    tracing::warn!(group = %kind.0, kind = %kind.1, "discovery failed; will look again");
+                    objects
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .watching(kind.clone());
+                    continue;
+                }
             };
             tracing::info!(group = %kind.0, kind = %kind.1, "watching");
             objects
