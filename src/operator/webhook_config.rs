@@ -73,9 +73,16 @@ const ROOT_WRITE_CONDITION: &str = "(object != null && has(object.metadata.annot
 || (object != null && has(object.metadata.labels) && 'cleanup.kyverno.io/ttl' in object.metadata.labels) \
 || (oldObject != null && has(oldObject.metadata.annotations) && ('helm.sh/resource-policy' in oldObject.metadata.annotations || 'argocd.argoproj.io/sync-options' in oldObject.metadata.annotations || 'kustomize.toolkit.fluxcd.io/prune' in oldObject.metadata.annotations))";
 
-/// The sealing webhook sees a write only when approval metadata is on the object.
-pub const SEAL_CONDITION: &str = "object != null && has(object.metadata.annotations) \
-&& ('agentguard.dev/approved-by' in object.metadata.annotations || 'agentguard.dev/approved-until' in object.metadata.annotations || 'agentguard.dev/approval-seal' in object.metadata.annotations)";
+/// The sealing webhook sees a write only when approval metadata is on the object, and never a
+/// controller's (it never approves; its status updates must go on while agentguard is down).
+pub fn seal_condition() -> String {
+    format!(
+        "!{CONTROLLERS} && object != null && has(object.metadata.annotations) \
+         && ('agentguard.dev/approved-by' in object.metadata.annotations \
+         || 'agentguard.dev/approved-until' in object.metadata.annotations \
+         || 'agentguard.dev/approval-seal' in object.metadata.annotations)"
+    )
+}
 
 /// The validating webhook's matchCondition for a set of protected resources: every DELETE,
 /// every write to agentguard's own objects, every UPDATE by a human or an agent of a protected
@@ -92,12 +99,15 @@ pub fn match_condition(protected: &Resources) -> String {
         String::new()
     } else {
         format!(
-            "|| (request.operation == 'UPDATE' && !{CONTROLLERS} && (request.resource.group + '/' + request.resource.resource) in [{}]) ",
+            "(request.operation == 'UPDATE' && (request.resource.group + '/' + request.resource.resource) in [{}]) || ",
             names.join(", ")
         )
     };
+    // Controllers' writes stay away (they are never restricted, and their status and
+    // finalizer updates must go on while agentguard is down); their DELETEs do not, so a
+    // cascade is still seen.
     format!(
-        "request.operation == 'DELETE' || request.resource.group == 'agentguard.dev' {protected_write}|| {ROOT_WRITE_CONDITION}"
+        "request.operation == 'DELETE' || request.resource.group == 'agentguard.dev' || (!{CONTROLLERS} && ({protected_write}{ROOT_WRITE_CONDITION}))"
     )
 }
 
@@ -340,7 +350,7 @@ pub fn desired_sealing(
             reinvocation_policy: Some("IfNeeded".into()),
             match_conditions: Some(vec![MatchCondition {
                 name: "approvals-only".into(),
-                expression: SEAL_CONDITION.into(),
+                expression: seal_condition(),
             }]),
             rules: Some(rules(&["CREATE", "UPDATE"], &routes.writes(velero(routes)))),
         }]),
