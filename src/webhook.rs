@@ -21,7 +21,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::index::{BlockLedger, BlockedAttempt, Readiness, SharedObjects, SharedSnapshot};
 use crate::metrics::Metrics;
-use crate::policy::{self, Decision, Verdict};
+use crate::policy::{self, Decision, ProtectedObjects, Verdict};
 use k8s_openapi::api::core::v1::ObjectReference;
 
 /// The API server's own request limit is 3 MiB per object; an UPDATE review carries the old
@@ -38,6 +38,16 @@ pub struct AdmissionState {
     pub objects: SharedObjects,
     pub metrics: Metrics,
     pub ledger: BlockLedger,
+}
+
+impl AdmissionState {
+    /// Runs `judge` on the current snapshot and object index, as both endpoints do.
+    fn with_view<T>(&self, judge: impl FnOnce(&policy::Snapshot, &dyn ProtectedObjects) -> T) -> T {
+        // A poisoned lock means a watcher panicked mid-update; the index is still the best
+        // view there is, and refusing to judge would block every deletion.
+        let objects = self.objects.read().unwrap_or_else(|e| e.into_inner());
+        judge(&self.snapshot.load(), &*objects)
+    }
 }
 
 /// Router for the HTTPS admission endpoints: `/validate` and `/seal` (approvals).
@@ -103,15 +113,9 @@ async fn seal(
         Ok(request) => request,
         Err(response) => return *response,
     };
-    let patch = {
-        let objects = state.objects.read().unwrap_or_else(|e| e.into_inner());
-        policy::seal_patch(
-            &request,
-            &state.snapshot.load(),
-            &*objects,
-            jiff::Timestamp::now(),
-        )
-    };
+    let patch = state.with_view(|snapshot, objects| {
+        policy::seal_patch(&request, snapshot, objects, jiff::Timestamp::now())
+    });
     let response = AdmissionResponse::from(&request);
     let Some(patch) = patch else {
         return json_review(response);
@@ -149,17 +153,9 @@ async fn validate(
         Err(response) => return *response,
     };
     let started = Instant::now();
-    let decision = {
-        // A poisoned lock means a watcher panicked mid-update; the index is still the best
-        // view there is, and refusing to judge would block every deletion.
-        let objects = state.objects.read().unwrap_or_else(|e| e.into_inner());
-        policy::decide(
-            &request,
-            &state.snapshot.load(),
-            &*objects,
-            jiff::Timestamp::now(),
-        )
-    };
+    let decision = state.with_view(|snapshot, objects| {
+        policy::decide(&request, snapshot, objects, jiff::Timestamp::now())
+    });
     let response = respond(&request, &decision);
     record(&state.metrics, &request, &decision, started.elapsed());
     // Denials are attempts to show on the object; so are deletions an Audit-mode policy let
