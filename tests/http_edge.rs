@@ -17,13 +17,20 @@ const LIMIT: usize = 64 * 1024;
 const UID: &str = "5b0c2a35-9f5e-4a5e-9d2e-1f0c3c1e7a11";
 
 fn state() -> Arc<AdmissionState> {
+    state_with_keys(Default::default())
+}
+
+/// Agents are the ServiceAccounts of namespace `agents`; approvals are sealed with `keys`.
+fn state_with_keys(keys: agentguard::policy::Keyring) -> Arc<AdmissionState> {
     let agents = AgentMatcher::new(&AgentDefinition {
         service_accounts: vec!["agents/*".into()],
         ..Default::default()
     })
     .unwrap();
     Arc::new(AdmissionState {
-        snapshot: SharedSnapshot::new(Snapshot::new(agents, Default::default(), vec![])),
+        snapshot: SharedSnapshot::new(
+            Snapshot::new(agents, Default::default(), vec![]).with_keys(keys),
+        ),
         metrics: Metrics::new(),
         ledger: Default::default(),
         objects: Default::default(),
@@ -343,20 +350,9 @@ async fn ops_endpoints_report_health_readiness_and_metrics() {
 #[tokio::test]
 async fn seal_endpoint_patches_a_humans_approval_only() {
     use agentguard::policy::{KEY_BYTES, Keyring};
-    let keys = Keyring::from_data(&[("key-100".to_owned(), vec![3u8; KEY_BYTES])].into());
-    let agents = AgentMatcher::new(&AgentDefinition {
-        service_accounts: vec!["agents/*".into()],
-        ..Default::default()
-    })
-    .unwrap();
-    let state = Arc::new(AdmissionState {
-        snapshot: SharedSnapshot::new(
-            Snapshot::new(agents, Default::default(), vec![]).with_keys(keys),
-        ),
-        metrics: Metrics::new(),
-        ledger: Default::default(),
-        objects: Default::default(),
-    });
+    let state = state_with_keys(Keyring::from_data(
+        &[("key-100".to_owned(), vec![3u8; KEY_BYTES])].into(),
+    ));
     let until = (jiff::Timestamp::now() + jiff::SignedDuration::from_mins(10)).to_string();
     let approval = |username: &str| {
         let claim = |annotations: Value| {
