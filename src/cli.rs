@@ -179,6 +179,15 @@ pub struct RunArgs {
         env = "AGENTGUARD_APPROVAL_KEY_ROTATE_AFTER"
     )]
     pub approval_key_rotate_after: String,
+    /// ConfigMap (`name` in --lease-namespace, else --namespace) recording the kinds agentguard
+    /// learned from the agentguard.dev/protected annotation, so every replica and the next
+    /// start watch and route them.
+    #[arg(
+        long,
+        default_value = "agentguard-annotated-kinds",
+        env = "AGENTGUARD_ANNOTATED_KINDS_CONFIGMAP"
+    )]
+    pub annotated_kinds_configmap: String,
     /// Largest AdmissionReview body accepted; larger bodies get 413.
     #[arg(long, default_value_t = DEFAULT_MAX_REVIEW_BYTES, env = "AGENTGUARD_MAX_REVIEW_BYTES")]
     pub max_review_bytes: usize,
@@ -216,6 +225,10 @@ pub fn main() -> anyhow::Result<()> {
                 .lease_namespace
                 .clone()
                 .unwrap_or_else(|| args.namespace.clone());
+            let annotated_kinds = crate::operator::annotated_kinds::RecordParams {
+                namespace: home.clone(),
+                name: args.annotated_kinds_configmap.clone(),
+            };
             let (key_namespace, key_name) = match args.approval_key_secret.split_once('/') {
                 Some((ns, name)) => (ns.to_owned(), name.to_owned()),
                 None => (home, args.approval_key_secret.clone()),
@@ -234,6 +247,7 @@ pub fn main() -> anyhow::Result<()> {
             };
             let config = RunConfig {
                 approval_keys,
+                annotated_kinds,
                 lease,
                 webhook_configuration,
                 webhook_addr: args.webhook_addr,

@@ -22,6 +22,7 @@ pub struct Metrics {
     admission_duration: HistogramVec,
     approvals: IntCounterVec,
     protected_objects: IntGaugeVec,
+    unguarded_objects: IntGaugeVec,
     certificate_expiry: prometheus::IntGauge,
     approval_requests: IntGaugeVec,
 }
@@ -75,6 +76,15 @@ impl Metrics {
             &["resource"],
         )
         .expect("valid metric");
+        let unguarded_objects = IntGaugeVec::new(
+            Opts::new(
+                "unguarded_objects",
+                "Objects annotated agentguard.dev/protected=true whose kind agentguard's RBAC does not let it watch (see rbac.extraWatchedResources), by resource.",
+            )
+            .namespace(NAMESPACE),
+            &["resource"],
+        )
+        .expect("valid metric");
         let certificate_expiry = prometheus::IntGauge::with_opts(
             Opts::new(
                 "certificate_expiry_timestamp_seconds",
@@ -114,6 +124,7 @@ impl Metrics {
             Box::new(admission_duration.clone()),
             Box::new(approvals.clone()),
             Box::new(protected_objects.clone()),
+            Box::new(unguarded_objects.clone()),
             Box::new(certificate_expiry.clone()),
             Box::new(approval_requests.clone()),
             Box::new(build_info),
@@ -129,6 +140,7 @@ impl Metrics {
             admission_duration,
             approvals,
             protected_objects,
+            unguarded_objects,
             certificate_expiry,
             approval_requests,
         }
@@ -153,6 +165,18 @@ impl Metrics {
         self.protected_objects.reset();
         for (resource, count) in counts {
             self.protected_objects
+                .with_label_values(&[resource])
+                .set(*count);
+        }
+    }
+
+    /// Sets the number of annotated objects of each resource agentguard cannot watch;
+    /// resources not named drop out. The resources are kinds the API server serves (only those
+    /// are recorded), so the label set stays bounded.
+    pub fn set_unguarded_objects(&self, counts: &[(String, i64)]) {
+        self.unguarded_objects.reset();
+        for (resource, count) in counts {
+            self.unguarded_objects
                 .with_label_values(&[resource])
                 .set(*count);
         }

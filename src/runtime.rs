@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::index::{self, BlockLedger, Readiness, SharedObjects, SharedSnapshot};
 use crate::metrics::Metrics;
 use crate::operator;
+use crate::operator::annotated_kinds::{self, RecordParams};
 use crate::operator::approval_keys::{self, KeyParams};
 use crate::operator::certificates::{self, RotationParams};
 use crate::operator::webhook_config::{self, WebhookParams};
@@ -55,6 +56,8 @@ pub struct RunConfig {
     pub lease: Option<(String, String)>,
     /// The Secret holding the keys approvals are sealed with.
     pub approval_keys: KeyParams,
+    /// The ConfigMap recording kinds learned from the `agentguard.dev/protected` annotation.
+    pub annotated_kinds: RecordParams,
 }
 
 /// Where the serving certificate comes from.
@@ -145,7 +148,16 @@ pub async fn run(config: RunConfig) -> Result<()> {
         .http1()
         .header_read_timeout(HEADER_READ_TIMEOUT);
 
-    let admission = webhook::admission_router(state, config.max_review_bytes);
+    let annotated = index::AnnotatedKinds::new(Some(client.clone()));
+    let admission = webhook::admission_router(state, config.max_review_bytes).merge(
+        webhook::annotate_router(annotated.clone(), config.max_review_bytes),
+    );
+    tokio::spawn(annotated_kinds::run(
+        client.clone(),
+        annotated.clone(),
+        config.annotated_kinds.clone(),
+        metrics.clone(),
+    ));
     let ops = webhook::ops_router(metrics.clone(), readiness.clone());
 
     tokio::spawn(shutdown_on_signal(handle, readiness.clone()));
@@ -168,6 +180,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
     tokio::spawn(index::run_objects(
         client.clone(),
         config.annotation_kinds.clone(),
+        annotated.subscribe(),
         kinds_rx,
         objects.clone(),
         snapshot.clone(),
@@ -246,6 +259,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
             client.clone(),
             params,
             config.annotation_kinds.clone(),
+            annotated.subscribe(),
             snapshot.clone(),
             objects.clone(),
             leader,

@@ -19,7 +19,11 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::core::response::StatusSummary;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::index::{BlockLedger, BlockedAttempt, Readiness, SharedObjects, SharedSnapshot};
+use crate::api::PROTECTED_ANNOTATION;
+use crate::index::{
+    AnnotatedKinds, AnnotatedWrite, BlockLedger, BlockedAttempt, Readiness, SharedObjects,
+    SharedSnapshot,
+};
 use crate::metrics::Metrics;
 use crate::policy::{self, Decision, ProtectedObjects, Verdict};
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -61,6 +65,63 @@ pub fn admission_router(state: Arc<AdmissionState>, max_review_bytes: usize) -> 
             REQUEST_TIMEOUT,
         ))
         .with_state(state)
+}
+
+/// Router for `/annotate`, the webhook that learns kinds from the `agentguard.dev/protected`
+/// annotation (merged into the admission router by the runtime).
+pub fn annotate_router(kinds: AnnotatedKinds, max_review_bytes: usize) -> Router {
+    Router::new()
+        .route("/annotate", post(annotate))
+        .layer(DefaultBodyLimit::max(max_review_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .with_state(kinds)
+}
+
+/// Someone annotated an object of a kind agentguard does not route yet: record the kind (when
+/// the API server serves it) and tell them, in a warning kubectl prints, whether agentguard
+/// now guards it or which RBAC rule it lacks. Never refuses: the annotation itself is fine.
+async fn annotate(
+    State(kinds): State<AnnotatedKinds>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = match parse_review(&headers, &body) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    let mut response = AdmissionResponse::from(&request);
+    let object = request.object.as_ref();
+    let protected = object
+        .and_then(|o| o.metadata.annotations.as_ref())
+        .and_then(|a| a.get(PROTECTED_ANNOTATION))
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    if protected
+        && request
+            .sub_resource
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty()
+    {
+        let name = object
+            .and_then(|o| o.metadata.name.clone())
+            .unwrap_or_else(|| request.name.clone());
+        let write = AnnotatedWrite {
+            group: request.kind.group.clone(),
+            version: request.kind.version.clone(),
+            kind: request.kind.kind.clone(),
+            resource: request.resource.resource.clone(),
+            namespace: request.namespace.clone().filter(|ns| !ns.is_empty()),
+            name,
+            dry_run: request.dry_run,
+        };
+        if let Some(warning) = kinds.admit(&write).await {
+            response.warnings = Some(vec![warning]);
+        }
+    }
+    json_review(response)
 }
 
 /// Reads the body as an `admission.k8s.io/v1` AdmissionReview with a request; anything else

@@ -2,10 +2,15 @@
 //! agent definition, compiled into an immutable [`Snapshot`] that is swapped whole on change.
 //! Readers take no lock: one atomic load per review.
 
+mod annotated;
 mod kinds;
 pub mod objects;
 mod watch_objects;
 
+pub use annotated::{
+    AnnotatedKinds, AnnotatedWrite, MAX_OBJECTS_PER_KIND, RECORD_COMPONENT_LABEL, RecordedKind,
+    RecordedKinds, data_key, parse_record, rbac_rule,
+};
 pub use kinds::{KindResolver, Lookup};
 pub use watch_objects::run_objects;
 

@@ -109,10 +109,14 @@ async fn watch_kind(
 
 /// Keeps one watch per wanted kind: the kinds policies target (from `kinds_rx`, `None` until
 /// the policies first synced) plus
-/// `annotation_kinds`. Marks the objects gate synced once every served kind has listed.
+/// `annotation_kinds` plus the guarded kinds learned from the annotation (`recorded_rx`,
+/// `None` until their record was read). Marks the objects gate synced once every served kind
+/// has listed.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_objects(
     client: kube::Client,
     annotation_kinds: Vec<Kind>,
+    mut recorded_rx: watch::Receiver<Option<super::RecordedKinds>>,
     mut kinds_rx: watch::Receiver<Option<BTreeSet<Kind>>>,
     objects: SharedObjects,
     snapshot: SharedSnapshot,
@@ -130,6 +134,9 @@ pub async fn run_objects(
         let policies_seen = policy_kinds.is_some();
         let mut wanted: BTreeSet<Kind> = policy_kinds.unwrap_or_default();
         wanted.extend(annotation_kinds.iter().cloned());
+        let recorded = recorded_rx.borrow_and_update().clone();
+        let recorded_seen = recorded.is_some();
+        wanted.extend(recorded.map(|r| r.guarded).unwrap_or_default());
         for kind in running
             .keys()
             .filter(|k| !wanted.contains(*k))
@@ -198,7 +205,7 @@ pub async fn run_objects(
             .filter_map(|(k, n)| plurals.get(&k).map(|p| (p.clone(), n as i64)))
             .collect();
         metrics.set_protected_objects(&counts);
-        if policies_seen && running.keys().all(|k| listed.contains(k)) {
+        if policies_seen && recorded_seen && running.keys().all(|k| listed.contains(k)) {
             readiness.synced(OBJECTS_GATE);
         }
         tokio::select! {
@@ -216,6 +223,7 @@ pub async fn run_objects(
                 }
                 listed.insert(kind);
             }
+            Ok(()) = recorded_rx.changed() => {}
             _ = retry.tick() => {}
         }
     }

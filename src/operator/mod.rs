@@ -1,6 +1,7 @@
 //! The operator's reconciling side: policy status, and the ValidatingWebhookConfiguration that
 //! routes requests to the webhook.
 
+pub mod annotated_kinds;
 pub mod approval_keys;
 pub mod certificates;
 pub mod events;

@@ -19,13 +19,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
-use crate::index::{KindResolver, SharedObjects, SharedSnapshot};
+use crate::index::{KindResolver, RecordedKinds, SharedObjects, SharedSnapshot};
 use crate::policy::{Applies, PROXY_RULES};
 
 /// The webhook's name, as the API server prints it in denials and prefixes audit annotations.
 pub const WEBHOOK_NAME: &str = "validate.agentguard.dev";
 /// The sealing webhook's name.
 pub const SEAL_WEBHOOK_NAME: &str = "seal.agentguard.dev";
+/// The webhook that learns kinds from the `agentguard.dev/protected` annotation.
+pub const ANNOTATE_WEBHOOK_NAME: &str = "annotate.agentguard.dev";
 const FIELD_MANAGER: &str = "agentguard-operator";
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -285,6 +287,65 @@ fn velero(routes: &Routes) -> bool {
         .is_some_and(|p| p.contains("backups"))
 }
 
+/// The `annotate.agentguard.dev` webhook's matchCondition: a human's (not a controller's)
+/// CREATE or UPDATE that adds or changes `agentguard.dev/protected` on an object of a kind
+/// that is not among `protected` (the kinds already indexed and routed). Nothing else in the
+/// cluster reaches it (subresources are not in its rules). Every `has` is guarded: with failurePolicy Fail an evaluation error
+/// would refuse the write.
+pub fn annotate_condition(protected: &Resources) -> String {
+    let names: Vec<String> = protected
+        .iter()
+        .flat_map(|(group, plurals)| plurals.iter().map(move |p| format!("'{group}/{p}'")))
+        .collect();
+    let annotated = |o: &str| {
+        format!(
+            "({o} != null && has({o}.metadata) && has({o}.metadata.annotations) && 'agentguard.dev/protected' in {o}.metadata.annotations)"
+        )
+    };
+    format!(
+        "!{CONTROLLERS} && request.resource.group != 'agentguard.dev' \
+         && {new} && (!{old} || oldObject.metadata.annotations['agentguard.dev/protected'] != object.metadata.annotations['agentguard.dev/protected']) \
+         && !((request.resource.group + '/' + request.resource.resource) in [{}])",
+        names.join(", "),
+        new = annotated("object"),
+        old = annotated("oldObject"),
+    )
+}
+
+/// The webhook that learns kinds from the annotation (issue 16): rules on every resource for
+/// CREATE and UPDATE, narrowed by [`annotate_condition`]. failurePolicy Fail whatever the
+/// main webhook's: while agentguard is down the annotating request is refused (the user
+/// retries) instead of protecting nothing in silence; only such requests are affected
+/// (docs/security.md). sideEffects NoneOnDryRun: a real request records the kind.
+fn annotate_webhook(
+    params: &WebhookParams,
+    protected: &Resources,
+    ca_bundle: &[u8],
+) -> ValidatingWebhook {
+    ValidatingWebhook {
+        name: ANNOTATE_WEBHOOK_NAME.into(),
+        admission_review_versions: vec!["v1".into()],
+        side_effects: "NoneOnDryRun".into(),
+        failure_policy: Some("Fail".into()),
+        match_policy: Some("Equivalent".into()),
+        timeout_seconds: Some(params.timeout_seconds),
+        client_config: client_config(params, "/annotate", ca_bundle),
+        namespace_selector: Some(namespace_selector(params)),
+        object_selector: None,
+        match_conditions: Some(vec![MatchCondition {
+            name: "adds-protected-on-an-unrouted-kind".into(),
+            expression: annotate_condition(protected),
+        }]),
+        rules: Some(vec![RuleWithOperations {
+            operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+            api_groups: Some(vec!["*".into()]),
+            api_versions: Some(vec!["*".into()]),
+            resources: Some(vec!["*".into()]),
+            scope: Some("*".into()),
+        }]),
+    }
+}
+
 /// The validating configuration for a set of routes. Pure: tested by value, applied as is.
 /// `ca_bundle` is the PEM CA bundle the API server trusts for the webhook.
 pub fn desired(
@@ -307,22 +368,25 @@ pub fn desired(
     });
     ValidatingWebhookConfiguration {
         metadata: metadata(params, owner),
-        webhooks: Some(vec![ValidatingWebhook {
-            name: WEBHOOK_NAME.into(),
-            admission_review_versions: vec!["v1".into()],
-            side_effects: "None".into(),
-            failure_policy: Some(params.failure_policy.clone()),
-            match_policy: Some("Equivalent".into()),
-            timeout_seconds: Some(params.timeout_seconds),
-            client_config: client_config(params, "/validate", ca_bundle),
-            namespace_selector: Some(namespace_selector(params)),
-            object_selector: None,
-            match_conditions: Some(vec![MatchCondition {
-                name: "only-when-it-matters".into(),
-                expression: match_condition(&routes.protected),
-            }]),
-            rules: Some(all_rules),
-        }]),
+        webhooks: Some(vec![
+            ValidatingWebhook {
+                name: WEBHOOK_NAME.into(),
+                admission_review_versions: vec!["v1".into()],
+                side_effects: "None".into(),
+                failure_policy: Some(params.failure_policy.clone()),
+                match_policy: Some("Equivalent".into()),
+                timeout_seconds: Some(params.timeout_seconds),
+                client_config: client_config(params, "/validate", ca_bundle),
+                namespace_selector: Some(namespace_selector(params)),
+                object_selector: None,
+                match_conditions: Some(vec![MatchCondition {
+                    name: "only-when-it-matters".into(),
+                    expression: match_condition(&routes.protected),
+                }]),
+                rules: Some(all_rules),
+            },
+            annotate_webhook(params, &routes.protected, ca_bundle),
+        ]),
     }
 }
 
@@ -383,10 +447,12 @@ pub fn kinds_to_route(
 /// Keeps both configurations equal to [`desired`] and [`desired_sealing`] for the kinds in
 /// force, and restores them when deleted or edited, while `leader` says this replica leads.
 /// Never returns.
+#[allow(clippy::too_many_arguments)]
 pub async fn reconcile(
     client: kube::Client,
     params: WebhookParams,
     annotation_kinds: Vec<Kind>,
+    mut recorded: tokio::sync::watch::Receiver<Option<RecordedKinds>>,
     snapshot: SharedSnapshot,
     objects: SharedObjects,
     mut leader: tokio::sync::watch::Receiver<bool>,
@@ -412,16 +478,26 @@ pub async fn reconcile(
             event = changes.next() => event.unwrap_or(false),
             _ = leader.changed() => true,
             _ = ca_bundle.changed() => true,
+            Ok(()) = recorded.changed() => false,
         };
         if !*leader.borrow_and_update() {
             // Only the leader writes; a new leader applies at once.
             applied = None;
             continue;
         }
-        let owner_kinds = objects
+        // Until the recorded kinds are read, applying would drop their routes after a restart.
+        let Some(recorded) = recorded.borrow_and_update().clone() else {
+            continue;
+        };
+        let mut owner_kinds = objects
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .owner_kinds_of_protected();
+        // Kinds agentguard cannot watch: their DELETE is still judged (the annotation is on
+        // the deleted object), as an owner kind's is.
+        owner_kinds.extend(recorded.unguarded);
+        let mut annotation_kinds = annotation_kinds.clone();
+        annotation_kinds.extend(recorded.guarded);
         let (protected_kinds, root_kinds) = kinds_to_route(
             &annotation_kinds,
             snapshot.load().policies().iter().flat_map(|p| p.kinds()),
@@ -692,5 +768,50 @@ mod tests {
         );
         assert_eq!(hook.namespace_selector, validating.namespace_selector);
         assert_eq!(hook.failure_policy, validating.failure_policy);
+    }
+
+    #[test]
+    fn the_annotate_webhook_sees_only_new_protection_on_unrouted_kinds() {
+        let routes = Routes {
+            protected: [("".to_owned(), ["persistentvolumeclaims".to_owned()].into())].into(),
+            roots: Resources::new(),
+        };
+        let params = WebhookParams {
+            failure_policy: "Ignore".into(),
+            ..params()
+        };
+        let vwc = desired(&params, &routes, b"CA", None);
+        let hooks = vwc.webhooks.as_ref().unwrap();
+        assert_eq!(
+            hooks[0].name, WEBHOOK_NAME,
+            "the judging webhook stays first"
+        );
+        let hook = &hooks[1];
+        assert_eq!(hook.name, ANNOTATE_WEBHOOK_NAME);
+        // Fail even in availability mode: an annotation must never protect nothing silently.
+        assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));
+        assert_eq!(hook.side_effects, "NoneOnDryRun");
+        assert_eq!(
+            hook.client_config.service.as_ref().unwrap().path.as_deref(),
+            Some("/annotate")
+        );
+        assert_eq!(hook.namespace_selector, hooks[0].namespace_selector);
+        let rule = &hook.rules.as_ref().unwrap()[0];
+        assert_eq!(
+            rule.operations.as_ref().unwrap(),
+            &vec!["CREATE".to_owned(), "UPDATE".to_owned()]
+        );
+        assert_eq!(rule.resources.as_ref().unwrap(), &vec!["*".to_owned()]);
+        let condition = &hook.match_conditions.as_ref().unwrap()[0].expression;
+        for needle in [
+            "!((request.resource.group + '/' + request.resource.resource) in ['/persistentvolumeclaims'])",
+            "'agentguard.dev/protected' in object.metadata.annotations",
+            "oldObject.metadata.annotations['agentguard.dev/protected'] != object.metadata.annotations['agentguard.dev/protected']",
+            "request.resource.group != 'agentguard.dev'",
+            "system:serviceaccount:kube-system:",
+            "has(object.metadata)",
+        ] {
+            assert!(condition.contains(needle), "{needle} in {condition}");
+        }
     }
 }
