@@ -21,9 +21,10 @@ use crate::api::{
     APPROVAL_REASON_ANNOTATION, APPROVAL_SEAL_ANNOTATION, APPROVED_BY_ANNOTATION,
     APPROVED_UNTIL_ANNOTATION, ClusterProtectedResource, ProtectedResource, ProtectionStatus,
 };
-use crate::index::KindResolver;
 use crate::index::objects::{ObjectEntry, ObjectIndex, ObjectKey, Owner};
+use crate::index::{KindResolver, RECORD_COMPONENT_LABEL, RecordedKind, parse_record};
 use crate::policy::{AgentMatcher, CompiledPolicy, PolicyRef, Snapshot, compile};
+use k8s_openapi::api::core::v1::ConfigMap;
 
 /// Kinds the `agentguard.dev/protected` annotation is honoured on by default (the webhook's
 /// `--annotation-kinds` default), as (group, kind).
@@ -413,6 +414,78 @@ struct Report {
     blocked: Vec<BlockedRow>,
     /// DeletionRequests waiting for a human, oldest first.
     requests: Vec<super::requests::PendingRow>,
+    /// Objects annotated `agentguard.dev/protected=true` whose kind agentguard's RBAC does not
+    /// let it watch (issue 16): shown, never silent.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unguarded: Vec<UnguardedRow>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UnguardedRow {
+    /// `Vault.secrets.example.com`.
+    kind: String,
+    /// `namespace/name`, or `-` when agentguard recorded the kind without an object in scope.
+    object: String,
+    /// The rule to add to the chart value `rbac.extraWatchedResources`.
+    rbac_rule: String,
+}
+
+/// Rows for the annotated-but-unguarded objects in `scope`, from agentguard's record.
+fn unguarded_rows(recorded: &[RecordedKind], scope: &Scope) -> Vec<UnguardedRow> {
+    let mut rows = Vec::new();
+    for kind in recorded.iter().filter(|k| !k.guarded) {
+        let name = if kind.group.is_empty() {
+            kind.kind.clone()
+        } else {
+            format!("{}.{}", kind.kind, kind.group)
+        };
+        let in_scope: Vec<&String> = kind
+            .objects
+            .iter()
+            .filter(|o| match (scope, o.split_once('/')) {
+                (Scope::Namespace(ns), Some((object_ns, _))) => object_ns == ns,
+                _ => true,
+            })
+            .collect();
+        if in_scope.is_empty() && kind.objects.is_empty() {
+            rows.push(UnguardedRow {
+                kind: name.clone(),
+                object: "-".into(),
+                rbac_rule: kind.rbac_rule(),
+            });
+        }
+        for object in in_scope {
+            rows.push(UnguardedRow {
+                kind: name.clone(),
+                object: object.clone(),
+                rbac_rule: kind.rbac_rule(),
+            });
+        }
+    }
+    rows
+}
+
+/// The kinds agentguard recorded from the annotation (its ConfigMap in `namespace`); empty
+/// when there is none or it cannot be read (a warning says so).
+async fn recorded_kinds(client: &kube::Client, namespace: &str) -> Vec<RecordedKind> {
+    let (key, value) = RECORD_COMPONENT_LABEL;
+    match Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(&format!("{key}={value}")))
+        .await
+    {
+        Ok(list) => list
+            .items
+            .iter()
+            .flat_map(|cm| parse_record(cm.data.as_ref().unwrap_or(&Default::default())))
+            .collect(),
+        Err(err) => {
+            eprintln!(
+                "warning: cannot read the kinds agentguard learned from annotations (ConfigMaps in {namespace}): {err}"
+            );
+            Vec::new()
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -573,6 +646,7 @@ impl Report {
                 })
                 .collect(),
             requests: Vec::new(),
+            unguarded: Vec::new(),
         }
     }
 
@@ -679,7 +753,21 @@ impl Report {
                 })
                 .collect(),
         );
-        format!("{policies}\n{objects}\n{approvals}\n{blocked}\n{requests}")
+        let mut out = format!("{policies}\n{objects}\n{approvals}\n{blocked}\n{requests}");
+        if !self.unguarded.is_empty() {
+            out.push_str(&format!(
+                "\n{}",
+                section(
+                    "ANNOTATED BUT UNGUARDED (agentguard cannot watch these kinds: add the rule to rbac.extraWatchedResources)",
+                    &["KIND", "OBJECT", "RBAC RULE"],
+                    self.unguarded
+                        .iter()
+                        .map(|u| vec![u.kind.clone(), u.object.clone(), u.rbac_rule.clone()])
+                        .collect(),
+                )
+            ));
+        }
+        out
     }
 }
 
@@ -692,12 +780,23 @@ pub async fn run(ctx: &Ctx, _args: StatusArgs) -> Outcome {
     let policies = Policies::list(&ctx.client, &scope)
         .await
         .map_err(policies_failure)?;
-    let inventory = inventory(&ctx.client, &policies, &policies.kinds(), &scope).await;
+    let recorded = recorded_kinds(&ctx.client, &ctx.agentguard_namespace).await;
+    // Kinds agentguard guards because someone annotated one of their objects count too.
+    let mut kinds = policies.kinds();
+    kinds.extend(recorded.iter().filter(|k| k.guarded).map(|k| k.key()));
+    let inventory = inventory(&ctx.client, &policies, &kinds, &scope).await;
     for problem in &inventory.unreadable {
         eprintln!("warning: cannot list {problem}");
     }
     let blocked = blocked_attempts(&ctx.client, &scope).await;
     let mut report = Report::build(&scope, &policies, &inventory, blocked, Timestamp::now());
+    report.unguarded = unguarded_rows(&recorded, &scope);
+    for row in &report.unguarded {
+        eprintln!(
+            "warning: {} {} is annotated agentguard.dev/protected=true but agentguard cannot watch its kind; add {} to rbac.extraWatchedResources",
+            row.kind, row.object, row.rbac_rule
+        );
+    }
     report.requests = super::requests::pending_rows(
         &ctx.client,
         match &scope {
@@ -1027,5 +1126,51 @@ none
             report.render(),
             "POLICIES\nnone\n\nPROTECTED OBJECTS (all namespaces)\nnone\n\nAPPROVALS\nnone\n\nBLOCKED\nnone\n\nREQUESTS (pending)\nnone\n"
         );
+    }
+
+    #[test]
+    fn annotated_but_unguarded_objects_are_shown_with_the_rule_to_add() {
+        let vault = RecordedKind {
+            group: "x.io".into(),
+            version: "v1".into(),
+            kind: "Vault".into(),
+            resource: "vaults".into(),
+            namespaced: true,
+            guarded: false,
+            objects: ["prod/keys".to_owned(), "dev/scratch".to_owned()].into(),
+        };
+        let guarded = RecordedKind {
+            guarded: true,
+            kind: "Database".into(),
+            resource: "databases".into(),
+            objects: Default::default(),
+            ..vault.clone()
+        };
+        let recorded = vec![vault, guarded];
+        let mut report = Report::build(
+            &Scope::Namespace("prod".into()),
+            &Policies::new(vec![], vec![]),
+            &Inventory::default(),
+            vec![],
+            ts("2026-01-01T10:00:00Z"),
+        );
+        report.unguarded = unguarded_rows(&recorded, &Scope::Namespace("prod".into()));
+        assert_eq!(
+            report.unguarded.len(),
+            1,
+            "only prod's, only the unguarded kind"
+        );
+        let text = report.render();
+        assert!(
+            text.ends_with(
+                "ANNOTATED BUT UNGUARDED (agentguard cannot watch these kinds: add the rule to rbac.extraWatchedResources)\n\
+                 KIND         OBJECT      RBAC RULE\n\
+                 Vault.x.io   prod/keys   {apiGroups: [\"x.io\"], resources: [\"vaults\"], verbs: [\"list\", \"watch\"]}\n"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["unguarded"][0]["object"], "prod/keys");
+        assert_eq!(unguarded_rows(&recorded, &Scope::All).len(), 2);
     }
 }
