@@ -546,6 +546,7 @@ fn exported_metrics() -> BTreeMap<String, BTreeSet<String>> {
     m.deletion_blocked("prod", "persistentvolumeclaims", "agent", "annotation");
     m.approval("accepted");
     m.set_protected_objects(&[("persistentvolumeclaims".into(), 1)]);
+    m.set_unguarded_objects(&[("databases".into(), 1)]);
     m.set_certificate_expiry(1);
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for line in m.render().lines().filter(|l| !l.starts_with('#')) {
@@ -1200,6 +1201,11 @@ fn dashboard_shows_what_agentguard_promises() {
             "protected objects",
             "bargauge",
             &["agentguard_protected_objects"],
+        ),
+        (
+            "annotated but unguarded objects (0, not empty, when there are none)",
+            "bargauge",
+            &["agentguard_unguarded_objects", "by (resource)", "vector(0)"],
         ),
         ("replicas up", "stat", &["sum(up{job=~\"$job\"})"]),
         (
