@@ -425,3 +425,45 @@ async fn seal_endpoint_patches_a_humans_approval_only() {
     let (status, _) = call(json!({"not": "a review"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+/// `/annotate` answers every review with its uid and never refuses; with no API server to
+/// confirm a kind is served, it records nothing and warns nothing.
+#[tokio::test]
+async fn annotate_answers_and_records_nothing_it_cannot_confirm() {
+    let kinds = agentguard::index::AnnotatedKinds::new(None);
+    let router = webhook::annotate_router(kinds.clone(), 1 << 20);
+    let body = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": UID,
+            "kind": {"group": "made-up.example.com", "version": "v1", "kind": "Ghost"},
+            "resource": {"group": "made-up.example.com", "version": "v1", "resource": "ghosts"},
+            "name": "x",
+            "namespace": "prod",
+            "operation": "CREATE",
+            "userInfo": {"username": "alice"},
+            "object": {"apiVersion": "made-up.example.com/v1", "kind": "Ghost",
+                       "metadata": {"name": "x", "namespace": "prod",
+                                    "annotations": {"agentguard.dev/protected": "true"}}},
+            "oldObject": null,
+            "dryRun": false
+        }
+    });
+    let response = router
+        .oneshot(
+            Request::post("/annotate")
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    let review: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(review["response"]["uid"], UID);
+    assert_eq!(review["response"]["allowed"], true);
+    assert!(review["response"]["warnings"].is_null(), "{review}");
+    assert!(kinds.snapshot().is_empty());
+}

@@ -457,6 +457,8 @@ pub struct GuardOptions {
     pub extra_args: Vec<String>,
     /// The webhook's failurePolicy (`Fail` or `Ignore`), as `--failure-policy`. None: Fail.
     pub failure_policy: Option<&'static str>,
+    /// Run as someone other than the cluster admin (e.g. a ServiceAccount with less RBAC).
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Starts one agentguard process for `ns`, logging to `<dir>/agentguard-<replica>.log`. It
@@ -527,7 +529,13 @@ pub fn spawn_agentguard(
         .arg(format!("--lease-namespace={}", ns.name))
         .arg(format!("--lease-name=agentguard-{}", ns.name))
         .env("POD_NAME", format!("{replica}-{}", ns.name))
-        .env("KUBECONFIG", &ns.cluster.kubeconfig)
+        .env(
+            "KUBECONFIG",
+            options
+                .kubeconfig
+                .as_ref()
+                .unwrap_or(&ns.cluster.kubeconfig),
+        )
         .env("RUST_LOG", "info,agentguard=debug")
         .stdout(Stdio::null())
         .stderr(log)
