@@ -133,7 +133,9 @@ pub struct AnnotatedKinds(Arc<Inner>);
 struct Inner {
     client: Option<kube::Client>,
     kinds: Mutex<BTreeMap<Kind, RecordedKind>>,
-    not_served: Mutex<HashMap<Kind, Instant>>,
+    /// (group, kind, resource) as reviews named them: keyed by all three, so a forged review
+    /// naming a real kind under a made-up resource cannot hide the real one.
+    not_served: Mutex<HashMap<(String, String, String), Instant>>,
     /// None until the persisted record was read once: until then nobody may act on "no
     /// recorded kinds" (the webhook configuration would drop their routes after a restart).
     routes: watch::Sender<Option<RecordedKinds>>,
@@ -255,7 +257,11 @@ impl AnnotatedKinds {
     /// resource the review names, None when it does not (a forged review) or discovery fails.
     async fn served(&self, write: &AnnotatedWrite) -> Option<RecordedKind> {
         let client = self.0.client.as_ref()?;
-        let key = (write.group.clone(), write.kind.clone());
+        let key = (
+            write.group.clone(),
+            write.kind.clone(),
+            write.resource.clone(),
+        );
         {
             let mut cache = self.0.not_served.lock().unwrap_or_else(|e| e.into_inner());
             cache.retain(|_, at| at.elapsed() < NOT_SERVED_FOR);

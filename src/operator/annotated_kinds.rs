@@ -49,7 +49,7 @@ pub async fn run(
     metrics: Metrics,
 ) {
     let api: Api<ConfigMap> = Api::namespaced(client, &params.namespace);
-    let mut checked = Instant::now();
+    let mut checked: Option<Instant> = None;
     let mut tick = tokio::time::interval(SYNC_INTERVAL);
     loop {
         let read = match api.get_opt(&params.name).await {
@@ -62,9 +62,22 @@ pub async fn run(
         };
         // Marks the record loaded even when unreadable: agentguard then works from what it
         // sees, rather than never routing anything.
-        kinds.merge(read.as_ref().map(parse_record).unwrap_or_default());
-        if checked.elapsed() >= RBAC_RECHECK {
-            checked = Instant::now();
+        let mut read_kinds = read.as_ref().map(parse_record).unwrap_or_default();
+        if checked.is_none() {
+            // At start, before anything follows the record: a kind an earlier run could watch
+            // may have lost its rule since (its watch would never list, keeping this replica
+            // unready), or gained one.
+            for kind in &mut read_kinds {
+                if let Ok(allowed) = kinds.can_watch(&kind.group, &kind.resource).await {
+                    kind.guarded = allowed;
+                }
+            }
+        }
+        kinds.merge(read_kinds);
+        if checked.is_none() {
+            checked = Some(Instant::now());
+        } else if checked.is_some_and(|c| c.elapsed() >= RBAC_RECHECK) {
+            checked = Some(Instant::now());
             for kind in kinds.snapshot().into_values() {
                 match kinds.can_watch(&kind.group, &kind.resource).await {
                     Ok(allowed) if allowed != kind.guarded => {
