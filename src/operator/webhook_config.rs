@@ -290,8 +290,8 @@ fn velero(routes: &Routes) -> bool {
 /// The `annotate.agentguard.dev` webhook's matchCondition: a human's (not a controller's)
 /// CREATE or UPDATE that adds or changes `agentguard.dev/protected` on an object of a kind
 /// that is not among `protected` (the kinds already indexed and routed). Nothing else in the
-/// cluster reaches it (subresources are not in its rules). Every `has` is guarded: with failurePolicy Fail an evaluation error
-/// would refuse the write.
+/// cluster reaches it (subresources are not in its rules). Every `has` is guarded: with
+/// failurePolicy Fail an evaluation error would refuse the write.
 pub fn annotate_condition(protected: &Resources) -> String {
     let names: Vec<String> = protected
         .iter()
@@ -366,28 +366,30 @@ pub fn desired(
         ]),
         scope: Some("*".into()),
     });
-    ValidatingWebhookConfiguration {
+    let mut config = ValidatingWebhookConfiguration {
         metadata: metadata(params, owner),
-        webhooks: Some(vec![
-            ValidatingWebhook {
-                name: WEBHOOK_NAME.into(),
-                admission_review_versions: vec!["v1".into()],
-                side_effects: "None".into(),
-                failure_policy: Some(params.failure_policy.clone()),
-                match_policy: Some("Equivalent".into()),
-                timeout_seconds: Some(params.timeout_seconds),
-                client_config: client_config(params, "/validate", ca_bundle),
-                namespace_selector: Some(namespace_selector(params)),
-                object_selector: None,
-                match_conditions: Some(vec![MatchCondition {
-                    name: "only-when-it-matters".into(),
-                    expression: match_condition(&routes.protected),
-                }]),
-                rules: Some(all_rules),
-            },
-            annotate_webhook(params, &routes.protected, ca_bundle),
-        ]),
-    }
+        webhooks: Some(vec![ValidatingWebhook {
+            name: WEBHOOK_NAME.into(),
+            admission_review_versions: vec!["v1".into()],
+            side_effects: "None".into(),
+            failure_policy: Some(params.failure_policy.clone()),
+            match_policy: Some("Equivalent".into()),
+            timeout_seconds: Some(params.timeout_seconds),
+            client_config: client_config(params, "/validate", ca_bundle),
+            namespace_selector: Some(namespace_selector(params)),
+            object_selector: None,
+            match_conditions: Some(vec![MatchCondition {
+                name: "only-when-it-matters".into(),
+                expression: match_condition(&routes.protected),
+            }]),
+            rules: Some(all_rules),
+        }]),
+    };
+    config
+        .webhooks
+        .get_or_insert_with(Vec::new)
+        .push(annotate_webhook(params, &routes.protected, ca_bundle));
+    config
 }
 
 /// The sealing (mutating) configuration: the same writes as the validating one, when they
