@@ -4,6 +4,7 @@
 
 mod kinds;
 pub mod objects;
+pub mod watch_handles;
 mod watch_objects;
 
 pub use kinds::{KindResolver, Lookup};
