@@ -1002,4 +1002,267 @@ mod tests {
         assert!(index.protected_in_namespace("prod").unwrap().by.annotation);
         assert_eq!(index.len(), 1);
     }
+
+    /// An object of any kind with the given owners (uid, group, kind), labels and annotations.
+    fn object(
+        kind: (&str, &str),
+        name: &str,
+        uid: &str,
+        owners: &[(&str, &str, &str)],
+        labels: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+    ) -> ObjectEntry {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        ObjectEntry::new(
+            ObjectKey {
+                group: kind.0.into(),
+                kind: kind.1.into(),
+                namespace: Some("prod".into()),
+                name: name.into(),
+            },
+            uid.into(),
+            map(labels),
+            &map(annotations),
+            owners
+                .iter()
+                .map(|(uid, group, kind)| Owner {
+                    uid: uid.to_string(),
+                    group: group.to_string(),
+                    kind: kind.to_string(),
+                })
+                .collect(),
+        )
+    }
+
+    const PVC: (&str, &str) = ("", "PersistentVolumeClaim");
+    const PROTECTED: (&str, &str) = (PROTECTED_ANNOTATION, "true");
+
+    #[test]
+    fn owner_kinds_are_followed_to_the_top_of_each_chain() {
+        let snap = snapshot(&[]);
+        let mut index = ObjectIndex::default();
+        index.upsert(
+            object(
+                PVC,
+                "web-0-scratch",
+                "pvc",
+                &[("pod", "", "Pod")],
+                &[],
+                &[PROTECTED],
+            ),
+            &snap,
+        );
+        assert_eq!(
+            index.ancestor_kinds_of_protected(),
+            [("".to_owned(), "Pod".to_owned())].into()
+        );
+        // Once Pods are watched, the Pod's owner is known, and so on up.
+        index.upsert(
+            object(
+                ("", "Pod"),
+                "web-0",
+                "pod",
+                &[("rs", "apps", "ReplicaSet")],
+                &[],
+                &[],
+            ),
+            &snap,
+        );
+        index.upsert(
+            object(
+                ("apps", "ReplicaSet"),
+                "web-1",
+                "rs",
+                &[("dep", "apps", "Deployment")],
+                &[],
+                &[],
+            ),
+            &snap,
+        );
+        let kinds: Vec<String> = index
+            .ancestor_kinds_of_protected()
+            .into_iter()
+            .map(|(_, k)| k)
+            .collect();
+        assert_eq!(kinds, ["Pod", "Deployment", "ReplicaSet"]);
+        // Deleting the Deployment reaches the claim through both links.
+        assert_eq!(
+            index.owned_by("dep").unwrap().object,
+            "PersistentVolumeClaim prod/web-0-scratch"
+        );
+        // Unprotected objects' owners are not wanted.
+        let mut other = ObjectIndex::default();
+        other.upsert(
+            object(PVC, "tmp", "t", &[("pod", "", "Pod")], &[], &[]),
+            &snap,
+        );
+        assert!(other.ancestor_kinds_of_protected().is_empty());
+    }
+
+    #[test]
+    fn statefulset_claims_from_an_ordinal_up_whatever_the_template() {
+        let snap = snapshot(&[]);
+        let mut index = ObjectIndex::default();
+        for (name, uid) in [
+            ("data-db-0", "a"),
+            ("logs-db-3", "b"),
+            ("data-dbx-1", "c"),
+            ("data-db-backup", "d"),
+            ("db-1", "e"),
+        ] {
+            index.upsert(object(PVC, name, uid, &[], &[], &[PROTECTED]), &snap);
+        }
+        assert_eq!(index.statefulset_claims("prod", "db", 0).unwrap().count, 2);
+        let from_one = index.statefulset_claims("prod", "db", 1).unwrap();
+        assert_eq!(
+            (from_one.object.as_str(), from_one.count),
+            ("PersistentVolumeClaim prod/logs-db-3", 1)
+        );
+        assert!(index.statefulset_claims("prod", "db", 4).is_none());
+        assert!(index.statefulset_claims("dev", "db", 0).is_none());
+    }
+
+    #[test]
+    fn managers_reach_what_they_mark_and_what_that_owns() {
+        let snap = snapshot(&[]);
+        let mut index = ObjectIndex::default();
+        let argo = Manager {
+            kind: crate::policy::managers::ManagerKind::ArgoApplication,
+            namespace: None,
+            name: "orders".into(),
+        };
+        index.upsert(
+            object(
+                PVC,
+                "data",
+                "pvc",
+                &[],
+                &[],
+                &[
+                    PROTECTED,
+                    (
+                        "argocd.argoproj.io/tracking-id",
+                        "orders:/PersistentVolumeClaim:prod/data",
+                    ),
+                ],
+            ),
+            &snap,
+        );
+        assert_eq!(
+            index.managed_by(&argo).unwrap().object,
+            "PersistentVolumeClaim prod/data"
+        );
+        // A managed StatefulSet whose claim (owned by it) is protected.
+        let payments = Manager {
+            name: "payments".into(),
+            ..argo.clone()
+        };
+        index.upsert(
+            object(
+                ("apps", "StatefulSet"),
+                "db",
+                "sts",
+                &[],
+                &[("app.kubernetes.io/instance", "payments")],
+                &[],
+            ),
+            &snap,
+        );
+        assert!(index.managed_by(&payments).is_none());
+        index.upsert(
+            object(
+                PVC,
+                "data-db-0",
+                "pvc2",
+                &[("sts", "apps", "StatefulSet")],
+                &[],
+                &[PROTECTED],
+            ),
+            &snap,
+        );
+        assert_eq!(
+            index.managed_by(&payments).unwrap().object,
+            "PersistentVolumeClaim prod/data-db-0"
+        );
+        assert_eq!(index.managers_of_protected().len(), 2);
+        index.remove("pvc2");
+        assert!(index.managed_by(&payments).is_none());
+    }
+
+    #[test]
+    fn storage_handles_refuse_while_loading_and_name_the_protected_claim() {
+        let snap = snapshot(&[]);
+        let mut index = ObjectIndex::default();
+        index.upsert(object(PVC, "data", "pvc", &[], &[], &[PROTECTED]), &snap);
+        index.handles_listed("PersistentVolume", false);
+        assert!(
+            index
+                .storage("csi:d:vol-9")
+                .unwrap()
+                .object
+                .contains("still loading")
+        );
+        let handle = |name: &str, bound: Option<&str>| Handle {
+            identity: "csi:d:vol-1".into(),
+            holder: ObjectKey {
+                group: "".into(),
+                kind: "PersistentVolume".into(),
+                namespace: None,
+                name: name.into(),
+            },
+            bound: bound.map(|claim| ObjectKey {
+                group: "".into(),
+                kind: "PersistentVolumeClaim".into(),
+                namespace: Some("prod".into()),
+                name: claim.into(),
+            }),
+        };
+        index.set_handle("pv-1", Some(handle("pv-1", Some("data"))));
+        index.handles_listed("PersistentVolume", true);
+        assert_eq!(
+            index.storage("csi:d:vol-1").unwrap().object,
+            "PersistentVolumeClaim prod/data"
+        );
+        assert!(index.storage("csi:d:vol-2").is_none());
+        // A relist without the volume drops its handle.
+        index.retain_handles("PersistentVolume", &HashSet::new());
+        assert!(index.storage("csi:d:vol-1").is_none());
+    }
+
+    #[test]
+    fn external_names_match_other_protected_objects_of_the_same_kind() {
+        let snap = snapshot(&["Instance"]);
+        let mut index = ObjectIndex::default();
+        let rds = ("db.example.com", "Instance");
+        let named = (EXTERNAL_NAME, "orders-prod");
+        index.upsert(object(rds, "data-orders", "a", &[], &[], &[named]), &snap);
+        index.upsert(object(rds, "scratch", "b", &[], &[], &[]), &snap);
+        assert!(
+            index
+                .external("db.example.com", "Instance", "orders-prod", "b")
+                .is_some()
+        );
+        // The protected object renaming its own external resource is not a second handle.
+        assert!(
+            index
+                .external("db.example.com", "Instance", "orders-prod", "a")
+                .is_none()
+        );
+        assert!(
+            index
+                .external("db.example.com", "Other", "orders-prod", "b")
+                .is_none()
+        );
+        index.remove("a");
+        assert!(
+            index
+                .external("db.example.com", "Instance", "orders-prod", "b")
+                .is_none()
+        );
+    }
 }
