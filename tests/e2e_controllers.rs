@@ -450,6 +450,7 @@ fn an_agent_cannot_delete_the_crossplane_claim_of_a_protected_database() {
         &format!("crd/rdsinstances.{group}"),
     ]);
     ns.grant("cursor-agent", &format!("postgresqlinstances.{group}"));
+    let _guard = Guard::start(&ns, &agent);
     let xrd = format!("xpostgresqlinstances.{group}");
     let database = unique("orders-db");
     cluster.apply(&format!(
