@@ -676,7 +676,7 @@ mod tests {
         assert!(roots.contains(&("apps".to_owned(), "Deployment".to_owned())));
         // Every kind a deletion-by-proxy row names.
         for rule in PROXY_RULES {
-            if let Applies::Update(g, k) | Applies::Create(g, k) = rule.applies {
+            if let Some((g, k)) = rule.applies.kind() {
                 let kind = (g.to_owned(), k.to_owned());
                 assert!(
                     protected.contains(&kind) || roots.contains(&kind),
@@ -685,12 +685,26 @@ mod tests {
                 );
             }
         }
+        // The managers whose deletion prunes what they manage.
+        for kind in ["Application", "Kustomization", "HelmRelease"] {
+            assert!(roots.iter().any(|(_, k)| k == kind), "{kind} has no route");
+        }
         // Every routed resource's status subresource is judged too (metadata rides along).
         let routes = Routes {
             protected: [("".to_owned(), ["persistentvolumeclaims".to_owned()].into())].into(),
             roots: [("apps".to_owned(), ["deployments".to_owned()].into())].into(),
         };
         let writes = routes.writes(false);
+        // A subresource whose object stands in for another kind (a Scale for a StatefulSet).
+        for rule in PROXY_RULES {
+            if let Applies::Subresource(group, resource, sub) = rule.applies {
+                assert!(
+                    writes[group].contains(&format!("{resource}/{sub}")),
+                    "{}: {resource}/{sub} has no route",
+                    rule.id
+                );
+            }
+        }
         for (group, plurals) in routes.deletes() {
             for plural in plurals {
                 assert!(writes[&group].contains(&plural), "{group}/{plural}");
@@ -712,6 +726,10 @@ mod tests {
             "finalizers",
             "agentguard.dev/",
             "deletionPolicy",
+            "request.subResource == 'scale'",
+            "scaleTargetRef",
+            "crossplane.io/external-name",
+            "argoproj.io",
         ] {
             assert!(condition.contains(needle), "{needle}");
         }
