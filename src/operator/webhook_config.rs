@@ -463,8 +463,11 @@ pub async fn reconcile(
         let external_change = tokio::select! {
             _ = tick.tick() => false,
             event = changes.next() => event.unwrap_or(false),
-            _ = leader.changed() => true,
-            _ = ca_bundle.changed() => true,
+            // A closed channel (no leader election: always leading; a CA read once from a
+            // file) never changes again: `Ok` only, or every pass would count as a change and
+            // re-apply in a loop.
+            Ok(()) = leader.changed() => true,
+            Ok(()) = ca_bundle.changed() => true,
         };
         if !*leader.borrow_and_update() {
             // Only the leader writes; a new leader applies at once.

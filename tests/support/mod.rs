@@ -457,6 +457,8 @@ pub struct GuardOptions {
     pub extra_args: Vec<String>,
     /// The webhook's failurePolicy (`Fail` or `Ignore`), as `--failure-policy`. None: Fail.
     pub failure_policy: Option<&'static str>,
+    /// Run without leader election (`--leader-election=false`): this one process always leads.
+    pub no_lease: bool,
 }
 
 /// Starts one agentguard process for `ns`, logging to `<dir>/agentguard-<replica>.log`. It
@@ -526,6 +528,7 @@ pub fn spawn_agentguard(
         .args(&options.extra_args)
         .arg(format!("--lease-namespace={}", ns.name))
         .arg(format!("--lease-name=agentguard-{}", ns.name))
+        .args(options.no_lease.then_some("--leader-election=false"))
         .env("POD_NAME", format!("{replica}-{}", ns.name))
         .env("KUBECONFIG", &ns.cluster.kubeconfig)
         .env("RUST_LOG", "info,agentguard=debug")
