@@ -205,7 +205,7 @@ YAML
     --service-account-private-key-file "$STATE/pki/sa.key" \
     --root-ca-file "$STATE/pki/ca.crt" \
     --leader-elect=false \
-    --controllers clusterrole-aggregation-controller,namespace-controller,garbage-collector-controller,persistentvolumeclaim-protection-controller,persistentvolume-protection-controller,persistentvolume-binder-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,statefulset-controller
+    --controllers clusterrole-aggregation-controller,namespace-controller,garbage-collector-controller,persistentvolumeclaim-protection-controller,persistentvolume-protection-controller,persistentvolume-binder-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,statefulset-controller,deployment-controller,replicaset-controller,ephemeral-volume-controller
   wait_for kube-controller-manager 120 "$STATE/logs/kube-controller-manager.log" \
     curl -sfk "https://127.0.0.1:$KCM_PORT/healthz"
   # The service-account controller creating "default" proves controllers act with their credentials.

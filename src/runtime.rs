@@ -234,6 +234,10 @@ pub async fn run(config: RunConfig) -> Result<()> {
             ));
         }
     }
+    tokio::spawn(index::watch_handles::run_snapshot_handles(
+        client.clone(),
+        objects.clone(),
+    ));
     tokio::spawn(operator::pin_volumes(
         client.clone(),
         snapshot.clone(),

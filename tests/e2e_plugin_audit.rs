@@ -513,3 +513,31 @@ fn acting_as_a_service_account_a_policy_names_as_approver_is_a_bypass() {
         ],
     );
 }
+
+#[test]
+fn changing_what_a_gitops_tool_applies_is_a_bypass() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "audit-gitops");
+    ns.agent("bot");
+    // A Flux source's revision decides what its Kustomizations prune; admission cannot tie a
+    // change to it to protected data, so audit names who may make one.
+    let role = unique(&format!("{}-gitops", ns.name));
+    cluster.apply(&format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {role}\nrules:\n  \
+         - apiGroups: [source.toolkit.fluxcd.io]\n    resources: [gitrepositories]\n    verbs: [get, patch]\n"
+    ));
+    ns.owns_cluster_object(&format!("clusterrole/{role}"));
+    let binding = cluster_grant(&ns, "bot", &role, None);
+
+    let out = audit_ns(&ns, "bot", &[]);
+    assert_eq!(code(&out), 3, "{}\n{}", stdout(&out), stderr(&out));
+    assert_row(
+        &out,
+        &format!("sa:{}/bot", ns.name),
+        &[
+            " bypass ",
+            "patch gitrepositories.source.toolkit.fluxcd.io",
+            &format!("ClusterRoleBinding/{binding} -> ClusterRole/{role}"),
+        ],
+    );
+}

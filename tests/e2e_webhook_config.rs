@@ -295,3 +295,40 @@ fn self_managed_certificates_rotate_under_load_without_a_failed_request() {
     assert!(!bundle.is_empty());
     eprintln!("rotated after {rotated_at:?}; {judged} rounds, none failed");
 }
+
+#[test]
+fn without_leader_election_the_configuration_is_not_reapplied_in_a_loop() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "no-lease");
+    let agent = ns.agent("cursor-agent");
+    let guard = Guard::start_with(
+        &ns,
+        &agent,
+        &GuardOptions {
+            no_lease: true,
+            ..Default::default()
+        },
+    );
+    // Every PATCH of the configuration the API server answered, from its audit log.
+    let patches = || {
+        let uri = format!("validatingwebhookconfigurations/{}?", guard.webhook_name);
+        cluster
+            .audit_log()
+            .lines()
+            .filter(|l| {
+                l.contains("\"verb\":\"patch\"")
+                    && l.contains("\"stage\":\"ResponseComplete\"")
+                    && l.contains(&uri)
+            })
+            .count()
+    };
+    let before = patches();
+    std::thread::sleep(Duration::from_secs(10));
+    let during = patches() - before;
+    // Nothing changed, so nothing needs applying; a closed leadership channel once made every
+    // pass look like a change (a PATCH loop as fast as the API server answers).
+    assert!(
+        during <= 2,
+        "{during} PATCHes of an unchanged configuration in 10 s"
+    );
+}

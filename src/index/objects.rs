@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::api::{Mode, PROTECTED_ANNOTATION};
+use crate::policy::handles::EXTERNAL_NAME;
+use crate::policy::managers::{Manager, managers_of};
 use crate::policy::{CascadeHit, ObjectFacts, PolicyRef, ProtectedObjects, Snapshot};
 
 /// Kind and name of an object, as messages name it.
@@ -38,6 +40,10 @@ pub struct ObjectEntry {
     pub annotated: bool,
     /// From ownerReferences.
     pub owners: Vec<Owner>,
+    /// The GitOps tools and Crossplane claims that manage it (from their labels/annotations).
+    pub managers: Vec<Manager>,
+    /// `crossplane.io/external-name`: the external resource it stands for.
+    pub external: Option<String>,
 }
 
 /// One ownerReference: whom the garbage collector follows, and its kind (for webhook rules).
@@ -59,14 +65,29 @@ impl ObjectEntry {
         let annotated = annotations
             .get(PROTECTED_ANNOTATION)
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        let managers = managers_of(&labels, annotations);
+        let external = annotations.get(EXTERNAL_NAME).cloned();
         Self {
             key,
             uid,
             labels,
             annotated,
             owners,
+            managers,
+            external,
         }
     }
+}
+
+/// A second handle on stored data: a PersistentVolume or VolumeSnapshotContent and the
+/// object whose protection covers its data (the claim it is bound to, the snapshot it serves).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handle {
+    pub identity: String,
+    /// The handle's own object (group, kind, name).
+    pub holder: ObjectKey,
+    /// The object bound to it, when bound.
+    pub bound: Option<ObjectKey>,
 }
 
 /// Who protects an object: its annotation and/or policies, and the strictest mode among them.
@@ -123,6 +144,17 @@ pub struct ObjectIndex {
     loading: BTreeSet<(String, String)>,
     /// Kinds listed at least once (their objects are all here).
     listed: BTreeSet<(String, String)>,
+    /// Manager → UIDs of the objects carrying its mark.
+    by_manager: HashMap<Manager, HashSet<String>>,
+    /// (group, kind, external name) → UIDs.
+    by_external: HashMap<(String, String, String), HashSet<String>>,
+    /// Storage handles by holder UID, and UIDs by identity.
+    handles: HashMap<String, Handle>,
+    by_identity: HashMap<String, HashSet<String>>,
+    /// Handle sources (e.g. `PersistentVolume`) not listed yet.
+    handles_loading: BTreeSet<&'static str>,
+    /// Kinds agentguard should watch but may not, with why.
+    blind: BTreeMap<(String, String), String>,
 }
 
 fn protection_of(entry: &ObjectEntry, snapshot: &Snapshot) -> Option<ProtectedBy> {
@@ -179,6 +211,18 @@ impl ObjectIndex {
                 .or_default()
                 .insert(entry.uid.clone());
         }
+        for manager in &entry.managers {
+            self.by_manager
+                .entry(manager.clone())
+                .or_default()
+                .insert(entry.uid.clone());
+        }
+        if let Some(external) = &entry.external {
+            self.by_external
+                .entry(external_key(&entry.key, external))
+                .or_default()
+                .insert(entry.uid.clone());
+        }
         if let Some(by) = protection_of(&entry, snapshot) {
             self.mark_protected(&entry, by);
         }
@@ -210,6 +254,16 @@ impl ObjectIndex {
         }
         for owner in &old.owners {
             remove_from(&mut self.by_owner, &owner.uid, uid);
+        }
+        for manager in &old.managers {
+            remove_from(&mut self.by_manager, manager, uid);
+        }
+        if let Some(external) = &old.external {
+            remove_from(
+                &mut self.by_external,
+                &external_key(&old.key, external),
+                uid,
+            );
         }
         if let Some(by) = self.protected.remove(uid) {
             let rank = Rank::of(&old, by.mode);
@@ -277,15 +331,92 @@ impl ObjectIndex {
 
     /// Kinds (group, kind) that own protected objects: deleting one of them is a cascade root,
     /// so the webhook must see their deletions.
-    pub fn owner_kinds_of_protected(&self) -> std::collections::BTreeSet<(String, String)> {
-        self.protected
-            .keys()
-            .flat_map(|uid| self.objects[uid].owners.iter())
-            .map(|o| (o.group.clone(), o.kind.clone()))
+    /// The kinds of every owner above a protected object, however many links up: deleting
+    /// one makes the garbage collector delete down the chain. Owners agentguard watches are
+    /// followed to their own owners; so watching these kinds reaches the top of each chain.
+    pub fn ancestor_kinds_of_protected(&self) -> BTreeSet<(String, String)> {
+        let mut kinds = BTreeSet::new();
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut queue: Vec<&str> = self.protected.keys().map(String::as_str).collect();
+        while let Some(uid) = queue.pop() {
+            let Some(entry) = self.objects.get(uid) else {
+                continue;
+            };
+            for owner in &entry.owners {
+                kinds.insert((owner.group.clone(), owner.kind.clone()));
+                if seen.insert(owner.uid.as_str()) {
+                    queue.push(owner.uid.as_str());
+                }
+            }
+        }
+        kinds
+    }
+
+    /// The managers (GitOps objects, Crossplane claims) named by protected objects or by their
+    /// ancestors.
+    pub fn managers_of_protected(&self) -> BTreeSet<&Manager> {
+        self.by_manager
+            .iter()
+            .filter(|(_, uids)| {
+                uids.iter()
+                    .any(|u| self.protected.contains_key(u) || self.protected_owned_by(u).is_some())
+            })
+            .map(|(m, _)| m)
             .collect()
     }
 
-    /// Number of protected objects per (group, kind).
+    /// Records (or replaces) a storage handle.
+    pub fn set_handle(&mut self, uid: &str, handle: Option<Handle>) {
+        if let Some(old) = self.handles.remove(uid) {
+            remove_from(&mut self.by_identity, &old.identity, uid);
+        }
+        if let Some(handle) = handle {
+            self.by_identity
+                .entry(handle.identity.clone())
+                .or_default()
+                .insert(uid.to_owned());
+            self.handles.insert(uid.to_owned(), handle);
+        }
+    }
+
+    /// Keeps only the handles of `source` whose holders are in `uids` (after a relist).
+    pub fn retain_handles(&mut self, source: &str, uids: &HashSet<String>) {
+        let gone: Vec<String> = self
+            .handles
+            .iter()
+            .filter(|(u, h)| h.holder.kind == source && !uids.contains(*u))
+            .map(|(u, _)| u.clone())
+            .collect();
+        for uid in gone {
+            self.set_handle(&uid, None);
+        }
+    }
+
+    /// Whether the handles of `source` are complete.
+    pub fn handles_listed(&mut self, source: &'static str, listed: bool) {
+        if listed {
+            self.handles_loading.remove(source);
+        } else {
+            self.handles_loading.insert(source);
+        }
+    }
+
+    /// Marks a kind agentguard may not watch (`Some(why)`), or watchable again.
+    pub fn set_blind(&mut self, kind: (String, String), why: Option<String>) {
+        match why {
+            Some(why) => {
+                self.blind.insert(kind, why);
+            }
+            None => {
+                self.blind.remove(&kind);
+            }
+        }
+    }
+
+    pub fn blind_kinds(&self) -> impl Iterator<Item = (&(String, String), &String)> {
+        self.blind.iter()
+    }
+
     pub fn protected_per_kind(&self) -> Vec<((String, String), usize)> {
         self.by_kind
             .iter()
@@ -308,6 +439,9 @@ impl ObjectIndex {
     }
 
     fn found(&self, uids: &HashSet<String>) -> Option<Found<'_>> {
+        if uids.is_empty() {
+            return None;
+        }
         // The strictest, then the first by name, so messages are stable.
         let (uid, by) = uids
             .iter()
@@ -363,6 +497,58 @@ impl ObjectIndex {
 
     /// Protected PersistentVolumeClaims in `namespace` whose names are `<prefix><ordinal>`
     /// for one of `prefixes` (a StatefulSet's `<template>-<statefulset>-`).
+    pub fn protected_statefulset_claims(
+        &self,
+        namespace: &str,
+        statefulset: &str,
+        from: i64,
+    ) -> Option<Found<'_>> {
+        let infix = format!("-{statefulset}");
+        let protected: HashSet<String> = self
+            .by_namespace
+            .get(namespace)?
+            .iter()
+            .filter(|rank| {
+                let key = &self.objects[&*rank.uid].key;
+                key.group.is_empty()
+                    && key.kind == "PersistentVolumeClaim"
+                    && key.name.rsplit_once('-').is_some_and(|(prefix, ordinal)| {
+                        prefix.len() > infix.len()
+                            && prefix.ends_with(&infix)
+                            && !ordinal.is_empty()
+                            && ordinal.bytes().all(|b| b.is_ascii_digit())
+                            && ordinal.parse::<i64>().map_or(true, |n| n >= from)
+                    })
+            })
+            .map(|rank| rank.uid.to_string())
+            .collect();
+        self.found(&protected)
+    }
+
+    /// Protected objects carrying `manager`'s mark, and protected descendants of any object
+    /// that carries it.
+    pub fn protected_managed_by(&self, manager: &Manager) -> Option<Found<'_>> {
+        let mut protected: HashSet<String> = HashSet::new();
+        let mut queue: Vec<&str> = self
+            .by_manager
+            .get(manager)?
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let mut seen: HashSet<&str> = queue.iter().copied().collect();
+        while let Some(uid) = queue.pop() {
+            if self.protected.contains_key(uid) {
+                protected.insert(uid.to_owned());
+            }
+            for child in self.by_owner.get(uid).into_iter().flatten() {
+                if seen.insert(child) {
+                    queue.push(child);
+                }
+            }
+        }
+        self.found(&protected)
+    }
+
     pub fn protected_claims_with_prefix(
         &self,
         namespace: &str,
@@ -436,6 +622,66 @@ impl ProtectedObjects for ObjectIndex {
         self.object("", "PersistentVolumeClaim", Some(namespace), name)
     }
 
+    fn statefulset_claims(
+        &self,
+        namespace: &str,
+        statefulset: &str,
+        from: i64,
+    ) -> Option<CascadeHit> {
+        self.protected_statefulset_claims(namespace, statefulset, from)
+            .map(|f| f.hit())
+    }
+
+    fn managed_by(&self, manager: &Manager) -> Option<CascadeHit> {
+        self.protected_managed_by(manager).map(|f| f.hit())
+    }
+
+    fn storage(&self, identity: &str) -> Option<CascadeHit> {
+        if !self.handles_loading.is_empty() {
+            // Not yet known whether this handle is a protected disk's: refuse meanwhile.
+            return Some(CascadeHit {
+                object: format!(
+                    "the storage handles of {} (still loading)",
+                    self.handles_loading
+                        .iter()
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                count: 1,
+                annotation: true,
+                policies: vec![],
+            });
+        }
+        self.by_identity.get(identity)?.iter().find_map(|uid| {
+            let handle = &self.handles[uid];
+            [Some(&handle.holder), handle.bound.as_ref()]
+                .into_iter()
+                .flatten()
+                .find_map(|key| {
+                    self.object(&key.group, &key.kind, key.namespace.as_deref(), &key.name)
+                })
+        })
+    }
+
+    fn external(&self, group: &str, kind: &str, external: &str, uid: &str) -> Option<CascadeHit> {
+        let key = (group.to_owned(), kind.to_owned(), external.to_owned());
+        let others: HashSet<String> = self
+            .by_external
+            .get(&key)?
+            .iter()
+            .filter(|u| u.as_str() != uid && self.protected.contains_key(*u))
+            .cloned()
+            .collect();
+        self.found(&others).map(|f| f.hit())
+    }
+
+    fn blind(&self, group: &str, kind: &str) -> Option<String> {
+        self.blind
+            .get(&(group.to_owned(), kind.to_owned()))
+            .cloned()
+    }
+
     fn object(
         &self,
         group: &str,
@@ -463,6 +709,10 @@ impl ProtectedObjects for ObjectIndex {
 }
 
 /// Takes `item` out of the set kept under `key`, and the key once its set is empty.
+fn external_key(key: &ObjectKey, external: &str) -> (String, String, String) {
+    (key.group.clone(), key.kind.clone(), external.to_owned())
+}
+
 fn remove_from<K: std::hash::Hash + Eq, T: Ord + ?Sized, S: SetOf<T>>(
     map: &mut HashMap<K, S>,
     key: &K,
@@ -751,5 +1001,268 @@ mod tests {
         );
         assert!(index.protected_in_namespace("prod").unwrap().by.annotation);
         assert_eq!(index.len(), 1);
+    }
+
+    /// An object of any kind with the given owners (uid, group, kind), labels and annotations.
+    fn object(
+        kind: (&str, &str),
+        name: &str,
+        uid: &str,
+        owners: &[(&str, &str, &str)],
+        labels: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+    ) -> ObjectEntry {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        ObjectEntry::new(
+            ObjectKey {
+                group: kind.0.into(),
+                kind: kind.1.into(),
+                namespace: Some("prod".into()),
+                name: name.into(),
+            },
+            uid.into(),
+            map(labels),
+            &map(annotations),
+            owners
+                .iter()
+                .map(|(uid, group, kind)| Owner {
+                    uid: uid.to_string(),
+                    group: group.to_string(),
+                    kind: kind.to_string(),
+                })
+                .collect(),
+        )
+    }
+
+    const PVC: (&str, &str) = ("", "PersistentVolumeClaim");
+    const PROTECTED: (&str, &str) = (PROTECTED_ANNOTATION, "true");
+
+    #[test]
+    fn owner_kinds_are_followed_to_the_top_of_each_chain() {
+        let snap = snapshot(&[]);
+        let mut index = ObjectIndex::default();
+        index.upsert(
+            object(
+                PVC,
+                "web-0-scratch",
+                "pvc",
+                &[("pod", "", "Pod")],
+                &[],
+                &[PROTECTED],
+            ),
+            &snap,
+        );
+        assert_eq!(
+            index.ancestor_kinds_of_protected(),
+            [("".to_owned(), "Pod".to_owned())].into()
+        );
+        // Once Pods are watched, the Pod's owner is known, and so on up.
+        index.upsert(
+            object(
+                ("", "Pod"),
+                "web-0",
+                "pod",
+                &[("rs", "apps", "ReplicaSet")],
+                &[],
+                &[],
+            ),
+            &snap,
+        );
+        index.upsert(
+            object(
+                ("apps", "ReplicaSet"),
+                "web-1",
+                "rs",
+                &[("dep", "apps", "Deployment")],
+                &[],
+                &[],
+            ),
+            &snap,
+        );
+        let kinds: Vec<String> = index
+            .ancestor_kinds_of_protected()
+            .into_iter()
+            .map(|(_, k)| k)
+            .collect();
+        assert_eq!(kinds, ["Pod", "Deployment", "ReplicaSet"]);
+        // Deleting the Deployment reaches the claim through both links.
+        assert_eq!(
+            index.owned_by("dep").unwrap().object,
+            "PersistentVolumeClaim prod/web-0-scratch"
+        );
+        // Unprotected objects' owners are not wanted.
+        let mut other = ObjectIndex::default();
+        other.upsert(
+            object(PVC, "tmp", "t", &[("pod", "", "Pod")], &[], &[]),
+            &snap,
+        );
+        assert!(other.ancestor_kinds_of_protected().is_empty());
+    }
+
+    #[test]
+    fn statefulset_claims_from_an_ordinal_up_whatever_the_template() {
+        let snap = snapshot(&[]);
+        let mut index = ObjectIndex::default();
+        for (name, uid) in [
+            ("data-db-0", "a"),
+            ("logs-db-3", "b"),
+            ("data-dbx-1", "c"),
+            ("data-db-backup", "d"),
+            ("db-1", "e"),
+        ] {
+            index.upsert(object(PVC, name, uid, &[], &[], &[PROTECTED]), &snap);
+        }
+        assert_eq!(index.statefulset_claims("prod", "db", 0).unwrap().count, 2);
+        let from_one = index.statefulset_claims("prod", "db", 1).unwrap();
+        assert_eq!(
+            (from_one.object.as_str(), from_one.count),
+            ("PersistentVolumeClaim prod/logs-db-3", 1)
+        );
+        assert!(index.statefulset_claims("prod", "db", 4).is_none());
+        assert!(index.statefulset_claims("dev", "db", 0).is_none());
+    }
+
+    #[test]
+    fn managers_reach_what_they_mark_and_what_that_owns() {
+        let snap = snapshot(&[]);
+        let mut index = ObjectIndex::default();
+        let argo = Manager {
+            kind: crate::policy::managers::ManagerKind::ArgoApplication,
+            namespace: None,
+            name: "orders".into(),
+        };
+        index.upsert(
+            object(
+                PVC,
+                "data",
+                "pvc",
+                &[],
+                &[],
+                &[
+                    PROTECTED,
+                    (
+                        "argocd.argoproj.io/tracking-id",
+                        "orders:/PersistentVolumeClaim:prod/data",
+                    ),
+                ],
+            ),
+            &snap,
+        );
+        assert_eq!(
+            index.managed_by(&argo).unwrap().object,
+            "PersistentVolumeClaim prod/data"
+        );
+        // A managed StatefulSet whose claim (owned by it) is protected.
+        let payments = Manager {
+            name: "payments".into(),
+            ..argo.clone()
+        };
+        index.upsert(
+            object(
+                ("apps", "StatefulSet"),
+                "db",
+                "sts",
+                &[],
+                &[("app.kubernetes.io/instance", "payments")],
+                &[],
+            ),
+            &snap,
+        );
+        assert!(index.managed_by(&payments).is_none());
+        index.upsert(
+            object(
+                PVC,
+                "data-db-0",
+                "pvc2",
+                &[("sts", "apps", "StatefulSet")],
+                &[],
+                &[PROTECTED],
+            ),
+            &snap,
+        );
+        assert_eq!(
+            index.managed_by(&payments).unwrap().object,
+            "PersistentVolumeClaim prod/data-db-0"
+        );
+        assert_eq!(index.managers_of_protected().len(), 2);
+        index.remove("pvc2");
+        assert!(index.managed_by(&payments).is_none());
+    }
+
+    #[test]
+    fn storage_handles_refuse_while_loading_and_name_the_protected_claim() {
+        let snap = snapshot(&[]);
+        let mut index = ObjectIndex::default();
+        index.upsert(object(PVC, "data", "pvc", &[], &[], &[PROTECTED]), &snap);
+        index.handles_listed("PersistentVolume", false);
+        assert!(
+            index
+                .storage("csi:d:vol-9")
+                .unwrap()
+                .object
+                .contains("still loading")
+        );
+        let handle = |name: &str, bound: Option<&str>| Handle {
+            identity: "csi:d:vol-1".into(),
+            holder: ObjectKey {
+                group: "".into(),
+                kind: "PersistentVolume".into(),
+                namespace: None,
+                name: name.into(),
+            },
+            bound: bound.map(|claim| ObjectKey {
+                group: "".into(),
+                kind: "PersistentVolumeClaim".into(),
+                namespace: Some("prod".into()),
+                name: claim.into(),
+            }),
+        };
+        index.set_handle("pv-1", Some(handle("pv-1", Some("data"))));
+        index.handles_listed("PersistentVolume", true);
+        assert_eq!(
+            index.storage("csi:d:vol-1").unwrap().object,
+            "PersistentVolumeClaim prod/data"
+        );
+        assert!(index.storage("csi:d:vol-2").is_none());
+        // A relist without the volume drops its handle.
+        index.retain_handles("PersistentVolume", &HashSet::new());
+        assert!(index.storage("csi:d:vol-1").is_none());
+    }
+
+    #[test]
+    fn external_names_match_other_protected_objects_of_the_same_kind() {
+        let snap = snapshot(&["Instance"]);
+        let mut index = ObjectIndex::default();
+        let rds = ("db.example.com", "Instance");
+        let named = (EXTERNAL_NAME, "orders-prod");
+        index.upsert(object(rds, "data-orders", "a", &[], &[], &[named]), &snap);
+        index.upsert(object(rds, "scratch", "b", &[], &[], &[]), &snap);
+        assert!(
+            index
+                .external("db.example.com", "Instance", "orders-prod", "b")
+                .is_some()
+        );
+        // The protected object renaming its own external resource is not a second handle.
+        assert!(
+            index
+                .external("db.example.com", "Instance", "orders-prod", "a")
+                .is_none()
+        );
+        assert!(
+            index
+                .external("db.example.com", "Other", "orders-prod", "b")
+                .is_none()
+        );
+        index.remove("a");
+        assert!(
+            index
+                .external("db.example.com", "Instance", "orders-prod", "b")
+                .is_none()
+        );
     }
 }

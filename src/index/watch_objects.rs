@@ -20,6 +20,20 @@ type Kind = (String, String);
 /// gauge refreshed.
 const RETRY_UNRESOLVED: Duration = Duration::from_secs(5);
 
+/// How often the owner kinds above protected objects are checked for new ones to watch.
+const ANCESTOR_CHECK: Duration = Duration::from_secs(1);
+
+/// Whether a watch error says agentguard may not list or watch the kind.
+fn forbidden(err: &watcher::Error) -> bool {
+    match err {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.is_forbidden(),
+        watcher::Error::WatchError(status) => status.is_forbidden(),
+        _ => false,
+    }
+}
+
 fn entry(meta: &PartialObjectMeta<DynamicObject>, group: &str, kind: &str) -> Option<ObjectEntry> {
     let uid = meta.uid()?;
     let empty = Default::default();
@@ -70,6 +84,20 @@ async fn watch_kind(
             Ok(event) => event,
             Err(err) => {
                 tracing::warn!(kind = %kind_name, error = %err, "object watch error; retrying");
+                if forbidden(&err) {
+                    // Deleting an object of this kind may take protected data with it, and
+                    // agentguard cannot see which: such deletions are refused until it can.
+                    let mut index = objects.write().unwrap_or_else(|e| e.into_inner());
+                    index.set_blind(
+                        kind.clone(),
+                        Some(format!(
+                            "agentguard may not list {}{} (grant list and watch on it, e.g. with the chart's rbac.extraWatchedResources)",
+                            resource.plural,
+                            if group.is_empty() { String::new() } else { format!(".{group}") }
+                        )),
+                    );
+                    index.unwatched(&kind);
+                }
                 continue;
             }
         };
@@ -88,6 +116,7 @@ async fn watch_kind(
                 index.retain(|e| {
                     &e.key.group != group || &e.key.kind != kind_name || seen.contains(&e.uid)
                 });
+                index.set_blind(kind.clone(), None);
                 drop(index);
                 // Only a relist needs it: give back its memory (one UID per object) until then.
                 seen = HashSet::new();
@@ -108,10 +137,13 @@ async fn watch_kind(
 }
 
 /// Keeps one watch per wanted kind: the kinds policies target (from `kinds_rx`, `None` until
-/// the policies first synced) plus
-/// `annotation_kinds` plus the guarded kinds learned from the annotation (`recorded_rx`,
-/// `None` until their record was read). Marks the objects gate synced once every served kind
-/// has listed.
+/// the policies first synced), `annotation_kinds`, and the kinds of every owner above a
+/// protected object (so a chain of any kinds, a Deployment's ReplicaSet's Pod's claim, is
+/// followed to its top). Marks the objects gate synced once every served policy and annotation
+/// kind has listed; owner kinds do not hold readiness (while one loads, agents' deletions that
+/// might reach protected data are refused instead).
+/// Also the guarded kinds learned from the annotation (`recorded_rx`, `None` until their
+/// record was read; readiness waits for it), which hold readiness like annotation kinds.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_objects(
     client: kube::Client,
@@ -128,15 +160,24 @@ pub async fn run_objects(
     let mut listed: HashSet<Kind> = HashSet::new();
     let (synced_tx, mut synced_rx) = mpsc::unbounded_channel::<Kind>();
     let mut retry = tokio::time::interval(RETRY_UNRESOLVED);
+    let mut ancestors = tokio::time::interval(ANCESTOR_CHECK);
     loop {
         // None until the policies have synced once: readiness waits for their kinds too.
         let policy_kinds = kinds_rx.borrow_and_update().clone();
         let policies_seen = policy_kinds.is_some();
-        let mut wanted: BTreeSet<Kind> = policy_kinds.unwrap_or_default();
-        wanted.extend(annotation_kinds.iter().cloned());
+        let mut gating: BTreeSet<Kind> = policy_kinds.unwrap_or_default();
+        gating.extend(annotation_kinds.iter().cloned());
         let recorded = recorded_rx.borrow_and_update().clone();
         let recorded_seen = recorded.is_some();
-        wanted.extend(recorded.map(|r| r.guarded).unwrap_or_default());
+        gating.extend(recorded.map(|r| r.guarded).unwrap_or_default());
+        let mut wanted = gating.clone();
+        wanted.extend(
+            objects
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .ancestor_kinds_of_protected(),
+        );
+        let last_wanted = wanted.clone();
         for kind in running
             .keys()
             .filter(|k| !wanted.contains(*k))
@@ -148,6 +189,7 @@ pub async fn run_objects(
             let mut index = objects.write().unwrap_or_else(|e| e.into_inner());
             index.retain(|e| e.key.group != kind.0 || e.key.kind != kind.1);
             index.unwatched(&kind);
+            index.set_blind(kind.clone(), None);
             drop(index);
             tracing::info!(group = %kind.0, kind = %kind.1, "stopped watching");
         }
@@ -205,26 +247,46 @@ pub async fn run_objects(
             .filter_map(|(k, n)| plurals.get(&k).map(|p| (p.clone(), n as i64)))
             .collect();
         metrics.set_protected_objects(&counts);
-        if policies_seen && recorded_seen && running.keys().all(|k| listed.contains(k)) {
+        if policies_seen
+            && recorded_seen
+            && running
+                .keys()
+                .filter(|k| gating.contains(*k))
+                .all(|k| listed.contains(k))
+        {
             readiness.synced(OBJECTS_GATE);
         }
-        tokio::select! {
-            changed = kinds_rx.changed() => {
-                if changed.is_err() {
-                    return;
+        // Wait for something to do: a policy change, a kind listed, the retry tick, or a new
+        // owner kind above a protected object.
+        loop {
+            tokio::select! {
+                changed = kinds_rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
                 }
-            }
-            Some(kind) = synced_rx.recv() => {
-                if running.contains_key(&kind) {
-                    objects
-                        .write()
+                Some(kind) = synced_rx.recv() => {
+                    if running.contains_key(&kind) {
+                        objects
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .listed(kind.clone());
+                    }
+                    listed.insert(kind);
+                }
+                Ok(()) = recorded_rx.changed() => {}
+                _ = retry.tick() => {}
+                _ = ancestors.tick() => {
+                    let now = objects
+                        .read()
                         .unwrap_or_else(|e| e.into_inner())
-                        .listed(kind.clone());
+                        .ancestor_kinds_of_protected();
+                    if now.is_subset(&last_wanted) {
+                        continue;
+                    }
                 }
-                listed.insert(kind);
             }
-            Ok(()) = recorded_rx.changed() => {}
-            _ = retry.tick() => {}
+            break;
         }
     }
 }

@@ -181,6 +181,9 @@ struct Coverage<'a> {
     /// (group, plural) with DELETE routed, from the live configuration; None when it cannot
     /// be read (then nothing counts as routed).
     routed: Option<Vec<(String, String)>>,
+    /// The live configuration's matchCondition expressions: a protected kind's every UPDATE
+    /// is let through by name (`'group/plural'`), a kind routed only as a cascade root is not.
+    conditions: String,
     configuration: Option<&'a str>,
     objects: &'a SharedObjects,
 }
@@ -191,24 +194,35 @@ impl Coverage<'_> {
             // Not agentguard's to check (the configuration is someone else's and unnamed).
             (_, None) => true,
             (None, Some(_)) => false,
-            (Some(routed), Some(_)) => routed
-                .iter()
-                .any(|(g, p)| (g == "*" || g == group) && (p == "*" || p == plural)),
+            (Some(routed), Some(_)) => {
+                routed
+                    .iter()
+                    .any(|(g, p)| (g == "*" || g == group) && (p == "*" || p == plural))
+                    && (self.conditions.is_empty()
+                        || self.conditions.contains(&format!("'{group}/{plural}'")))
+            }
         }
     }
 }
 
 /// (group, resource) pairs whose DELETE the named ValidatingWebhookConfiguration sends to
-/// agentguard.
-async fn routed_deletes(client: &kube::Client, name: &str) -> Option<Vec<(String, String)>> {
+/// agentguard, and its matchCondition expressions.
+async fn routed_deletes(
+    client: &kube::Client,
+    name: &str,
+) -> Option<(Vec<(String, String)>, String)> {
     let config = Api::<ValidatingWebhookConfiguration>::all(client.clone())
         .get_opt(name)
         .await
         .ok()??;
     let mut routed = Vec::new();
+    let mut conditions = String::new();
     for hook in config.webhooks.iter().flatten() {
         if hook.name != WEBHOOK_NAME {
             continue;
+        }
+        for condition in hook.match_conditions.iter().flatten() {
+            conditions.push_str(&condition.expression);
         }
         for rule in hook.rules.iter().flatten() {
             let ops = rule.operations.as_deref().unwrap_or_default();
@@ -222,7 +236,7 @@ async fn routed_deletes(client: &kube::Client, name: &str) -> Option<Vec<(String
             }
         }
     }
-    Some(routed)
+    Some((routed, conditions))
 }
 
 /// Keeps every policy's status current: on policy changes, on blocked deletions, and every
@@ -269,11 +283,17 @@ pub async fn reconcile_policy_status(
             last_count = Instant::now();
             let snap = snapshot.load_full();
             let mut resolver = KindResolver::default();
+            let live = match &webhook_configuration {
+                Some(name) => routed_deletes(&client, name).await,
+                None => None,
+            };
+            let (routed, conditions) = match live {
+                Some((routed, conditions)) => (Some(routed), conditions),
+                None => (None, String::new()),
+            };
             let coverage = Coverage {
-                routed: match &webhook_configuration {
-                    Some(name) => routed_deletes(&client, name).await,
-                    None => None,
-                },
+                routed,
+                conditions,
                 configuration: webhook_configuration.as_deref(),
                 objects: &objects,
             };
@@ -452,6 +472,7 @@ mod tests {
                         .map(|(g, p)| (g.to_owned(), p.to_owned()))
                         .collect()
                 }),
+                conditions: String::new(),
                 configuration,
                 objects: &objects,
             }

@@ -2,6 +2,7 @@
 //! (unless every policy protecting the claim opts out with `retainVolumes: false`), so even an
 //! approved or mistaken deletion of the claim leaves the disk for `kubectl agentguard restore`.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -10,7 +11,7 @@ use kube::api::{Api, Patch, PatchParams, ResourceExt};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::json;
 
-use crate::index::{SharedObjects, SharedSnapshot};
+use crate::index::{SharedObjects, SharedSnapshot, watch_handles};
 use crate::policy::{CascadeHit, ProtectedObjects};
 
 const PIN_INTERVAL: Duration = Duration::from_secs(5);
@@ -25,8 +26,8 @@ fn wants_retain(hit: &CascadeHit, snapshot: &crate::policy::Snapshot) -> bool {
             .any(|id| snapshot.policy(id).is_none_or(|p| p.retain_volumes))
 }
 
-/// Watches PersistentVolumes and pins those bound to protected claims, while `leader` says
-/// this replica leads. Never returns.
+/// Watches PersistentVolumes, records their handles in the index, and pins those bound to
+/// protected claims while `leader` says this replica leads. Never returns.
 pub async fn pin_volumes(
     client: kube::Client,
     snapshot: SharedSnapshot,
@@ -39,11 +40,28 @@ pub async fn pin_volumes(
         .default_backoff()
         .boxed();
     let mut tick = tokio::time::interval(PIN_INTERVAL);
+    // Every replica keeps the volumes' handles (a second PV on a protected disk is refused);
+    // until they are listed, such creations are refused.
+    objects
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .handles_listed(watch_handles::VOLUMES, false);
+    let mut seen = HashSet::new();
     loop {
         tokio::select! {
             event = events.next() => {
-                if let Some(Err(err)) = event {
-                    tracing::warn!(error = %err, "PersistentVolume watch error; retrying");
+                match event {
+                    Some(Ok(event)) => watch_handles::apply(
+                        &objects,
+                        watch_handles::VOLUMES,
+                        &event,
+                        &mut seen,
+                        watch_handles::volume_handle,
+                    ),
+                    Some(Err(err)) => {
+                        tracing::warn!(error = %err, "PersistentVolume watch error; retrying")
+                    }
+                    None => {}
                 }
                 continue;
             }

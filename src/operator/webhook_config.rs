@@ -16,10 +16,13 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, OwnerReference,
 };
-use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, Patch, PatchParams,
+};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::index::{KindResolver, RecordedKinds, SharedObjects, SharedSnapshot};
+use crate::policy::managers::ManagerKind;
 use crate::policy::{Applies, PROXY_RULES};
 
 /// The webhook's name, as the API server prints it in denials and prefixes audit annotations.
@@ -67,6 +70,11 @@ const ROOT_WRITE_CONDITION: &str = "(object != null && has(object.metadata.annot
 || (object != null && oldObject != null && (has(object.metadata.finalizers) != has(oldObject.metadata.finalizers) || (has(object.metadata.finalizers) && object.metadata.finalizers != oldObject.metadata.finalizers))) \
 || (request.resource.resource == 'persistentvolumes' && object != null && has(object.spec.persistentVolumeReclaimPolicy) && object.spec.persistentVolumeReclaimPolicy == 'Delete') \
 || (request.resource.resource == 'statefulsets' && object != null && has(object.spec.persistentVolumeClaimRetentionPolicy)) \
+|| (request.resource.resource == 'statefulsets' && request.subResource == 'scale') \
+|| (object != null && has(object.spec) && has(object.spec.scaleTargetRef)) \
+|| (request.resource.group in ['argoproj.io', 'kustomize.toolkit.fluxcd.io', 'helm.toolkit.fluxcd.io'] && object != null && oldObject != null && (has(object.spec) != has(oldObject.spec) || (has(object.spec) && object.spec != oldObject.spec))) \
+|| (request.operation == 'CREATE' && request.resource.resource in ['persistentvolumes', 'volumesnapshotcontents']) \
+|| (object != null && has(object.metadata.annotations) && 'crossplane.io/external-name' in object.metadata.annotations && (oldObject == null || !has(oldObject.metadata.annotations) || !('crossplane.io/external-name' in oldObject.metadata.annotations) || oldObject.metadata.annotations['crossplane.io/external-name'] != object.metadata.annotations['crossplane.io/external-name'])) \
 || (request.operation == 'CREATE' && request.resource.resource == 'deletebackuprequests') \
 || (oldObject != null && has(oldObject.metadata.deletionTimestamp)) \
 || (object != null && has(object.spec) && has(object.spec.deletionPolicy) && object.spec.deletionPolicy == 'Delete') \
@@ -147,6 +155,12 @@ impl Routes {
             insert(&mut write, group, plural);
         }
         insert(&mut write, "", "persistentvolumes/status");
+        // Subresources whose objects stand in for another kind (`statefulsets/scale`).
+        for rule in PROXY_RULES {
+            if let Applies::Subresource(group, resource, sub) = rule.applies {
+                insert(&mut write, group, &format!("{resource}/{sub}"));
+            }
+        }
         // Deletion by proxy through Velero: a DeleteBackupRequest for a protected Backup.
         if velero {
             insert(&mut write, "velero.io", "deletebackuprequests");
@@ -426,8 +440,9 @@ pub fn desired_sealing(
 type Kind = (String, String);
 
 /// The kinds to route: protected (policy targets and annotation kinds: every write by a human
-/// or agent is judged) and roots (owners of protected objects, and the kinds of the
-/// deletion-by-proxy table, whose writes are judged when they touch what decisions read).
+/// or agent is judged) and roots (every owner kind above protected objects, the managers of
+/// protected data, and the kinds of the deletion-by-proxy table, whose writes are judged when
+/// they touch what decisions read).
 /// One place, so a decision never lacks its route.
 pub fn kinds_to_route(
     annotation_kinds: &[Kind],
@@ -438,12 +453,50 @@ pub fn kinds_to_route(
     protected.extend(policy_kinds);
     let mut roots: BTreeSet<Kind> = owner_kinds.into_iter().collect();
     for rule in PROXY_RULES {
-        if let Applies::Update(group, kind) | Applies::Create(group, kind) = rule.applies {
+        if let Some((group, kind)) = rule.applies.kind() {
+            roots.insert((group.to_owned(), kind.to_owned()));
+        }
+    }
+    for manager in [
+        ManagerKind::ArgoApplication,
+        ManagerKind::FluxKustomization,
+        ManagerKind::FluxHelmRelease,
+    ] {
+        if let Some((group, kind)) = manager.group_kind() {
             roots.insert((group.to_owned(), kind.to_owned()));
         }
     }
     roots.retain(|k| !protected.contains(k));
     (protected, roots)
+}
+
+/// The claim kinds (group, kind) Crossplane's CompositeResourceDefinitions define; empty when
+/// Crossplane is not installed or they cannot be listed.
+async fn claim_kinds(client: &kube::Client) -> Vec<Kind> {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(
+            "apiextensions.crossplane.io",
+            "v1",
+            "CompositeResourceDefinition",
+        ),
+        "compositeresourcedefinitions",
+    );
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    match api.list(&Default::default()).await {
+        Ok(list) => list
+            .items
+            .iter()
+            .filter_map(|xrd| {
+                let group = xrd.data.pointer("/spec/group")?.as_str()?;
+                let kind = xrd.data.pointer("/spec/claimNames/kind")?.as_str()?;
+                Some((group.to_owned(), kind.to_owned()))
+            })
+            .collect(),
+        Err(err) => {
+            tracing::debug!(error = %err, "cannot list CompositeResourceDefinitions");
+            Vec::new()
+        }
+    }
 }
 
 /// Keeps both configurations equal to [`desired`] and [`desired_sealing`] for the kinds in
@@ -478,8 +531,11 @@ pub async fn reconcile(
         let external_change = tokio::select! {
             _ = tick.tick() => false,
             event = changes.next() => event.unwrap_or(false),
-            _ = leader.changed() => true,
-            _ = ca_bundle.changed() => true,
+            // A closed channel (no leader election: always leading; a CA read once from a
+            // file) never changes again: `Ok` only, or every pass would count as a change and
+            // re-apply in a loop.
+            Ok(()) = leader.changed() => true,
+            Ok(()) = ca_bundle.changed() => true,
             Ok(()) = recorded.changed() => false,
         };
         if !*leader.borrow_and_update() {
@@ -491,10 +547,19 @@ pub async fn reconcile(
         let Some(recorded) = recorded.borrow_and_update().clone() else {
             continue;
         };
-        let mut owner_kinds = objects
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .owner_kinds_of_protected();
+        let (mut owner_kinds, claims) = {
+            let index = objects.read().unwrap_or_else(|e| e.into_inner());
+            let claims = index
+                .managers_of_protected()
+                .iter()
+                .any(|m| m.kind == ManagerKind::CrossplaneClaim);
+            (index.ancestor_kinds_of_protected(), claims)
+        };
+        if claims {
+            // Deleting a Crossplane claim deletes its managed resources: route the claim kinds
+            // the CompositeResourceDefinitions define.
+            owner_kinds.extend(claim_kinds(&client).await);
+        }
         // Kinds agentguard cannot watch: their DELETE is still judged (the annotation is on
         // the deleted object), as an owner kind's is.
         owner_kinds.extend(recorded.unguarded);
@@ -692,7 +757,7 @@ mod tests {
         assert!(roots.contains(&("apps".to_owned(), "Deployment".to_owned())));
         // Every kind a deletion-by-proxy row names.
         for rule in PROXY_RULES {
-            if let Applies::Update(g, k) | Applies::Create(g, k) = rule.applies {
+            if let Some((g, k)) = rule.applies.kind() {
                 let kind = (g.to_owned(), k.to_owned());
                 assert!(
                     protected.contains(&kind) || roots.contains(&kind),
@@ -701,12 +766,26 @@ mod tests {
                 );
             }
         }
+        // The managers whose deletion prunes what they manage.
+        for kind in ["Application", "Kustomization", "HelmRelease"] {
+            assert!(roots.iter().any(|(_, k)| k == kind), "{kind} has no route");
+        }
         // Every routed resource's status subresource is judged too (metadata rides along).
         let routes = Routes {
             protected: [("".to_owned(), ["persistentvolumeclaims".to_owned()].into())].into(),
             roots: [("apps".to_owned(), ["deployments".to_owned()].into())].into(),
         };
         let writes = routes.writes(false);
+        // A subresource whose object stands in for another kind (a Scale for a StatefulSet).
+        for rule in PROXY_RULES {
+            if let Applies::Subresource(group, resource, sub) = rule.applies {
+                assert!(
+                    writes[group].contains(&format!("{resource}/{sub}")),
+                    "{}: {resource}/{sub} has no route",
+                    rule.id
+                );
+            }
+        }
         for (group, plurals) in routes.deletes() {
             for plural in plurals {
                 assert!(writes[&group].contains(&plural), "{group}/{plural}");
@@ -728,6 +807,10 @@ mod tests {
             "finalizers",
             "agentguard.dev/",
             "deletionPolicy",
+            "request.subResource == 'scale'",
+            "scaleTargetRef",
+            "crossplane.io/external-name",
+            "argoproj.io",
         ] {
             assert!(condition.contains(needle), "{needle}");
         }

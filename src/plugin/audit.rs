@@ -64,6 +64,40 @@ const DEFAULT_ANNOTATION_KINDS: [&str; 4] = [
     "snapshot.storage.k8s.io/VolumeSnapshot",
     "snapshot.storage.k8s.io/VolumeSnapshotContent",
 ];
+/// GitOps objects whose changes make a tool prune, with what agentguard cannot judge of them.
+const GITOPS_UNJUDGED: [(&str, &str, &str); 6] = [
+    (
+        "source.toolkit.fluxcd.io",
+        "gitrepositories",
+        "a Flux source's URL or revision decides what its Kustomizations apply; pointing it elsewhere makes Flux prune protected objects, and agentguard cannot see that",
+    ),
+    (
+        "source.toolkit.fluxcd.io",
+        "ocirepositories",
+        "a Flux source's URL or tag decides what its Kustomizations apply; pointing it elsewhere makes Flux prune protected objects, and agentguard cannot see that",
+    ),
+    (
+        "source.toolkit.fluxcd.io",
+        "buckets",
+        "a Flux source's bucket decides what its Kustomizations apply; pointing it elsewhere makes Flux prune protected objects, and agentguard cannot see that",
+    ),
+    (
+        "helm.toolkit.fluxcd.io",
+        "helmreleases",
+        "agentguard judges a HelmRelease's chart and deletion, not its values: values that drop a claim make helm-controller delete it",
+    ),
+    (
+        "argoproj.io",
+        "applicationsets",
+        "deleting or rewriting an ApplicationSet deletes the Applications it generated, and Argo CD then deletes what they manage",
+    ),
+    (
+        "argoproj.io",
+        "appprojects",
+        "an AppProject's destinations and source repositories decide what its Applications may apply; agentguard cannot see what a change makes Argo CD prune",
+    ),
+];
+
 /// Whoever may create one of these in a namespace can run a pod as any ServiceAccount there:
 /// nothing checks that the creator may use the account it names.
 const POD_MAKERS: [(&str, &str); 8] = [
@@ -890,6 +924,7 @@ enum CheckKind {
     Certificates,
     ActAs,
     Policies,
+    Gitops,
 }
 
 /// A way to do something, allowed when every request it needs is allowed.
@@ -1754,6 +1789,21 @@ impl ClusterFacts {
                 "admission policies are never sent to webhooks: deleting or rewriting agentguard's availability policy or its binding disarms the rules that hold while the webhook is unreachable",
                 &write,
                 Request::new("", "admissionregistration.k8s.io", resource),
+            ));
+        }
+        // What a GitOps tool applies is decided by objects whose changes admission cannot tie
+        // to protected data: a source's URL or revision, a HelmRelease's values, an
+        // ApplicationSet's generators. Changing them can make the tool prune protected objects
+        // (docs/security.md, "Controllers acting for an agent").
+        for (group, resource, what) in GITOPS_UNJUDGED {
+            checks.push(Check::verbs(
+                K::Gitops,
+                Bypass,
+                None,
+                format!("{resource}.{group}"),
+                what,
+                &["update", "patch", "delete"],
+                Request::new("", group, resource),
             ));
         }
         for crd in AGENTGUARD_CRDS {

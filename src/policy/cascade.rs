@@ -7,6 +7,7 @@ use kube::core::DynamicObject;
 use kube::core::admission::AdmissionRequest;
 
 use super::PolicyRef;
+use super::managers::{Manager, ManagerKind, manager_for, may_be_claim};
 
 /// A protected object a deletion would take with it.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +35,41 @@ pub trait ProtectedObjects {
     fn claims_with_prefix(&self, namespace: &str, prefixes: &[String]) -> Option<CascadeHit>;
     /// The protected claim `namespace/name`, if it is protected.
     fn claim(&self, namespace: &str, name: &str) -> Option<CascadeHit>;
+    /// Protected claims of StatefulSet `statefulset` in `namespace` (`<any template>-<set>-<n>`)
+    /// with ordinal `n >= from`.
+    fn statefulset_claims(
+        &self,
+        _namespace: &str,
+        _statefulset: &str,
+        _from: i64,
+    ) -> Option<CascadeHit> {
+        None
+    }
+    /// Protected data a manager (an Argo CD Application, a Flux Kustomization or HelmRelease, a
+    /// Crossplane claim) would delete: what carries its mark, and what that owns.
+    fn managed_by(&self, _manager: &Manager) -> Option<CascadeHit> {
+        None
+    }
+    /// Protected data on the storage with this handle (see [`super::handles`]).
+    fn storage(&self, _identity: &str) -> Option<CascadeHit> {
+        None
+    }
+    /// The protected object of (group, kind), other than `uid`, whose
+    /// `crossplane.io/external-name` is `external`.
+    fn external(
+        &self,
+        _group: &str,
+        _kind: &str,
+        _external: &str,
+        _uid: &str,
+    ) -> Option<CascadeHit> {
+        None
+    }
+    /// Why agentguard cannot see what deleting an object of (group, kind) would take with it
+    /// (it may not watch that kind), if it cannot.
+    fn blind(&self, _group: &str, _kind: &str) -> Option<String> {
+        None
+    }
     /// The object (group, kind, namespace, name), if it is protected. Views that track only
     /// claims answer for claims.
     fn object(
@@ -127,6 +163,24 @@ pub(super) fn cascade_of_object(
         && let Some(hit) = objects.owned_by(uid)
     {
         return Some((hit, "the garbage collector would then delete its dependent"));
+    }
+    let namespace = old.metadata.namespace.as_deref();
+    if let Some(manager) = manager_for(group, kind, namespace, name)
+        && let Some(hit) = objects.managed_by(&manager)
+    {
+        return Some((hit, manager.kind.consequence()));
+    }
+    if may_be_claim(group)
+        && let Some(ns) = namespace
+    {
+        let claim = Manager {
+            kind: ManagerKind::CrossplaneClaim,
+            namespace: Some(ns.to_owned()),
+            name: name.to_owned(),
+        };
+        if let Some(hit) = objects.managed_by(&claim) {
+            return Some((hit, ManagerKind::CrossplaneClaim.consequence()));
+        }
     }
     None
 }

@@ -941,6 +941,19 @@ fn decide_delete(
         // Judge the root as the protected data it would take with it.
         through = cascade_note(&hit, how);
         inherit(&mut found, &hit, snapshot);
+    } else if let Some(blind) = objects.blind(&object.group, &object.kind)
+        && found.is_empty()
+        && let Some(r) = snapshot.restricted_anywhere(username, groups)
+    {
+        // An owner of protected data whose kind agentguard may not watch: what its deletion
+        // takes along cannot be seen, so it is refused.
+        let message = format!(
+            "agentguard: DENIED delete of {} {} by {username}: {blind}, so agentguard cannot tell whether this \
+             deletion would take protected data with it. Do not try another way. Stop and ask a human.",
+            object.kind,
+            object.qualified_name()
+        );
+        return Decision::deny(object, format!("{}; {blind}", r.reason), message);
     } else if let Some(loading) = objects.loading()
         && found.is_empty()
         && let Some(r) = snapshot.restricted_anywhere(username, groups)
@@ -1141,13 +1154,54 @@ fn deletion_by_proxy(
     let new = req.object.as_ref()?;
     let old = req.old_object.as_ref();
     let creating = matches!(req.operation, Operation::Create);
-    let (rule, reach) = super::proxy::matching(creating, &object.group, &object.kind, old, new)?;
+    let target = super::proxy::Target {
+        creating,
+        group: &object.group,
+        kind: &object.kind,
+        resource_group: &req.resource.group,
+        resource: &req.resource.resource,
+        subresource: req.sub_resource.as_deref().unwrap_or_default(),
+    };
+    let mut first = None;
+    for (rule, reach) in super::proxy::matching_all(&target, old, new) {
+        let decision = judge_proxy(
+            snapshot, objects, now, object, username, groups, creating, old, new, rule, &reach,
+        );
+        match decision {
+            Some(d) if d.verdict == Verdict::Deny => return Some(d),
+            Some(d) if first.is_none() => first = Some(d),
+            _ => {}
+        }
+    }
+    first
+}
+
+/// One deletion-by-proxy rule's judgement of a request, None when it reaches nothing protected.
+#[allow(clippy::too_many_arguments)]
+fn judge_proxy(
+    snapshot: &Snapshot,
+    objects: &dyn ProtectedObjects,
+    now: Timestamp,
+    object: &ObjectRef,
+    username: &str,
+    groups: &[String],
+    creating: bool,
+    old: Option<&DynamicObject>,
+    new: &DynamicObject,
+    rule: &super::proxy::ProxyRule,
+    reach: &Reach,
+) -> Option<Decision> {
     let current = old.unwrap_or(new);
     let mut found = match reach {
-        Reach::Other { .. } => Vec::new(),
+        // The request's own object is new, or another kind's stand-in (a Scale, a scaler, a
+        // second handle): only what it reaches counts.
+        Reach::Other { .. }
+        | Reach::StatefulSetOrdinals { .. }
+        | Reach::Storage(_)
+        | Reach::External { .. } => Vec::new(),
         _ => protections(snapshot, object, current),
     };
-    let hit = match &reach {
+    let hit = match reach {
         Reach::Itself => None,
         Reach::BoundClaim { namespace, name } => objects.claim(namespace, name),
         Reach::StatefulSetClaims => {
@@ -1167,6 +1221,19 @@ fn deletion_by_proxy(
             namespace,
             name,
         } => objects.object(group, kind, namespace.as_deref(), name),
+        Reach::StatefulSetOrdinals {
+            namespace,
+            statefulset,
+            from,
+        } => objects.statefulset_claims(namespace, statefulset, *from),
+        Reach::Managed(manager) => objects.managed_by(manager),
+        Reach::Storage(identity) => objects.storage(identity),
+        Reach::External {
+            group,
+            kind,
+            external,
+            uid,
+        } => objects.external(group, kind, external, uid),
     };
     let mut through = String::new();
     if let Some(hit) = hit {
@@ -1183,6 +1250,14 @@ fn deletion_by_proxy(
         metadata: Default::default(),
         data: serde_json::Value::Null,
     };
+    // The same change made when the object is created sets up the same deletion: the verb
+    // says which it was.
+    let action = match rule.action.split_once(" (") {
+        Some(("update" | "write", rest)) => {
+            format!("{} ({rest}", if creating { "create" } else { "update" })
+        }
+        _ => rule.action.to_owned(),
+    };
     let mut decision = judge(Judged {
         snapshot,
         now,
@@ -1192,7 +1267,7 @@ fn deletion_by_proxy(
         found,
         through,
         approval_on: if creating { &unapproved } else { current },
-        action: rule.action,
+        action: &action,
     });
     decision.reason = format!("{} (by proxy: {})", decision.reason, rule.id);
     Some(decision)

@@ -8,6 +8,8 @@ mod cascade;
 mod compiled;
 mod decision;
 mod glob;
+pub mod handles;
+pub mod managers;
 mod proxy;
 mod seal;
 
@@ -19,7 +21,7 @@ pub use compiled::{
 };
 pub use decision::{ApprovalEvent, Decision, ObjectRef, Verdict, decide, seal_patch};
 pub use glob::{GlobError, GlobList};
-pub use proxy::{Applies, ProxyRule, RULES as PROXY_RULES, Reach};
+pub use proxy::{Applies, ProxyRule, RULES as PROXY_RULES, Reach, Target};
 pub use seal::{KEY_BYTES, KEY_PREFIX, Keyring, SealInput, SealProblem, key_created};
 
 #[cfg(test)]

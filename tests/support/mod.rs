@@ -459,6 +459,8 @@ pub struct GuardOptions {
     pub failure_policy: Option<&'static str>,
     /// Run as someone other than the cluster admin (e.g. a ServiceAccount with less RBAC).
     pub kubeconfig: Option<PathBuf>,
+    /// Run without leader election (`--leader-election=false`): this one process always leads.
+    pub no_lease: bool,
 }
 
 /// Starts one agentguard process for `ns`, logging to `<dir>/agentguard-<replica>.log`. It
@@ -528,6 +530,7 @@ pub fn spawn_agentguard(
         .args(&options.extra_args)
         .arg(format!("--lease-namespace={}", ns.name))
         .arg(format!("--lease-name=agentguard-{}", ns.name))
+        .args(options.no_lease.then_some("--leader-election=false"))
         .env("POD_NAME", format!("{replica}-{}", ns.name))
         .env(
             "KUBECONFIG",
