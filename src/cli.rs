@@ -182,6 +182,10 @@ pub struct RunArgs {
     /// Largest AdmissionReview body accepted; larger bodies get 413.
     #[arg(long, default_value_t = DEFAULT_MAX_REVIEW_BYTES, env = "AGENTGUARD_MAX_REVIEW_BYTES")]
     pub max_review_bytes: usize,
+    /// On SIGTERM, how long to keep answering reviews while reporting not ready, so the API
+    /// server stops sending them before the listener closes (h, m, s units).
+    #[arg(long, default_value = "5s", env = "AGENTGUARD_SHUTDOWN_DELAY")]
+    pub shutdown_delay: String,
 }
 
 #[derive(Debug, Args)]
@@ -247,6 +251,14 @@ pub fn main() -> anyhow::Result<()> {
                     break_glass_groups: args.break_glass_groups,
                 },
                 max_review_bytes: args.max_review_bytes,
+                shutdown_delay: crate::policy::parse_duration(&args.shutdown_delay).with_context(
+                    || {
+                        format!(
+                            "--shutdown-delay {:?} is not a duration like 5s",
+                            args.shutdown_delay
+                        )
+                    },
+                )?,
                 policy_reports: args.policy_reports,
                 request_ttl: crate::policy::parse_duration(&args.request_ttl).with_context(
                     || {

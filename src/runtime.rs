@@ -45,6 +45,8 @@ pub struct RunConfig {
     /// which are indexed for cascade checks even when no policy targets them.
     pub annotation_kinds: Vec<(String, String)>,
     pub max_review_bytes: usize,
+    /// On SIGTERM: how long reviews are still answered while `/readyz` says not ready.
+    pub shutdown_delay: Duration,
     /// Write PolicyReports (leader only).
     pub policy_reports: bool,
     /// How long a DeletionRequest stays Pending before it expires.
@@ -148,7 +150,11 @@ pub async fn run(config: RunConfig) -> Result<()> {
     let admission = webhook::admission_router(state, config.max_review_bytes);
     let ops = webhook::ops_router(metrics.clone(), readiness.clone());
 
-    tokio::spawn(shutdown_on_signal(handle, readiness.clone()));
+    tokio::spawn(shutdown_on_signal(
+        handle,
+        readiness.clone(),
+        config.shutdown_delay,
+    ));
     // Ready only after the first full sync of policies, agents and protected objects.
     let (health_tx, health_rx) = tokio::sync::watch::channel(Vec::new());
     let (kinds_tx, kinds_rx) = tokio::sync::watch::channel(Default::default());
@@ -285,7 +291,10 @@ pub async fn run(config: RunConfig) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_on_signal(handle: Handle<SocketAddr>, readiness: Readiness) {
+/// On SIGTERM or Ctrl-C: not ready at once, reviews still answered for `delay` (the API server
+/// keeps sending them until the endpoint's removal reaches it; refusing them would fail guarded
+/// requests of people too), then in-flight requests drained for up to [`SHUTDOWN_GRACE`].
+async fn shutdown_on_signal(handle: Handle<SocketAddr>, readiness: Readiness, delay: Duration) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let term = async {
@@ -305,8 +314,10 @@ async fn shutdown_on_signal(handle: Handle<SocketAddr>, readiness: Readiness) {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    tracing::info!("shutting down");
-    readiness.set(false);
+    tracing::info!(delay = ?delay, "shutting down: not ready, still answering reviews");
+    readiness.stop();
+    tokio::time::sleep(delay).await;
+    tracing::info!("closing the listeners");
     handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
 }
 

@@ -264,6 +264,8 @@ pub struct Readiness(Arc<ReadinessInner>);
 struct ReadinessInner {
     pending: std::sync::Mutex<HashSet<&'static str>>,
     ready: std::sync::atomic::AtomicBool,
+    /// Shutting down: never ready again.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Readiness {
@@ -287,9 +289,18 @@ impl Readiness {
     }
 
     pub fn set(&self, ready: bool) {
+        let stopped = self.0.stopped.load(std::sync::atomic::Ordering::Acquire);
         self.0
             .ready
-            .store(ready, std::sync::atomic::Ordering::Release);
+            .store(ready && !stopped, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Not ready from now on, whatever syncs later (shutdown).
+    pub fn stop(&self) {
+        self.0
+            .stopped
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.set(false);
     }
 
     pub fn is_ready(&self) -> bool {

@@ -618,6 +618,23 @@ impl<'c> Guard<'c> {
         ));
     }
 
+    /// Sends SIGTERM to the webhook process (as the kubelet does on a rollout).
+    pub fn terminate(&self) {
+        let pid = self.child.as_ref().expect("agentguard running").id();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid}");
+    }
+
+    /// Whether the webhook process has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().unwrap().is_some())
+    }
+
     /// Kills the webhook process, leaving its configuration registered.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
