@@ -179,6 +179,20 @@ pub struct RunArgs {
         env = "AGENTGUARD_APPROVAL_KEY_ROTATE_AFTER"
     )]
     pub approval_key_rotate_after: String,
+    /// Serve only clients (the API server) presenting a certificate from this PEM CA bundle;
+    /// anyone else is refused during the TLS handshake. The API server gets its certificate
+    /// from its AdmissionConfiguration's kubeConfigFile (see `agentguard manifests static`).
+    #[arg(long, env = "AGENTGUARD_CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
+    /// With --client-ca-file: the client certificate must name one of these (common name or
+    /// DNS name), comma separated. Empty: any certificate from the CA.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        requires = "client_ca_file",
+        env = "AGENTGUARD_CLIENT_ALLOWED_NAMES"
+    )]
+    pub client_allowed_names: Vec<String>,
     /// Largest AdmissionReview body accepted; larger bodies get 413.
     #[arg(long, default_value_t = DEFAULT_MAX_REVIEW_BYTES, env = "AGENTGUARD_MAX_REVIEW_BYTES")]
     pub max_review_bytes: usize,
@@ -195,6 +209,11 @@ pub struct CertsArgs {
     /// Validity in hours.
     #[arg(long, default_value_t = 24 * 365)]
     pub valid_hours: u64,
+    /// Also write a client certificate with this name (common name and DNS name), signed by
+    /// the same CA, as client.crt and client.key: the certificate the API server presents
+    /// when agentguard runs with --client-ca-file ca.crt --client-allowed-names NAME.
+    #[arg(long)]
+    pub client_name: Option<String>,
 }
 
 /// Entry point of the `agentguard` binary.
@@ -232,7 +251,15 @@ pub fn main() -> anyhow::Result<()> {
                         )
                     })?,
             };
+            let client_auth = match &args.client_ca_file {
+                None => None,
+                Some(path) => Some(
+                    crate::certs::ClientAuth::from_file(path, args.client_allowed_names.clone())
+                        .context("--client-ca-file")?,
+                ),
+            };
             let config = RunConfig {
+                client_auth,
                 approval_keys,
                 lease,
                 webhook_configuration,
@@ -256,14 +283,7 @@ pub fn main() -> anyhow::Result<()> {
                         )
                     },
                 )?,
-                annotation_kinds: args
-                    .annotation_kinds
-                    .iter()
-                    .map(|k| match k.trim().rsplit_once('/') {
-                        Some((group, kind)) => (group.to_owned(), kind.to_owned()),
-                        None => (String::new(), k.trim().to_owned()),
-                    })
-                    .collect(),
+                annotation_kinds: parse_kinds(&args.annotation_kinds),
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -389,25 +409,41 @@ fn tls_source(args: &RunArgs) -> anyhow::Result<TlsSource> {
 }
 
 fn write_certs(args: &CertsArgs) -> anyhow::Result<()> {
-    let bundle = crate::certs::generate(
+    let (bundle, clients) = crate::certs::generate_with_clients(
         &args.hosts,
         std::time::Duration::from_secs(args.valid_hours * 3600),
+        args.client_name.as_slice(),
     )?;
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
-    for (name, pem) in [
+    let mut files = vec![
         ("ca.crt", &bundle.ca_pem),
         ("tls.crt", &bundle.cert_pem),
         ("tls.key", &bundle.key_pem),
-    ] {
+    ];
+    for client in &clients {
+        files.push(("client.crt", &client.cert_pem));
+        files.push(("client.key", &client.key_pem));
+    }
+    for (name, pem) in &files {
         let path = args.out_dir.join(name);
         std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    println!(
-        "wrote ca.crt, tls.crt, tls.key to {}",
-        args.out_dir.display()
-    );
+    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+    println!("wrote {} to {}", names.join(", "), args.out_dir.display());
     Ok(())
+}
+
+/// `Kind` (core group) or `group/Kind`, as --annotation-kinds and --kinds take them.
+fn parse_kinds(kinds: &[String]) -> Vec<(String, String)> {
+    kinds
+        .iter()
+        .filter(|k| !k.trim().is_empty())
+        .map(|k| match k.trim().rsplit_once('/') {
+            Some((group, kind)) => (group.to_owned(), kind.to_owned()),
+            None => (String::new(), k.trim().to_owned()),
+        })
+        .collect()
 }
 
 fn init_tracing(format: LogFormat) {

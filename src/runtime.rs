@@ -55,6 +55,9 @@ pub struct RunConfig {
     pub lease: Option<(String, String)>,
     /// The Secret holding the keys approvals are sealed with.
     pub approval_keys: KeyParams,
+    /// Serve only clients with a certificate from this CA and these names (the API server's,
+    /// given to it by its AdmissionConfiguration's kubeConfigFile). None: any client.
+    pub client_auth: Option<certs::ClientAuth>,
 }
 
 /// Where the serving certificate comes from.
@@ -99,7 +102,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
 
     let tls = RustlsConfig::from_config(match &config.tls {
         TlsSource::Files { cert, key } => {
-            let loaded = certs::server_config_from_files(cert, key)?;
+            let loaded = certs::server_config_from_files(cert, key, config.client_auth.as_ref())?;
             record_expiry(&metrics, cert);
             loaded
         }
@@ -107,9 +110,10 @@ pub async fn run(config: RunConfig) -> Result<()> {
         // replica is not ready meanwhile.
         TlsSource::Secret(params) => {
             let placeholder = certs::generate(&params.hosts, std::time::Duration::from_secs(3600))?;
-            certs::server_config(
+            certs::server_config_with(
                 placeholder.cert_pem.as_bytes(),
                 placeholder.key_pem.as_bytes(),
+                config.client_auth.as_ref(),
             )?
         }
     });
@@ -207,7 +211,13 @@ pub async fn run(config: RunConfig) -> Result<()> {
                 })?;
                 ca_tx.send_replace(ca);
             }
-            tokio::spawn(reload_certificates(tls, cert, key, metrics.clone()));
+            tokio::spawn(reload_certificates(
+                tls,
+                cert,
+                key,
+                config.client_auth.clone(),
+                metrics.clone(),
+            ));
         }
         TlsSource::Secret(params) => {
             tokio::spawn(certificates::run(
@@ -218,6 +228,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
                 leader.clone(),
                 readiness.clone(),
                 metrics.clone(),
+                config.client_auth.clone(),
             ));
         }
     }
@@ -312,7 +323,13 @@ async fn shutdown_on_signal(handle: Handle<SocketAddr>, readiness: Readiness) {
 
 /// Swaps in the serving certificate when its files change. A broken pair (half-written files,
 /// a key that does not match) is logged and the previous certificate keeps serving.
-async fn reload_certificates(tls: RustlsConfig, cert: PathBuf, key: PathBuf, metrics: Metrics) {
+async fn reload_certificates(
+    tls: RustlsConfig,
+    cert: PathBuf,
+    key: PathBuf,
+    client_auth: Option<certs::ClientAuth>,
+    metrics: Metrics,
+) {
     let stamp = |cert: &PathBuf, key: &PathBuf| -> Option<(SystemTime, SystemTime)> {
         let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         Some((modified(cert)?, modified(key)?))
@@ -325,7 +342,7 @@ async fn reload_certificates(tls: RustlsConfig, cert: PathBuf, key: PathBuf, met
         if now.is_none() || now == last {
             continue;
         }
-        match certs::server_config_from_files(&cert, &key) {
+        match certs::server_config_from_files(&cert, &key, client_auth.as_ref()) {
             Ok(config) => {
                 tls.reload_from_config(config);
                 record_expiry(&metrics, &cert);
