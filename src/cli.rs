@@ -42,6 +42,65 @@ pub enum Command {
     Certs(CertsArgs),
     /// Print the ProtectedResource and ClusterProtectedResource CRDs as YAML.
     Crd,
+    /// Write configuration files for the API server (`static`: webhook configurations no API
+    /// call can delete, for Kubernetes 1.36+ control planes you run).
+    #[command(subcommand)]
+    Manifests(ManifestsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ManifestsCommand {
+    /// Write agentguard's validating and mutating webhook configurations as
+    /// `agentguard.static.k8s.io` files for kube-apiserver's staticManifestsDir (feature gate
+    /// ManifestBasedAdmissionControlConfig, alpha in 1.36), an AdmissionConfiguration that loads
+    /// them, and, with --client-cert, the kubeconfig that gives the API server its client
+    /// certificate for the webhook. docs/static-manifests.md says how to install them.
+    Static(StaticArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StaticArgs {
+    /// Directory to write into (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Where the files will be on the API server's host; the AdmissionConfiguration names
+    /// them by absolute path (default: --out, made absolute).
+    #[arg(long)]
+    pub install_dir: Option<PathBuf>,
+    /// URL the API server calls (static manifests take no Service reference), e.g.
+    /// https://10.96.0.50/validate for a Service's fixed ClusterIP. The sealing and probe
+    /// webhooks are its siblings (/seal, /static-probe).
+    #[arg(long)]
+    pub webhook_url: String,
+    /// PEM CA bundle that signed the webhook's serving certificate (caBundle).
+    #[arg(long)]
+    pub ca_file: PathBuf,
+    /// Protected kinds to route, as Kind for the core group or group/Kind, comma separated:
+    /// the kinds your policies target plus the annotation kinds. Roots (namespaces, CRDs,
+    /// StatefulSets, the deletion-by-proxy kinds) are added as the managed configuration adds
+    /// them. Write the files again when you protect a new kind.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "PersistentVolumeClaim,PersistentVolume,snapshot.storage.k8s.io/VolumeSnapshot,snapshot.storage.k8s.io/VolumeSnapshotContent"
+    )]
+    pub kinds: Vec<String>,
+    /// agentguard's own namespace (never judged; the probe runs there).
+    #[arg(long, default_value = "agentguard")]
+    pub namespace: String,
+    /// Only judge namespaces carrying this label (key=value).
+    #[arg(long)]
+    pub webhook_namespace_label: Option<String>,
+    /// Fail (fail-closed) or Ignore.
+    #[arg(long, default_value = "Fail", value_parser = ["Fail", "Ignore"])]
+    pub failure_policy: String,
+    /// PEM client certificate the API server presents to the webhook (with --client-key);
+    /// agentguard run --client-ca-file then serves only it.
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM key of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -297,6 +356,7 @@ pub fn main() -> anyhow::Result<()> {
             print!("{}", crate::api::crd_yaml());
             Ok(())
         }
+        Command::Manifests(ManifestsCommand::Static(args)) => write_static(&args),
     }
 }
 
@@ -431,6 +491,60 @@ fn write_certs(args: &CertsArgs) -> anyhow::Result<()> {
     }
     let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
     println!("wrote {} to {}", names.join(", "), args.out_dir.display());
+    Ok(())
+}
+
+fn write_static(args: &StaticArgs) -> anyhow::Result<()> {
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let namespace_label = match &args.webhook_namespace_label {
+        None => None,
+        Some(l) => Some(
+            l.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .context("--webhook-namespace-label must be key=value")?,
+        ),
+    };
+    anyhow::ensure!(
+        args.webhook_url.starts_with("https://"),
+        "--webhook-url must be an https:// URL"
+    );
+    let client = match (&args.client_cert, &args.client_key) {
+        (Some(cert), Some(key)) => Some(crate::certs::ClientCertificate {
+            name: cert.display().to_string(),
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+        }),
+        _ => None,
+    };
+    let install_dir = match &args.install_dir {
+        Some(dir) => dir.clone(),
+        None => std::path::absolute(&args.out)
+            .with_context(|| format!("cannot make {} absolute", args.out.display()))?,
+    };
+    anyhow::ensure!(
+        install_dir.is_absolute(),
+        "--install-dir must be an absolute path"
+    );
+    let manifests = crate::manifests::StaticManifests {
+        params: WebhookParams {
+            configuration_name: crate::operator::static_config::STATIC_CONFIGURATION_NAME.into(),
+            target: WebhookTarget::Url(args.webhook_url.clone()),
+            own_namespace: args.namespace.clone(),
+            namespace_label,
+            timeout_seconds: 5,
+            failure_policy: args.failure_policy.clone(),
+            owner_cluster_role: None,
+        },
+        kinds: parse_kinds(&args.kinds),
+        ca_bundle: read(&args.ca_file)?.into_bytes(),
+        client,
+        install_dir,
+    };
+    for path in manifests.write(&args.out)? {
+        println!("wrote {}", path.display());
+    }
     Ok(())
 }
 

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::operator;
 use crate::operator::approval_keys::{self, KeyParams};
 use crate::operator::certificates::{self, RotationParams};
+use crate::operator::static_config;
 use crate::operator::webhook_config::{self, WebhookParams};
 use crate::policy::Snapshot;
 use crate::policy::{AgentDefinition, AgentMatcher};
@@ -149,7 +150,8 @@ pub async fn run(config: RunConfig) -> Result<()> {
         .http1()
         .header_read_timeout(HEADER_READ_TIMEOUT);
 
-    let admission = webhook::admission_router(state, config.max_review_bytes);
+    let admission = webhook::admission_router(state, config.max_review_bytes)
+        .merge(static_config::probe_router());
     let ops = webhook::ops_router(metrics.clone(), readiness.clone());
 
     tokio::spawn(shutdown_on_signal(handle, readiness.clone()));
@@ -257,14 +259,35 @@ pub async fn run(config: RunConfig) -> Result<()> {
         ));
     }
     if let Some(params) = config.webhook_configuration.clone() {
-        tokio::spawn(webhook_config::reconcile(
+        // The managed configuration runs only while no static one (loaded from files by the
+        // API server) is in force.
+        let start_managed = {
+            let (client, params, kinds) = (
+                client.clone(),
+                params.clone(),
+                config.annotation_kinds.clone(),
+            );
+            let (snapshot, objects, leader) = (snapshot.clone(), objects.clone(), leader.clone());
+            move || {
+                tokio::spawn(webhook_config::reconcile(
+                    client.clone(),
+                    params.clone(),
+                    kinds.clone(),
+                    snapshot.clone(),
+                    objects.clone(),
+                    leader.clone(),
+                    ca_rx.clone(),
+                ))
+            }
+        };
+        let (in_force, _) = tokio::sync::watch::channel(None);
+        tokio::spawn(static_config::supervise(
             client.clone(),
-            params,
-            config.annotation_kinds.clone(),
-            snapshot.clone(),
-            objects.clone(),
+            params.own_namespace.clone(),
+            params.configuration_name.clone(),
             leader,
-            ca_rx,
+            in_force,
+            start_managed,
         ));
     }
     tokio::spawn(operator::events::publish_blocked_attempts(
