@@ -258,6 +258,12 @@ pub async fn run(config: RunConfig) -> Result<()> {
             leader.clone(),
         ));
     }
+    let (checked_configuration, checked_configuration_rx) = tokio::sync::watch::channel(
+        config
+            .webhook_configuration
+            .as_ref()
+            .map(|p| p.configuration_name.clone()),
+    );
     if let Some(params) = config.webhook_configuration.clone() {
         // The managed configuration runs only while no static one (loaded from files by the
         // API server) is in force.
@@ -280,7 +286,22 @@ pub async fn run(config: RunConfig) -> Result<()> {
                 ))
             }
         };
-        let (in_force, _) = tokio::sync::watch::channel(None);
+        let (in_force, mut in_force_rx) = tokio::sync::watch::channel(None);
+        // Policy status checks routes in the managed configuration; the static one cannot be
+        // read through the API, so while it is in force there is nothing to check.
+        let name = params.configuration_name.clone();
+        let checked = checked_configuration.clone();
+        tokio::spawn(async move {
+            while in_force_rx.changed().await.is_ok() {
+                let now = *in_force_rx.borrow_and_update();
+                checked.send_if_modified(|checked| {
+                    let want = (now != Some(static_config::InForce::Static)).then(|| name.clone());
+                    let changed = *checked != want;
+                    *checked = want;
+                    changed
+                });
+            }
+        });
         tokio::spawn(static_config::supervise(
             client.clone(),
             params.own_namespace.clone(),
@@ -299,10 +320,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
         client,
         snapshot,
         objects,
-        config
-            .webhook_configuration
-            .as_ref()
-            .map(|p| p.configuration_name.clone()),
+        checked_configuration_rx,
         health_rx,
         ledger,
     ));

@@ -4,8 +4,8 @@
 //! - cluster-admin cannot delete, replace or weaken the static configurations, and deleting
 //!   every webhook configuration the API has leaves agents denied;
 //! - an agent's deletion of a protected claim is denied with agentguard's message;
-//! - agentguard's managed configuration steps aside (a leftover one is deleted) and `kubectl
-//!   agentguard status` says the static one is in force;
+//! - agentguard's managed configuration steps aside (a leftover one is deleted), `kubectl
+//!   agentguard status` says the static one is in force, and policies report Ready;
 //! - with `--client-ca-file`, the API server is served (its kubeConfigFile gives it the client
 //!   certificate) and a caller without that certificate is refused;
 //! - when the API server restarts without the static configuration, the managed one takes
@@ -283,6 +283,14 @@ fn static_configurations_cannot_be_deleted_and_the_managed_one_steps_aside() {
         "kubectl agentguard status: {:?}",
         status_line(&cluster)
     );
+    // A policy is Ready (Enforcing) although the configuration routing it cannot be read
+    // through the API.
+    cluster.apply(&format!(
+        "apiVersion: agentguard.dev/v1alpha1\nkind: ProtectedResource\nmetadata:\n  name: claims\n  namespace: {}\n\
+         spec:\n  targets: [{{apiGroups: [''], kinds: [PersistentVolumeClaim]}}]\n",
+        ns.name
+    ));
+    ns.wait_policy_ready("claims");
 
     // cluster-admin cannot delete, replace or weaken the static configurations.
     for kind in [
