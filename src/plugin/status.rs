@@ -715,11 +715,12 @@ impl Report {
                 })
                 .collect(),
         );
+        // Last, so the sections above keep their places for scripts that read them.
         let webhook = match &self.webhook_configuration {
-            Some(w) => format!("WEBHOOK CONFIGURATION: {} ({})\n\n", w.in_force, w.detail),
+            Some(w) => format!("\nWEBHOOK CONFIGURATION: {} ({})\n", w.in_force, w.detail),
             None => String::new(),
         };
-        format!("{webhook}{policies}\n{objects}\n{approvals}\n{blocked}\n{requests}")
+        format!("{policies}\n{objects}\n{approvals}\n{blocked}\n{requests}{webhook}")
     }
 }
 
