@@ -151,7 +151,14 @@ fn static_configurations_cannot_be_deleted_and_the_managed_one_steps_aside() {
     let started = Instant::now();
     let tools = tools_dir();
     assert!(
-        tools.join("kube-apiserver").exists() && tools.join("etcd").exists(),
+        [
+            "kube-apiserver",
+            "kube-controller-manager",
+            "etcd",
+            "kubectl"
+        ]
+        .iter()
+        .all(|t| tools.join(t).exists()),
         "no kube-apiserver 1.36 in {}: build the pinned tools with `hack/build-tools.sh` \
          (then `cargo test --test e2e_static`)",
         tools.display()
@@ -185,6 +192,8 @@ fn static_configurations_cannot_be_deleted_and_the_managed_one_steps_aside() {
 
     // agentguard writes the files the API server loads.
     let port = free_port();
+    // Held until agentguard starts, so the control plane's own free ports cannot take it.
+    let reserved = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let url = format!("https://127.0.0.1:{port}/validate");
     let static_dir = base.join("static");
     run_ok(
@@ -224,6 +233,7 @@ fn static_configurations_cannot_be_deleted_and_the_managed_one_steps_aside() {
     let agent = ns.agent("cursor-agent");
     let log_path = base.join("agentguard.log");
     let metrics_port = free_port();
+    drop(reserved);
     let _guard = Agentguard(
         Command::new(env!("CARGO_BIN_EXE_agentguard"))
             .args(["run", "--webhook-addr", &format!("127.0.0.1:{port}")])
