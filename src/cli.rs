@@ -85,6 +85,12 @@ pub struct StaticArgs {
         default_value = "PersistentVolumeClaim,PersistentVolume,snapshot.storage.k8s.io/VolumeSnapshot,snapshot.storage.k8s.io/VolumeSnapshotContent"
     )]
     pub kinds: Vec<String>,
+    /// Owner kinds whose deletion would cascade to protected objects (e.g.
+    /// apps/StatefulSet,apps/Deployment,apps/ReplicaSet,Pod for ephemeral claims), routed as
+    /// roots. The managed configuration adds them as protected objects appear; static files
+    /// cannot, so name the ones your protected objects have. Default: none.
+    #[arg(long, value_delimiter = ',')]
+    pub owner_kinds: Vec<String>,
     /// agentguard's own namespace (never judged; the probe runs there).
     #[arg(long, default_value = "agentguard")]
     pub namespace: String,
@@ -538,6 +544,7 @@ fn write_static(args: &StaticArgs) -> anyhow::Result<()> {
             owner_cluster_role: None,
         },
         kinds: parse_kinds(&args.kinds),
+        owner_kinds: parse_kinds(&args.owner_kinds),
         ca_bundle: read(&args.ca_file)?.into_bytes(),
         client,
         install_dir,

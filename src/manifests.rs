@@ -41,6 +41,9 @@ pub struct StaticManifests {
     pub params: WebhookParams,
     /// Protected kinds, (group, Kind).
     pub kinds: Vec<(String, String)>,
+    /// Owner kinds whose deletion cascades to protected objects (the managed configuration
+    /// follows them as protected objects appear; files cannot), routed as roots.
+    pub owner_kinds: Vec<(String, String)>,
     /// PEM CA bundle the API server trusts for the webhook's serving certificate.
     pub ca_bundle: Vec<u8>,
     /// The client certificate the API server presents to the webhook (`kubeConfigFile`).
@@ -65,10 +68,10 @@ fn resources(kinds: impl IntoIterator<Item = (String, String)>) -> Resources {
     out
 }
 
-/// The routes the managed configuration would have for these protected kinds (before any
-/// owner kind of a protected object is seen).
-pub fn routes_for(kinds: &[(String, String)]) -> Routes {
-    let (protected, roots) = kinds_to_route(kinds, [], []);
+/// The routes the managed configuration would have for these protected kinds and owner kinds
+/// of protected objects.
+pub fn routes_for(kinds: &[(String, String)], owner_kinds: &[(String, String)]) -> Routes {
+    let (protected, roots) = kinds_to_route(kinds, [], owner_kinds.iter().cloned());
     Routes {
         protected: resources(protected),
         roots: resources(roots),
@@ -140,7 +143,7 @@ impl StaticManifests {
         &self,
     ) -> anyhow::Result<(ValidatingWebhookConfiguration, MutatingWebhookConfiguration)> {
         url(&self.params)?;
-        let routes = routes_for(&self.kinds);
+        let routes = routes_for(&self.kinds, &self.owner_kinds);
         let mut validating = webhook_config::desired(&self.params, &routes, &self.ca_bundle, None);
         validating.metadata = static_metadata();
         validating
@@ -290,6 +293,7 @@ mod tests {
                 ("".into(), "PersistentVolumeClaim".into()),
                 ("snapshot.storage.k8s.io".into(), "VolumeSnapshot".into()),
             ],
+            owner_kinds: vec![("apps".into(), "Deployment".into())],
             ca_bundle: b"CA".to_vec(),
             client: Some(ClientCertificate {
                 name: "kube-apiserver".into(),
@@ -312,8 +316,9 @@ mod tests {
             mutating.metadata.name.as_deref(),
             Some("agentguard.static.k8s.io")
         );
-        let routes = routes_for(&m.kinds);
+        let routes = routes_for(&m.kinds, &m.owner_kinds);
         assert!(routes.protected[""].contains("persistentvolumeclaims"));
+        assert!(routes.roots["apps"].contains("deployments"));
         assert!(routes.protected["snapshot.storage.k8s.io"].contains("volumesnapshots"));
         let managed = webhook_config::desired(&m.params, &routes, b"CA", None);
         let hooks = validating.webhooks.as_ref().unwrap();
