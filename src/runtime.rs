@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::operator;
 use crate::operator::approval_keys::{self, KeyParams};
 use crate::operator::certificates::{self, RotationParams};
+use crate::operator::static_config;
 use crate::operator::webhook_config::{self, WebhookParams};
 use crate::policy::Snapshot;
 use crate::policy::{AgentDefinition, AgentMatcher};
@@ -57,6 +58,9 @@ pub struct RunConfig {
     pub lease: Option<(String, String)>,
     /// The Secret holding the keys approvals are sealed with.
     pub approval_keys: KeyParams,
+    /// Serve only clients with a certificate from this CA and these names (the API server's,
+    /// given to it by its AdmissionConfiguration's kubeConfigFile). None: any client.
+    pub client_auth: Option<certs::ClientAuth>,
 }
 
 /// Where the serving certificate comes from.
@@ -101,7 +105,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
 
     let tls = RustlsConfig::from_config(match &config.tls {
         TlsSource::Files { cert, key } => {
-            let loaded = certs::server_config_from_files(cert, key)?;
+            let loaded = certs::server_config_from_files(cert, key, config.client_auth.as_ref())?;
             record_expiry(&metrics, cert);
             loaded
         }
@@ -109,9 +113,10 @@ pub async fn run(config: RunConfig) -> Result<()> {
         // replica is not ready meanwhile.
         TlsSource::Secret(params) => {
             let placeholder = certs::generate(&params.hosts, std::time::Duration::from_secs(3600))?;
-            certs::server_config(
+            certs::server_config_with(
                 placeholder.cert_pem.as_bytes(),
                 placeholder.key_pem.as_bytes(),
+                config.client_auth.as_ref(),
             )?
         }
     });
@@ -147,7 +152,8 @@ pub async fn run(config: RunConfig) -> Result<()> {
         .http1()
         .header_read_timeout(HEADER_READ_TIMEOUT);
 
-    let admission = webhook::admission_router(state, config.max_review_bytes);
+    let admission = webhook::admission_router(state, config.max_review_bytes)
+        .merge(static_config::probe_router());
     let ops = webhook::ops_router(metrics.clone(), readiness.clone());
 
     tokio::spawn(shutdown_on_signal(
@@ -213,7 +219,13 @@ pub async fn run(config: RunConfig) -> Result<()> {
                 })?;
                 ca_tx.send_replace(ca);
             }
-            tokio::spawn(reload_certificates(tls, cert, key, metrics.clone()));
+            tokio::spawn(reload_certificates(
+                tls,
+                cert,
+                key,
+                config.client_auth.clone(),
+                metrics.clone(),
+            ));
         }
         TlsSource::Secret(params) => {
             tokio::spawn(certificates::run(
@@ -224,6 +236,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
                 leader.clone(),
                 readiness.clone(),
                 metrics.clone(),
+                config.client_auth.clone(),
             ));
         }
     }
@@ -251,15 +264,57 @@ pub async fn run(config: RunConfig) -> Result<()> {
             leader.clone(),
         ));
     }
+    let (checked_configuration, checked_configuration_rx) = tokio::sync::watch::channel(
+        config
+            .webhook_configuration
+            .as_ref()
+            .map(|p| p.configuration_name.clone()),
+    );
     if let Some(params) = config.webhook_configuration.clone() {
-        tokio::spawn(webhook_config::reconcile(
+        // The managed configuration runs only while no static one (loaded from files by the
+        // API server) is in force.
+        let start_managed = {
+            let (client, params, kinds) = (
+                client.clone(),
+                params.clone(),
+                config.annotation_kinds.clone(),
+            );
+            let (snapshot, objects, leader) = (snapshot.clone(), objects.clone(), leader.clone());
+            move || {
+                tokio::spawn(webhook_config::reconcile(
+                    client.clone(),
+                    params.clone(),
+                    kinds.clone(),
+                    snapshot.clone(),
+                    objects.clone(),
+                    leader.clone(),
+                    ca_rx.clone(),
+                ))
+            }
+        };
+        let (in_force, mut in_force_rx) = tokio::sync::watch::channel(None);
+        // Policy status checks routes in the managed configuration; the static one cannot be
+        // read through the API, so while it is in force there is nothing to check.
+        let name = params.configuration_name.clone();
+        let checked = checked_configuration.clone();
+        tokio::spawn(async move {
+            while in_force_rx.changed().await.is_ok() {
+                let now = *in_force_rx.borrow_and_update();
+                checked.send_if_modified(|checked| {
+                    let want = (now != Some(static_config::InForce::Static)).then(|| name.clone());
+                    let changed = *checked != want;
+                    *checked = want;
+                    changed
+                });
+            }
+        });
+        tokio::spawn(static_config::supervise(
             client.clone(),
-            params,
-            config.annotation_kinds.clone(),
-            snapshot.clone(),
-            objects.clone(),
+            params.own_namespace.clone(),
+            params.configuration_name.clone(),
             leader,
-            ca_rx,
+            in_force,
+            start_managed,
         ));
     }
     tokio::spawn(operator::events::publish_blocked_attempts(
@@ -271,10 +326,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
         client,
         snapshot,
         objects,
-        config
-            .webhook_configuration
-            .as_ref()
-            .map(|p| p.configuration_name.clone()),
+        checked_configuration_rx,
         health_rx,
         ledger,
     ));
@@ -323,7 +375,13 @@ async fn shutdown_on_signal(handle: Handle<SocketAddr>, readiness: Readiness, de
 
 /// Swaps in the serving certificate when its files change. A broken pair (half-written files,
 /// a key that does not match) is logged and the previous certificate keeps serving.
-async fn reload_certificates(tls: RustlsConfig, cert: PathBuf, key: PathBuf, metrics: Metrics) {
+async fn reload_certificates(
+    tls: RustlsConfig,
+    cert: PathBuf,
+    key: PathBuf,
+    client_auth: Option<certs::ClientAuth>,
+    metrics: Metrics,
+) {
     let stamp = |cert: &PathBuf, key: &PathBuf| -> Option<(SystemTime, SystemTime)> {
         let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         Some((modified(cert)?, modified(key)?))
@@ -336,7 +394,7 @@ async fn reload_certificates(tls: RustlsConfig, cert: PathBuf, key: PathBuf, met
         if now.is_none() || now == last {
             continue;
         }
-        match certs::server_config_from_files(&cert, &key) {
+        match certs::server_config_from_files(&cert, &key, client_auth.as_ref()) {
             Ok(config) => {
                 tls.reload_from_config(config);
                 record_expiry(&metrics, &cert);

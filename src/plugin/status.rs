@@ -23,6 +23,7 @@ use crate::api::{
 };
 use crate::index::KindResolver;
 use crate::index::objects::{ObjectEntry, ObjectIndex, ObjectKey, Owner};
+use crate::operator::static_config::{InForce, PROBE_SECRET, STATIC_CONFIGURATION_NAME, probe};
 use crate::policy::{AgentMatcher, CompiledPolicy, PolicyRef, Snapshot, compile};
 
 /// Kinds the `agentguard.dev/protected` annotation is honoured on by default (the webhook's
@@ -413,6 +414,40 @@ struct Report {
     blocked: Vec<BlockedRow>,
     /// DeletionRequests waiting for a human, oldest first.
     requests: Vec<super::requests::PendingRow>,
+    /// Which webhook configuration routes requests to agentguard: `static` (loaded from files
+    /// by the API server), `managed` (written by agentguard through the API) or `unknown`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_configuration: Option<WebhookConfigurationRow>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WebhookConfigurationRow {
+    in_force: &'static str,
+    detail: String,
+}
+
+impl WebhookConfigurationRow {
+    fn of(seen: Option<InForce>, agentguard_namespace: &str) -> Self {
+        match seen {
+            Some(InForce::Static) => Self {
+                in_force: "static",
+                detail: format!(
+                    "{STATIC_CONFIGURATION_NAME}, loaded from files by the API server; no API call can delete or change it"
+                ),
+            },
+            Some(InForce::Managed) => Self {
+                in_force: "managed",
+                detail: "written by agentguard through the API (cluster-admin can delete it; see docs/static-manifests.md)".into(),
+            },
+            None => Self {
+                in_force: "unknown",
+                detail: format!(
+                    "the probe (a dry-run create of Secret {agentguard_namespace}/{PROBE_SECRET}) got no answer; is agentguard installed there, and may you create Secrets there?"
+                ),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -573,6 +608,7 @@ impl Report {
                 })
                 .collect(),
             requests: Vec::new(),
+            webhook_configuration: None,
         }
     }
 
@@ -679,7 +715,12 @@ impl Report {
                 })
                 .collect(),
         );
-        format!("{policies}\n{objects}\n{approvals}\n{blocked}\n{requests}")
+        // Last, so the sections above keep their places for scripts that read them.
+        let webhook = match &self.webhook_configuration {
+            Some(w) => format!("\nWEBHOOK CONFIGURATION: {} ({})\n", w.in_force, w.detail),
+            None => String::new(),
+        };
+        format!("{policies}\n{objects}\n{approvals}\n{blocked}\n{requests}{webhook}")
     }
 }
 
@@ -706,6 +747,10 @@ pub async fn run(ctx: &Ctx, _args: StatusArgs) -> Outcome {
         },
     )
     .await;
+    report.webhook_configuration = Some(WebhookConfigurationRow::of(
+        probe(&ctx.client, &ctx.agentguard_namespace).await,
+        &ctx.agentguard_namespace,
+    ));
     match ctx.output {
         Output::Table => print!("{}", report.render()),
         output => super::print(output, &[], &[], &report),

@@ -39,11 +39,13 @@ impl Cluster {
             "no kubeconfig at {}: {START_HINT}",
             kubeconfig.display()
         );
-        let out = Command::new(repo_root().join("hack/build-tools.sh"))
-            .arg("--print")
-            .output()
-            .expect("run hack/build-tools.sh --print");
-        let tools = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        Self::connect_to(kubeconfig)
+    }
+
+    /// [`Cluster::connect`] to the control plane whose admin kubeconfig is `kubeconfig` (a
+    /// suite's own, started with `hack/cluster.sh` and `AGENTGUARD_CLUSTER_DIR`).
+    pub fn connect_to(kubeconfig: PathBuf) -> Self {
+        let tools = tools_dir();
         let cluster = Self { kubeconfig, tools };
         cluster.wait_ready(Duration::from_secs(60));
         static CRDS: std::sync::OnceLock<()> = std::sync::OnceLock::new();
@@ -213,6 +215,15 @@ impl Cluster {
         std::fs::write(&path, yaml).unwrap();
         path
     }
+}
+
+/// The bin directory of the pinned control-plane tools (`hack/build-tools.sh --print`).
+pub fn tools_dir() -> PathBuf {
+    let out = Command::new(repo_root().join("hack/build-tools.sh"))
+        .arg("--print")
+        .output()
+        .expect("run hack/build-tools.sh --print");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 /// A namespace owned by one test; deleted when dropped.
