@@ -317,6 +317,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
             start_managed,
         ));
     }
+    tokio::spawn(index::verify_blocks(ledger.clone(), objects.clone()));
     tokio::spawn(operator::events::publish_blocked_attempts(
         client.clone(),
         ledger.clone(),
