@@ -616,6 +616,11 @@ impl<'c> Guard<'c> {
         std::fs::read_to_string(self.dir.path().join("agentguard-a.log")).unwrap_or_default()
     }
 
+    /// The process id of the running webhook process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts the webhook process again, with the same ports and certificates.
     pub fn respawn(&mut self, ns: &TestNamespace<'_>, options: &GuardOptions) {
         self.kill();
