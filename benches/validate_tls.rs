@@ -21,13 +21,15 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use agentguard::certs;
-use agentguard::index::{BlockLedger, SharedSnapshot};
+use agentguard::index::objects::{ObjectEntry, ObjectKey};
+use agentguard::index::{BlockLedger, SharedObjects, SharedSnapshot};
 use agentguard::metrics::Metrics;
 use agentguard::webhook::{self, AdmissionState, DEFAULT_MAX_REVIEW_BYTES};
 use axum::http::{Request, StatusCode, Uri, header};
@@ -109,9 +111,17 @@ async fn start_server(
     bundle: &certs::CertificateBundle,
     server_nodelay: bool,
 ) -> (SocketAddr, Handle<SocketAddr>, Arc<AdmissionState>) {
+    let snapshot = support::snapshot(support::policies(1));
+    // The claim is in the index, as the object watch puts every watched object there: blocks
+    // are recorded (status counts, Events) only for objects the index holds.
+    let objects: SharedObjects = Default::default();
+    objects
+        .write()
+        .expect("fresh lock")
+        .upsert(indexed(&support::pvc("100Gi", "gold")), &snapshot);
     let state = Arc::new(AdmissionState {
-        snapshot: SharedSnapshot::new(support::snapshot(support::policies(1))),
-        objects: Default::default(),
+        snapshot: SharedSnapshot::new(snapshot),
+        objects,
         metrics: Metrics::new(),
         ledger: BlockLedger::default(),
     });
@@ -148,6 +158,26 @@ async fn start_server(
     });
     handle.listening().await.expect("server listening");
     (addr, handle, state)
+}
+
+/// What the object watch keeps of a PersistentVolumeClaim given as the API server stores it.
+fn indexed(pvc: &serde_json::Value) -> ObjectEntry {
+    let meta = &pvc["metadata"];
+    let map = |v: &serde_json::Value| -> BTreeMap<String, String> {
+        serde_json::from_value(v.clone()).unwrap_or_default()
+    };
+    ObjectEntry::new(
+        ObjectKey {
+            group: String::new(),
+            kind: "PersistentVolumeClaim".into(),
+            namespace: meta["namespace"].as_str().map(str::to_owned),
+            name: meta["name"].as_str().expect("name").to_owned(),
+        },
+        meta["uid"].as_str().expect("uid").to_owned(),
+        map(&meta["labels"]),
+        &map(&meta["annotations"]),
+        Vec::new(),
+    )
 }
 
 /// A TLS connector that trusts only the generated CA. HTTP/1.1 offers no ALPN; HTTP/2 offers

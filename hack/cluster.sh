@@ -12,6 +12,9 @@
 #
 # State lives in .cluster/ (git-ignored), or $AGENTGUARD_CLUSTER_DIR.
 # Ports are picked free unless AGENTGUARD_{ETCD,ETCD_PEER,APISERVER,KCM}_PORT are set.
+# AGENTGUARD_STATIC_ADMISSION=DIR (opt-in) starts kube-apiserver with the feature gate
+# ManifestBasedAdmissionControlConfig and DIR/admission-configuration.yaml, as written by
+# `agentguard manifests static --out DIR`.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -123,8 +126,19 @@ start_etcd() {
 }
 
 start_apiserver() {
+  local static=()
+  # Opt-in static admission (tests/e2e_static.rs): the API server loads agentguard's webhook
+  # configurations from the files `agentguard manifests static --out DIR` wrote. Read at every
+  # start, so `restart kube-apiserver` without the variable takes the static ones away.
+  if [[ -n "${AGENTGUARD_STATIC_ADMISSION:-}" ]]; then
+    [[ -f "$AGENTGUARD_STATIC_ADMISSION/admission-configuration.yaml" ]] \
+      || die "no admission-configuration.yaml in AGENTGUARD_STATIC_ADMISSION=$AGENTGUARD_STATIC_ADMISSION (agentguard manifests static --out DIR writes it)"
+    log "static admission configuration from $AGENTGUARD_STATIC_ADMISSION"
+    static=(--feature-gates ManifestBasedAdmissionControlConfig=true
+      --admission-control-config-file "$AGENTGUARD_STATIC_ADMISSION/admission-configuration.yaml")
+  fi
   log "starting kube-apiserver on https://127.0.0.1:$API_PORT"
-  start kube-apiserver "$BIN/kube-apiserver" \
+  start kube-apiserver "$BIN/kube-apiserver" "${static[@]}" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
     --cert-dir "$STATE/pki/apiserver-generated" \

@@ -9,9 +9,12 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use rustls::ServerConfig;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
 use crate::error::{Error, Result};
 
@@ -28,6 +31,25 @@ pub struct CertificateBundle {
 /// Generates a CA and a serving certificate for `hosts` (DNS names or IP addresses), valid
 /// from a minute ago for `validity`.
 pub fn generate(hosts: &[String], validity: std::time::Duration) -> Result<CertificateBundle> {
+    Ok(generate_with_clients(hosts, validity, &[])?.0)
+}
+
+/// A client certificate (PEM) and its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    pub name: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// [`generate`], plus one client certificate (extended key usage clientAuth, the name as its
+/// common name and DNS name) per entry of `client_names`, signed by the same CA: the
+/// certificate the API server presents to the webhook when `--client-ca-file` is that CA.
+pub fn generate_with_clients(
+    hosts: &[String],
+    validity: std::time::Duration,
+    client_names: &[String],
+) -> Result<(CertificateBundle, Vec<ClientCertificate>)> {
     let now = time::OffsetDateTime::now_utc();
     let not_before = now - time::Duration::minutes(1);
     let not_after = now + validity;
@@ -57,17 +79,174 @@ pub fn generate(hosts: &[String], validity: std::time::Duration) -> Result<Certi
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
 
-    Ok(CertificateBundle {
-        ca_pem: ca_cert.pem(),
-        ca_key_pem,
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    let mut clients = Vec::new();
+    for name in client_names {
+        let mut params = CertificateParams::new(vec![name.clone()])?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &issuer)?;
+        clients.push(ClientCertificate {
+            name: name.clone(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        });
+    }
+
+    Ok((
+        CertificateBundle {
+            ca_pem: ca_cert.pem(),
+            ca_key_pem,
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        },
+        clients,
+    ))
+}
+
+/// Who may call the webhook (`--client-ca-file`, `--client-allowed-names`): a client must
+/// present a certificate for client authentication that chains to `ca_pem`, and, when
+/// `allowed_names` is not empty, names one of them as its common name or a DNS name. Anyone
+/// else is refused during the TLS handshake, before a byte of a review is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    pub ca_pem: Vec<u8>,
+    pub allowed_names: Vec<String>,
+}
+
+impl ClientAuth {
+    /// Reads the CA bundle from `path`.
+    pub fn from_file(path: &Path, allowed_names: Vec<String>) -> Result<Self> {
+        let ca_pem = std::fs::read(path).map_err(|source| Error::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            ca_pem,
+            allowed_names,
+        })
+    }
+
+    fn verifier(
+        &self,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Arc<dyn ClientCertVerifier>> {
+        let pem_error = |detail: String| Error::Pem {
+            what: "client CA".into(),
+            detail,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&self.ca_pem) {
+            roots
+                .add(cert.map_err(|e| pem_error(e.to_string()))?)
+                .map_err(|e| pem_error(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(pem_error("no CERTIFICATE block found".into()));
+        }
+        let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| pem_error(e.to_string()))?;
+        Ok(Arc::new(AllowedNames {
+            inner,
+            names: self.allowed_names.clone(),
+        }))
+    }
+}
+
+/// The CA's verifier, then the name check.
+#[derive(Debug)]
+struct AllowedNames {
+    inner: Arc<dyn ClientCertVerifier>,
+    names: Vec<String>,
+}
+
+/// The common names and DNS names a certificate carries.
+fn certificate_names(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return vec![];
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push((*dns).to_owned());
+            }
+        }
+    }
+    names
+}
+
+impl ClientCertVerifier for AllowedNames {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if self.names.is_empty() {
+            return Ok(verified);
+        }
+        let names = certificate_names(end_entity);
+        if names.iter().any(|n| self.names.contains(n)) {
+            Ok(verified)
+        } else {
+            tracing::warn!(presented = ?names, allowed = ?self.names, "client certificate refused: it names none of --client-allowed-names");
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// A rustls server configuration for the webhook: the ring provider, TLS 1.2 and 1.3, and
 /// ALPN `h2` then `http/1.1` (the API server speaks HTTP/2 to webhooks when offered).
 pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<ServerConfig>> {
+    server_config_with(cert_pem, key_pem, None)
+}
+
+/// [`server_config`], accepting only the clients `client_auth` allows when it is given.
+pub fn server_config_with(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_auth: Option<&ClientAuth>,
+) -> Result<Arc<ServerConfig>> {
     let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::Pem {
@@ -85,10 +264,13 @@ pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<ServerConfig
         detail: e.to_string(),
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => builder.with_client_cert_verifier(auth.verifier(provider)?),
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -109,15 +291,19 @@ pub fn not_after(cert_pem: &[u8]) -> Result<jiff::Timestamp> {
         .map_err(|e| pem_error(e.to_string()))
 }
 
-/// [`server_config`] from PEM files.
-pub fn server_config_from_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
+/// [`server_config_with`] from PEM files.
+pub fn server_config_from_files(
+    cert: &Path,
+    key: &Path,
+    client_auth: Option<&ClientAuth>,
+) -> Result<Arc<ServerConfig>> {
     let read = |path: &Path| {
         std::fs::read(path).map_err(|source| Error::ReadFile {
             path: path.to_owned(),
             source,
         })
     };
-    server_config(&read(cert)?, &read(key)?)
+    server_config_with(&read(cert)?, &read(key)?, client_auth)
 }
 
 #[cfg(test)]

@@ -42,6 +42,71 @@ pub enum Command {
     Certs(CertsArgs),
     /// Print the ProtectedResource and ClusterProtectedResource CRDs as YAML.
     Crd,
+    /// Write configuration files for the API server (`static`: webhook configurations no API
+    /// call can delete, for Kubernetes 1.36+ control planes you run).
+    #[command(subcommand)]
+    Manifests(ManifestsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ManifestsCommand {
+    /// Write agentguard's validating and mutating webhook configurations as
+    /// `agentguard.static.k8s.io` files for kube-apiserver's staticManifestsDir (feature gate
+    /// ManifestBasedAdmissionControlConfig, alpha in 1.36), an AdmissionConfiguration that loads
+    /// them, and, with --client-cert, the kubeconfig that gives the API server its client
+    /// certificate for the webhook. docs/static-manifests.md says how to install them.
+    Static(StaticArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StaticArgs {
+    /// Directory to write into (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Where the files will be on the API server's host; the AdmissionConfiguration names
+    /// them by absolute path (default: --out, made absolute).
+    #[arg(long)]
+    pub install_dir: Option<PathBuf>,
+    /// URL the API server calls (static manifests take no Service reference), e.g.
+    /// https://10.96.0.50/validate for a Service's fixed ClusterIP. The sealing and probe
+    /// webhooks are its siblings (/seal, /static-probe).
+    #[arg(long)]
+    pub webhook_url: String,
+    /// PEM CA bundle that signed the webhook's serving certificate (caBundle).
+    #[arg(long)]
+    pub ca_file: PathBuf,
+    /// Protected kinds to route, as Kind for the core group or group/Kind, comma separated:
+    /// the kinds your policies target plus the annotation kinds. Roots (namespaces, CRDs,
+    /// StatefulSets, the deletion-by-proxy kinds) are added as the managed configuration adds
+    /// them. Write the files again when you protect a new kind.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "PersistentVolumeClaim,PersistentVolume,snapshot.storage.k8s.io/VolumeSnapshot,snapshot.storage.k8s.io/VolumeSnapshotContent"
+    )]
+    pub kinds: Vec<String>,
+    /// Owner kinds whose deletion would cascade to protected objects (e.g.
+    /// apps/StatefulSet,apps/Deployment,apps/ReplicaSet,Pod for ephemeral claims), routed as
+    /// roots. The managed configuration adds them as protected objects appear; static files
+    /// cannot, so name the ones your protected objects have. Default: none.
+    #[arg(long, value_delimiter = ',')]
+    pub owner_kinds: Vec<String>,
+    /// agentguard's own namespace (never judged; the probe runs there).
+    #[arg(long, default_value = "agentguard")]
+    pub namespace: String,
+    /// Only judge namespaces carrying this label (key=value).
+    #[arg(long)]
+    pub webhook_namespace_label: Option<String>,
+    /// Fail (fail-closed) or Ignore.
+    #[arg(long, default_value = "Fail", value_parser = ["Fail", "Ignore"])]
+    pub failure_policy: String,
+    /// PEM client certificate the API server presents to the webhook (with --client-key);
+    /// agentguard run --client-ca-file then serves only it.
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM key of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -188,9 +253,27 @@ pub struct RunArgs {
         env = "AGENTGUARD_ANNOTATED_KINDS_CONFIGMAP"
     )]
     pub annotated_kinds_configmap: String,
+    /// Serve only clients (the API server) presenting a certificate from this PEM CA bundle;
+    /// anyone else is refused during the TLS handshake. The API server gets its certificate
+    /// from its AdmissionConfiguration's kubeConfigFile (see `agentguard manifests static`).
+    #[arg(long, env = "AGENTGUARD_CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
+    /// With --client-ca-file: the client certificate must name one of these (common name or
+    /// DNS name), comma separated. Empty: any certificate from the CA.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        requires = "client_ca_file",
+        env = "AGENTGUARD_CLIENT_ALLOWED_NAMES"
+    )]
+    pub client_allowed_names: Vec<String>,
     /// Largest AdmissionReview body accepted; larger bodies get 413.
     #[arg(long, default_value_t = DEFAULT_MAX_REVIEW_BYTES, env = "AGENTGUARD_MAX_REVIEW_BYTES")]
     pub max_review_bytes: usize,
+    /// On SIGTERM, how long to keep answering reviews while reporting not ready, so the API
+    /// server stops sending them before the listener closes (h, m, s units).
+    #[arg(long, default_value = "5s", env = "AGENTGUARD_SHUTDOWN_DELAY")]
+    pub shutdown_delay: String,
 }
 
 #[derive(Debug, Args)]
@@ -204,6 +287,11 @@ pub struct CertsArgs {
     /// Validity in hours.
     #[arg(long, default_value_t = 24 * 365)]
     pub valid_hours: u64,
+    /// Also write a client certificate with this name (common name and DNS name), signed by
+    /// the same CA, as client.crt and client.key: the certificate the API server presents
+    /// when agentguard runs with --client-ca-file ca.crt --client-allowed-names NAME.
+    #[arg(long)]
+    pub client_name: Option<String>,
 }
 
 /// Entry point of the `agentguard` binary.
@@ -245,7 +333,15 @@ pub fn main() -> anyhow::Result<()> {
                         )
                     })?,
             };
+            let client_auth = match &args.client_ca_file {
+                None => None,
+                Some(path) => Some(
+                    crate::certs::ClientAuth::from_file(path, args.client_allowed_names.clone())
+                        .context("--client-ca-file")?,
+                ),
+            };
             let config = RunConfig {
+                client_auth,
                 approval_keys,
                 annotated_kinds,
                 lease,
@@ -261,6 +357,14 @@ pub fn main() -> anyhow::Result<()> {
                     break_glass_groups: args.break_glass_groups,
                 },
                 max_review_bytes: args.max_review_bytes,
+                shutdown_delay: crate::policy::parse_duration(&args.shutdown_delay).with_context(
+                    || {
+                        format!(
+                            "--shutdown-delay {:?} is not a duration like 5s",
+                            args.shutdown_delay
+                        )
+                    },
+                )?,
                 policy_reports: args.policy_reports,
                 request_ttl: crate::policy::parse_duration(&args.request_ttl).with_context(
                     || {
@@ -270,14 +374,7 @@ pub fn main() -> anyhow::Result<()> {
                         )
                     },
                 )?,
-                annotation_kinds: args
-                    .annotation_kinds
-                    .iter()
-                    .map(|k| match k.trim().rsplit_once('/') {
-                        Some((group, kind)) => (group.to_owned(), kind.to_owned()),
-                        None => (String::new(), k.trim().to_owned()),
-                    })
-                    .collect(),
+                annotation_kinds: parse_kinds(&args.annotation_kinds),
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -291,6 +388,7 @@ pub fn main() -> anyhow::Result<()> {
             print!("{}", crate::api::crd_yaml());
             Ok(())
         }
+        Command::Manifests(ManifestsCommand::Static(args)) => write_static(&args),
     }
 }
 
@@ -403,25 +501,96 @@ fn tls_source(args: &RunArgs) -> anyhow::Result<TlsSource> {
 }
 
 fn write_certs(args: &CertsArgs) -> anyhow::Result<()> {
-    let bundle = crate::certs::generate(
+    let (bundle, clients) = crate::certs::generate_with_clients(
         &args.hosts,
         std::time::Duration::from_secs(args.valid_hours * 3600),
+        args.client_name.as_slice(),
     )?;
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
-    for (name, pem) in [
+    let mut files = vec![
         ("ca.crt", &bundle.ca_pem),
         ("tls.crt", &bundle.cert_pem),
         ("tls.key", &bundle.key_pem),
-    ] {
+    ];
+    for client in &clients {
+        files.push(("client.crt", &client.cert_pem));
+        files.push(("client.key", &client.key_pem));
+    }
+    for (name, pem) in &files {
         let path = args.out_dir.join(name);
         std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    println!(
-        "wrote ca.crt, tls.crt, tls.key to {}",
-        args.out_dir.display()
-    );
+    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+    println!("wrote {} to {}", names.join(", "), args.out_dir.display());
     Ok(())
+}
+
+fn write_static(args: &StaticArgs) -> anyhow::Result<()> {
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let namespace_label = match &args.webhook_namespace_label {
+        None => None,
+        Some(l) => Some(
+            l.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .context("--webhook-namespace-label must be key=value")?,
+        ),
+    };
+    anyhow::ensure!(
+        args.webhook_url.starts_with("https://"),
+        "--webhook-url must be an https:// URL"
+    );
+    let client = match (&args.client_cert, &args.client_key) {
+        (Some(cert), Some(key)) => Some(crate::certs::ClientCertificate {
+            name: cert.display().to_string(),
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+        }),
+        _ => None,
+    };
+    let install_dir = match &args.install_dir {
+        Some(dir) => dir.clone(),
+        None => std::path::absolute(&args.out)
+            .with_context(|| format!("cannot make {} absolute", args.out.display()))?,
+    };
+    anyhow::ensure!(
+        install_dir.is_absolute(),
+        "--install-dir must be an absolute path"
+    );
+    let manifests = crate::manifests::StaticManifests {
+        params: WebhookParams {
+            configuration_name: crate::operator::static_config::STATIC_CONFIGURATION_NAME.into(),
+            target: WebhookTarget::Url(args.webhook_url.clone()),
+            own_namespace: args.namespace.clone(),
+            namespace_label,
+            timeout_seconds: 5,
+            failure_policy: args.failure_policy.clone(),
+            owner_cluster_role: None,
+        },
+        kinds: parse_kinds(&args.kinds),
+        owner_kinds: parse_kinds(&args.owner_kinds),
+        ca_bundle: read(&args.ca_file)?.into_bytes(),
+        client,
+        install_dir,
+    };
+    for path in manifests.write(&args.out)? {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `Kind` (core group) or `group/Kind`, as --annotation-kinds and --kinds take them.
+fn parse_kinds(kinds: &[String]) -> Vec<(String, String)> {
+    kinds
+        .iter()
+        .filter(|k| !k.trim().is_empty())
+        .map(|k| match k.trim().rsplit_once('/') {
+            Some((group, kind)) => (group.to_owned(), kind.to_owned()),
+            None => (String::new(), k.trim().to_owned()),
+        })
+        .collect()
 }
 
 fn init_tracing(format: LogFormat) {

@@ -10,6 +10,7 @@ pub mod certs;
 pub mod cli;
 pub mod error;
 pub mod index;
+pub mod manifests;
 pub mod metrics;
 pub mod operator;
 pub mod plugin;

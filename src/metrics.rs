@@ -7,6 +7,15 @@ use prometheus::{
 
 const NAMESPACE: &str = "agentguard";
 
+/// The label value for anything outside a label's bounded set: an unknown kind, namespace or
+/// policy, or a subject beyond [`SUBJECT_CAP`]. Labels come from reviews, which anyone who
+/// reaches the webhook can write, so each label takes values from a bounded set only.
+pub const OTHER: &str = "other";
+
+/// Most distinct `subject` values of `agentguard_deletions_blocked_total`; later subjects are
+/// counted as [`OTHER`].
+pub const SUBJECT_CAP: usize = 100;
+
 /// Admission latencies are sub-millisecond in the common case; the API server's timeout caps
 /// the top, so buckets span 50µs to 10s.
 const DURATION_BUCKETS: &[f64] = &[
@@ -25,6 +34,8 @@ pub struct Metrics {
     unguarded_objects: IntGaugeVec,
     certificate_expiry: prometheus::IntGauge,
     approval_requests: IntGaugeVec,
+    /// Subjects given their own series so far (at most [`SUBJECT_CAP`]).
+    subjects: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Metrics {
@@ -143,6 +154,7 @@ impl Metrics {
             unguarded_objects,
             certificate_expiry,
             approval_requests,
+            subjects: Default::default(),
         }
     }
 
@@ -209,11 +221,26 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Records one refused deletion. Callers skip dry runs: they destroyed nothing.
+    /// Records one refused deletion. Callers skip dry runs: they destroyed nothing, and pass
+    /// namespace, resource and policy from bounded sets (or [`OTHER`]); the subject is kept
+    /// as given for the first [`SUBJECT_CAP`] subjects, [`OTHER`] after.
     pub fn deletion_blocked(&self, namespace: &str, resource: &str, subject: &str, policy: &str) {
+        let subject = self.subject_label(subject);
         self.deletions_blocked
             .with_label_values(&[namespace, resource, subject, policy])
             .inc();
+    }
+
+    fn subject_label<'a>(&self, subject: &'a str) -> &'a str {
+        let mut subjects = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
+        if subjects.contains(subject) {
+            subject
+        } else if subjects.len() < SUBJECT_CAP {
+            subjects.insert(subject.to_owned());
+            subject
+        } else {
+            OTHER
+        }
     }
 
     /// The registry in the Prometheus text exposition format.
@@ -259,5 +286,32 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn subjects_beyond_the_cap_count_as_other() {
+        let m = Metrics::new();
+        for i in 0..SUBJECT_CAP + 50 {
+            let subject = format!("system:serviceaccount:ci:forged-{i}");
+            m.deletion_blocked("", "other", &subject, "annotation");
+        }
+        // A subject seen before the cap filled keeps its series.
+        m.deletion_blocked(
+            "",
+            "other",
+            "system:serviceaccount:ci:forged-0",
+            "annotation",
+        );
+        let text = m.render();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("agentguard_deletions_blocked_total{"))
+            .collect();
+        assert_eq!(series.len(), SUBJECT_CAP + 1, "{text}");
+        assert!(text.contains(r#"subject="other"} 50"#), "{text}");
+        assert!(
+            text.contains(r#"subject="system:serviceaccount:ci:forged-0"} 2"#),
+            "{text}"
+        );
     }
 }

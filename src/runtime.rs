@@ -18,6 +18,7 @@ use crate::operator;
 use crate::operator::annotated_kinds::{self, RecordParams};
 use crate::operator::approval_keys::{self, KeyParams};
 use crate::operator::certificates::{self, RotationParams};
+use crate::operator::static_config;
 use crate::operator::webhook_config::{self, WebhookParams};
 use crate::policy::Snapshot;
 use crate::policy::{AgentDefinition, AgentMatcher};
@@ -46,6 +47,8 @@ pub struct RunConfig {
     /// which are indexed for cascade checks even when no policy targets them.
     pub annotation_kinds: Vec<(String, String)>,
     pub max_review_bytes: usize,
+    /// On SIGTERM: how long reviews are still answered while `/readyz` says not ready.
+    pub shutdown_delay: Duration,
     /// Write PolicyReports (leader only).
     pub policy_reports: bool,
     /// How long a DeletionRequest stays Pending before it expires.
@@ -58,6 +61,9 @@ pub struct RunConfig {
     pub approval_keys: KeyParams,
     /// The ConfigMap recording kinds learned from the `agentguard.dev/protected` annotation.
     pub annotated_kinds: RecordParams,
+    /// Serve only clients with a certificate from this CA and these names (the API server's,
+    /// given to it by its AdmissionConfiguration's kubeConfigFile). None: any client.
+    pub client_auth: Option<certs::ClientAuth>,
 }
 
 /// Where the serving certificate comes from.
@@ -102,7 +108,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
 
     let tls = RustlsConfig::from_config(match &config.tls {
         TlsSource::Files { cert, key } => {
-            let loaded = certs::server_config_from_files(cert, key)?;
+            let loaded = certs::server_config_from_files(cert, key, config.client_auth.as_ref())?;
             record_expiry(&metrics, cert);
             loaded
         }
@@ -110,9 +116,10 @@ pub async fn run(config: RunConfig) -> Result<()> {
         // replica is not ready meanwhile.
         TlsSource::Secret(params) => {
             let placeholder = certs::generate(&params.hosts, std::time::Duration::from_secs(3600))?;
-            certs::server_config(
+            certs::server_config_with(
                 placeholder.cert_pem.as_bytes(),
                 placeholder.key_pem.as_bytes(),
+                config.client_auth.as_ref(),
             )?
         }
     });
@@ -149,9 +156,12 @@ pub async fn run(config: RunConfig) -> Result<()> {
         .header_read_timeout(HEADER_READ_TIMEOUT);
 
     let annotated = index::AnnotatedKinds::new(Some(client.clone()));
-    let admission = webhook::admission_router(state, config.max_review_bytes).merge(
-        webhook::annotate_router(annotated.clone(), config.max_review_bytes),
-    );
+    let admission = webhook::admission_router(state, config.max_review_bytes)
+        .merge(static_config::probe_router())
+        .merge(webhook::annotate_router(
+            annotated.clone(),
+            config.max_review_bytes,
+        ));
     tokio::spawn(annotated_kinds::run(
         client.clone(),
         annotated.clone(),
@@ -160,7 +170,11 @@ pub async fn run(config: RunConfig) -> Result<()> {
     ));
     let ops = webhook::ops_router(metrics.clone(), readiness.clone());
 
-    tokio::spawn(shutdown_on_signal(handle, readiness.clone()));
+    tokio::spawn(shutdown_on_signal(
+        handle,
+        readiness.clone(),
+        config.shutdown_delay,
+    ));
     // Ready only after the first full sync of policies, agents and protected objects.
     let (health_tx, health_rx) = tokio::sync::watch::channel(Vec::new());
     let (kinds_tx, kinds_rx) = tokio::sync::watch::channel(Default::default());
@@ -220,7 +234,13 @@ pub async fn run(config: RunConfig) -> Result<()> {
                 })?;
                 ca_tx.send_replace(ca);
             }
-            tokio::spawn(reload_certificates(tls, cert, key, metrics.clone()));
+            tokio::spawn(reload_certificates(
+                tls,
+                cert,
+                key,
+                config.client_auth.clone(),
+                metrics.clone(),
+            ));
         }
         TlsSource::Secret(params) => {
             tokio::spawn(certificates::run(
@@ -231,6 +251,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
                 leader.clone(),
                 readiness.clone(),
                 metrics.clone(),
+                config.client_auth.clone(),
             ));
         }
     }
@@ -258,18 +279,62 @@ pub async fn run(config: RunConfig) -> Result<()> {
             leader.clone(),
         ));
     }
+    let (checked_configuration, checked_configuration_rx) = tokio::sync::watch::channel(
+        config
+            .webhook_configuration
+            .as_ref()
+            .map(|p| p.configuration_name.clone()),
+    );
     if let Some(params) = config.webhook_configuration.clone() {
-        tokio::spawn(webhook_config::reconcile(
+        // The managed configuration runs only while no static one (loaded from files by the
+        // API server) is in force.
+        let start_managed = {
+            let (client, params, kinds, recorded) = (
+                client.clone(),
+                params.clone(),
+                config.annotation_kinds.clone(),
+                annotated.subscribe(),
+            );
+            let (snapshot, objects, leader) = (snapshot.clone(), objects.clone(), leader.clone());
+            move || {
+                tokio::spawn(webhook_config::reconcile(
+                    client.clone(),
+                    params.clone(),
+                    kinds.clone(),
+                    recorded.clone(),
+                    snapshot.clone(),
+                    objects.clone(),
+                    leader.clone(),
+                    ca_rx.clone(),
+                ))
+            }
+        };
+        let (in_force, mut in_force_rx) = tokio::sync::watch::channel(None);
+        // Policy status checks routes in the managed configuration; the static one cannot be
+        // read through the API, so while it is in force there is nothing to check.
+        let name = params.configuration_name.clone();
+        let checked = checked_configuration.clone();
+        tokio::spawn(async move {
+            while in_force_rx.changed().await.is_ok() {
+                let now = *in_force_rx.borrow_and_update();
+                checked.send_if_modified(|checked| {
+                    let want = (now != Some(static_config::InForce::Static)).then(|| name.clone());
+                    let changed = *checked != want;
+                    *checked = want;
+                    changed
+                });
+            }
+        });
+        tokio::spawn(static_config::supervise(
             client.clone(),
-            params,
-            config.annotation_kinds.clone(),
-            annotated.subscribe(),
-            snapshot.clone(),
-            objects.clone(),
+            params.own_namespace.clone(),
+            params.configuration_name.clone(),
             leader,
-            ca_rx,
+            in_force,
+            start_managed,
         ));
     }
+    tokio::spawn(index::verify_blocks(ledger.clone(), objects.clone()));
     tokio::spawn(operator::events::publish_blocked_attempts(
         client.clone(),
         ledger.clone(),
@@ -279,10 +344,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
         client,
         snapshot,
         objects,
-        config
-            .webhook_configuration
-            .as_ref()
-            .map(|p| p.configuration_name.clone()),
+        checked_configuration_rx,
         health_rx,
         ledger,
     ));
@@ -299,7 +361,10 @@ pub async fn run(config: RunConfig) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_on_signal(handle: Handle<SocketAddr>, readiness: Readiness) {
+/// On SIGTERM or Ctrl-C: not ready at once, reviews still answered for `delay` (the API server
+/// keeps sending them until the endpoint's removal reaches it; refusing them would fail guarded
+/// requests of people too), then in-flight requests drained for up to [`SHUTDOWN_GRACE`].
+async fn shutdown_on_signal(handle: Handle<SocketAddr>, readiness: Readiness, delay: Duration) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let term = async {
@@ -319,14 +384,22 @@ async fn shutdown_on_signal(handle: Handle<SocketAddr>, readiness: Readiness) {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    tracing::info!("shutting down");
-    readiness.set(false);
+    tracing::info!(delay = ?delay, "shutting down: not ready, still answering reviews");
+    readiness.stop();
+    tokio::time::sleep(delay).await;
+    tracing::info!("closing the listeners");
     handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
 }
 
 /// Swaps in the serving certificate when its files change. A broken pair (half-written files,
 /// a key that does not match) is logged and the previous certificate keeps serving.
-async fn reload_certificates(tls: RustlsConfig, cert: PathBuf, key: PathBuf, metrics: Metrics) {
+async fn reload_certificates(
+    tls: RustlsConfig,
+    cert: PathBuf,
+    key: PathBuf,
+    client_auth: Option<certs::ClientAuth>,
+    metrics: Metrics,
+) {
     let stamp = |cert: &PathBuf, key: &PathBuf| -> Option<(SystemTime, SystemTime)> {
         let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         Some((modified(cert)?, modified(key)?))
@@ -339,7 +412,7 @@ async fn reload_certificates(tls: RustlsConfig, cert: PathBuf, key: PathBuf, met
         if now.is_none() || now == last {
             continue;
         }
-        match certs::server_config_from_files(&cert, &key) {
+        match certs::server_config_from_files(&cert, &key, client_auth.as_ref()) {
             Ok(config) => {
                 tls.reload_from_config(config);
                 record_expiry(&metrics, &cert);

@@ -20,12 +20,11 @@ use kube::core::response::StatusSummary;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::api::PROTECTED_ANNOTATION;
-use crate::index::{
-    AnnotatedKinds, AnnotatedWrite, BlockLedger, BlockedAttempt, Readiness, SharedObjects,
-    SharedSnapshot,
-};
-use crate::metrics::Metrics;
-use crate::policy::{self, Decision, ProtectedObjects, Verdict};
+use crate::index::objects::{Known, ObjectIndex};
+use crate::index::{AnnotatedKinds, AnnotatedWrite};
+use crate::index::{Block, BlockLedger, BlockedAttempt, Readiness, SharedObjects, SharedSnapshot};
+use crate::metrics::{self, Metrics};
+use crate::policy::{self, Decision, ObjectRef, Verdict};
 use k8s_openapi::api::core::v1::ObjectReference;
 
 /// The API server's own request limit is 3 MiB per object; an UPDATE review carries the old
@@ -46,11 +45,11 @@ pub struct AdmissionState {
 
 impl AdmissionState {
     /// Runs `judge` on the current snapshot and object index, as both endpoints do.
-    fn with_view<T>(&self, judge: impl FnOnce(&policy::Snapshot, &dyn ProtectedObjects) -> T) -> T {
+    fn with_view<T>(&self, judge: impl FnOnce(&policy::Snapshot, &ObjectIndex) -> T) -> T {
         // A poisoned lock means a watcher panicked mid-update; the index is still the best
         // view there is, and refusing to judge would block every deletion.
         let objects = self.objects.read().unwrap_or_else(|e| e.into_inner());
-        judge(&self.snapshot.load(), &*objects)
+        judge(&self.snapshot.load(), &objects)
     }
 }
 
@@ -214,11 +213,23 @@ async fn validate(
         Err(response) => return *response,
     };
     let started = Instant::now();
-    let decision = state.with_view(|snapshot, objects| {
-        policy::decide(&request, snapshot, objects, jiff::Timestamp::now())
+    let target = request.old_object.as_ref().or(request.object.as_ref());
+    let uid = target
+        .and_then(|o| o.metadata.uid.clone())
+        .unwrap_or_default();
+    let (decision, labels) = state.with_view(|snapshot, objects| {
+        let decision = policy::decide(&request, snapshot, objects, jiff::Timestamp::now());
+        let labels = Labels::of(&decision, &uid, snapshot, objects);
+        (decision, labels)
     });
     let response = respond(&request, &decision);
-    record(&state.metrics, &request, &decision, started.elapsed());
+    record(
+        &state.metrics,
+        &request,
+        &decision,
+        &labels,
+        started.elapsed(),
+    );
     // Denials are attempts to show on the object; so are deletions an Audit-mode policy let
     // through (what it would have refused, for the PolicyReports).
     let denied = decision.verdict == Verdict::Deny
@@ -227,33 +238,134 @@ async fn validate(
     if (denied || audited) && !request.dry_run {
         let object = &decision.object;
         let subject = request.user_info.username.as_deref().unwrap_or_default();
-        if denied && let Some(policy) = &decision.decided_by {
-            state.ledger.record(
-                policy.clone(),
-                subject,
-                format!("{} {}", object.kind, object.qualified_name()),
-            );
-        }
-        let target = request.old_object.as_ref().or(request.object.as_ref());
-        state.ledger.record_attempt(BlockedAttempt {
-            object: ObjectReference {
-                api_version: Some(match request.kind.group.as_str() {
-                    "" => request.kind.version.clone(),
-                    group => format!("{group}/{}", request.kind.version),
-                }),
-                kind: Some(object.kind.clone()),
-                namespace: object.namespace.clone(),
-                name: Some(object.name.clone()),
-                uid: target.and_then(|o| o.metadata.uid.clone()),
-                ..Default::default()
+        let block = Block {
+            policy: decision.decided_by.clone().filter(|_| denied),
+            attempt: BlockedAttempt {
+                object: ObjectReference {
+                    api_version: Some(match request.kind.group.as_str() {
+                        "" => request.kind.version.clone(),
+                        group => format!("{group}/{}", request.kind.version),
+                    }),
+                    kind: Some(object.kind.clone()),
+                    namespace: object.namespace.clone(),
+                    name: Some(object.name.clone()),
+                    uid: Some(uid),
+                    ..Default::default()
+                },
+                subject: subject.to_owned(),
+                protected_by: decision.policy.clone().unwrap_or_default(),
+                count: 1,
+                audited,
             },
-            subject: subject.to_owned(),
-            protected_by: decision.policy.clone().unwrap_or_default(),
-            count: 1,
-            audited,
-        });
+        };
+        // Recorded (status count, Event, PolicyReport) only for an object the index vouches
+        // for: anyone who reaches this endpoint can name any object and any subject.
+        let index = state.objects.read().unwrap_or_else(|e| e.into_inner());
+        state.ledger.submit(block, &index);
     }
     json_review(response)
+}
+
+/// Kinds agentguard judges whatever the policies say: cascade roots, the kinds it always
+/// routes, the default annotation kinds, and the kinds of the deletion-by-proxy table.
+const BUILTIN_KINDS: &[(&str, &str)] = &[
+    ("", "Namespace"),
+    ("apiextensions.k8s.io", "CustomResourceDefinition"),
+    ("apps", "StatefulSet"),
+    ("", "ServiceAccount"),
+    ("", "PersistentVolume"),
+    ("", "PersistentVolumeClaim"),
+    ("snapshot.storage.k8s.io", "VolumeSnapshot"),
+    ("snapshot.storage.k8s.io", "VolumeSnapshotContent"),
+    (crate::api::GROUP, "ProtectedResource"),
+    (crate::api::GROUP, "ClusterProtectedResource"),
+    (crate::api::GROUP, "DeletionRequest"),
+];
+
+/// The metric labels a review is counted under, each from a bounded set (anything else is
+/// [`metrics::OTHER`]): a review's kind, namespace and policy are whatever its sender wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Labels {
+    /// The plural of a kind agentguard knows (built in, targeted by a policy, listed by the
+    /// index, or the kind of an owner the index knows by this uid), when the review's plural
+    /// is that kind's.
+    resource: String,
+    /// A namespace known to exist: the index holds a protected object there, or the object
+    /// itself, or a ProtectedResource lives there. Empty for cluster-scoped objects.
+    namespace: String,
+    /// `annotation`, a policy of the snapshot, or empty.
+    policy: Option<String>,
+}
+
+impl Labels {
+    fn of(
+        decision: &Decision,
+        uid: &str,
+        snapshot: &policy::Snapshot,
+        index: &ObjectIndex,
+    ) -> Self {
+        let object: &ObjectRef = &decision.object;
+        let known = index.known(uid);
+        let (group, kind) = (object.group.as_str(), object.kind.as_str());
+        let known_kind = BUILTIN_KINDS.contains(&(group, kind))
+            || policy::PROXY_RULES.iter().any(|r| match r.applies {
+                policy::Applies::Update(g, k)
+                | policy::Applies::Create(g, k)
+                | policy::Applies::Write(g, k) => g == group && k == kind,
+                _ => false,
+            })
+            || index.has_listed(group, kind)
+            || snapshot
+                .policies()
+                .iter()
+                .any(|p| p.kinds().any(|(g, k)| g == group && k == kind))
+            || matches!(known, Some(Known::Owner { group: g, kind: k, .. }) if g == group && k == kind);
+        // A subresource's review names the parent's resource with the subresource's kind
+        // (`statefulsets` with kind Scale): the proxy table's subresources are known as such.
+        let known_subresource = policy::PROXY_RULES.iter().any(|r| {
+            matches!(r.applies, policy::Applies::Subresource(_, resource, _) if resource == object.resource)
+        });
+        let resource =
+            if known_subresource || (known_kind && object.resource == plural(group, kind)) {
+                object.resource.clone()
+            } else {
+                metrics::OTHER.to_owned()
+            };
+        let namespace = match object.namespace.as_deref() {
+            None => String::new(),
+            Some(ns)
+                if index.has_protected_in(ns)
+                    || matches!(known, Some(Known::Object(key)) if key.namespace.as_deref() == Some(ns))
+                    || snapshot
+                        .policies()
+                        .iter()
+                        .any(|p| p.id.namespace.as_deref() == Some(ns)) =>
+            {
+                ns.to_owned()
+            }
+            Some(_) => metrics::OTHER.to_owned(),
+        };
+        // Decisions name only policies of the snapshot; checked all the same.
+        let policy = decision.policy.as_ref().map(|label| {
+            let known = label == crate::api::ANNOTATION_POLICY
+                || snapshot.policies().iter().any(|p| &p.id.label() == label);
+            if known {
+                label.clone()
+            } else {
+                metrics::OTHER.to_owned()
+            }
+        });
+        Self {
+            resource,
+            namespace,
+            policy,
+        }
+    }
+}
+
+/// The plural Kubernetes derives from a kind (`PersistentVolumeClaim` → `persistentvolumeclaims`).
+fn plural(group: &str, kind: &str) -> String {
+    kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(group, "v1", kind)).plural
 }
 
 /// Builds the answer for a decision, keeping the request's uid. Denials carry code 403 and
@@ -285,6 +397,7 @@ fn record(
     metrics: &Metrics,
     request: &AdmissionRequest<DynamicObject>,
     decision: &Decision,
+    labels: &Labels,
     elapsed: Duration,
 ) {
     let operation = operation_label(request);
@@ -292,7 +405,7 @@ fn record(
     let username = request.user_info.username.as_deref().unwrap_or_default();
     metrics.admission(
         operation,
-        &object.resource,
+        &labels.resource,
         decision.verdict.label(),
         request.dry_run,
         elapsed.as_secs_f64(),
@@ -305,10 +418,10 @@ fn record(
         && decision.approval != Some(policy::ApprovalEvent::Rejected)
     {
         metrics.deletion_blocked(
-            object.namespace.as_deref().unwrap_or_default(),
-            &object.resource,
+            &labels.namespace,
+            &labels.resource,
             username,
-            decision.policy.as_deref().unwrap_or_default(),
+            labels.policy.as_deref().unwrap_or_default(),
         );
     }
     let namespace = object.namespace.as_deref().unwrap_or_default();

@@ -79,6 +79,12 @@ fn chart_lints_and_renders_for_several_value_sets() {
             "podDisruptionBudget.enabled=false",
             "--set",
             "breakGlassGroups={sre}",
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "networkPolicy.webhook.from[0].ipBlock.cidr=192.0.2.10/32",
+            "--set",
+            "networkPolicy.metrics.from[0].namespaceSelector.matchLabels.team=monitoring",
         ],
     ];
     for set in sets {
@@ -117,6 +123,7 @@ fn chart_lints_and_renders_for_several_value_sets() {
             ("PrometheusRule", enabled("prometheusRule.enabled=true")),
             ("Certificate", enabled("certificates.mode=cert-manager")),
             ("ConfigMap", !enabled("grafanaDashboard.enabled=false")),
+            ("NetworkPolicy", enabled("networkPolicy.enabled=true")),
         ] {
             assert_eq!(
                 rendered.contains(&format!("\nkind: {kind}\n")),

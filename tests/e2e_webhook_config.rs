@@ -332,3 +332,41 @@ fn without_leader_election_the_configuration_is_not_reapplied_in_a_loop() {
         "{during} PATCHes of an unchanged configuration in 10 s"
     );
 }
+
+#[test]
+fn on_sigterm_reviews_are_answered_while_unready_then_the_process_exits() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "sigterm");
+    let agent = ns.agent("cursor-agent");
+    let mut guard = Guard::start_with(
+        &ns,
+        &agent,
+        &GuardOptions {
+            extra_args: vec!["--shutdown-delay=4s".into()],
+            ..Default::default()
+        },
+    );
+    guard.terminate();
+    // Not ready at once, so the endpoint is removed ...
+    wait_until(Duration::from_secs(2), "/readyz to fail", || {
+        guard.http_get("/readyz").is_some_and(|(s, _)| s != 200)
+    });
+    // ... while the API server, which has not heard yet, is still answered: an agent's
+    // guarded deletion is judged, not failed for want of a listener.
+    let out = ns.kubectl_as(
+        &agent,
+        &["delete", "pvc", "agentguard-probe", "--dry-run=server"],
+    );
+    assert!(
+        stderr(&out).contains("agentguard: DENIED"),
+        "a review during the shutdown delay was not answered: {}",
+        stderr(&out)
+    );
+    assert!(
+        !guard.exited(),
+        "agentguard exited before its shutdown delay"
+    );
+    wait_until(Duration::from_secs(20), "agentguard to exit", || {
+        guard.exited()
+    });
+}

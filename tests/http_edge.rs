@@ -134,9 +134,165 @@ async fn other_requests_are_allowed_with_uid() {
     }
 }
 
+/// Puts the claim `prod/data` (uid `abc`, annotated protected) in the index, as its watch does.
+fn index_claim(state: &AdmissionState) {
+    use agentguard::index::objects::{ObjectEntry, ObjectKey};
+    let annotations = [("agentguard.dev/protected".to_owned(), "true".to_owned())].into();
+    let entry = ObjectEntry::new(
+        ObjectKey {
+            group: String::new(),
+            kind: "PersistentVolumeClaim".into(),
+            namespace: Some("prod".into()),
+            name: "data".into(),
+        },
+        "abc".into(),
+        Default::default(),
+        &annotations,
+        vec![],
+    );
+    state
+        .objects
+        .write()
+        .unwrap()
+        .upsert(entry, &state.snapshot.load());
+}
+
+/// A review of `kind` (plural `resource`) `namespace/name` with uid `uid`, annotated protected,
+/// deleted by `username`: what a caller who reaches the Service can write.
+fn forged(
+    kind: &str,
+    resource: &str,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    username: &str,
+) -> Value {
+    let mut r = review(username, true, false);
+    let req = &mut r["request"];
+    req["kind"]["kind"] = json!(kind);
+    req["requestKind"]["kind"] = json!(kind);
+    req["resource"]["resource"] = json!(resource);
+    req["requestResource"]["resource"] = json!(resource);
+    req["namespace"] = json!(namespace);
+    req["name"] = json!(name);
+    req["oldObject"]["kind"] = json!(kind);
+    req["oldObject"]["metadata"]["namespace"] = json!(namespace);
+    req["oldObject"]["metadata"]["name"] = json!(name);
+    req["oldObject"]["metadata"]["uid"] = json!(uid);
+    r
+}
+
+#[tokio::test]
+async fn forged_reviews_get_bounded_labels_and_record_nothing() {
+    use agentguard::index::VERIFY_WINDOW;
+    use agentguard::metrics::SUBJECT_CAP;
+    let state = state();
+    index_claim(&state);
+    let router = webhook::admission_router(state.clone(), LIMIT);
+    for i in 0..300 {
+        let out = post_review(
+            router.clone(),
+            &forged(
+                &format!("Widget{i}"),
+                &format!("widget{i}s"),
+                &format!("ns-{i}"),
+                &format!("obj-{i}"),
+                &format!("forged-{i}"),
+                &format!("system:serviceaccount:agents:forged-{i}"),
+            ),
+        )
+        .await;
+        // The caller still gets the safe answer.
+        assert_eq!(out["response"]["allowed"], false);
+    }
+    // Known kind and name, forged uid: framing a real claim.
+    let out = post_review(
+        router.clone(),
+        &forged(
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            "prod",
+            "data",
+            "not-the-claims-uid",
+            "system:serviceaccount:agents:framed",
+        ),
+    )
+    .await;
+    assert_eq!(out["response"]["allowed"], false);
+    let text = state.metrics.render();
+    let series = |metric: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{metric}{{")))
+            .collect::<Vec<_>>()
+    };
+    let requests = series("agentguard_admission_requests_total");
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert!(
+        requests
+            .iter()
+            .any(|l| l.contains(r#"resource="other""#) && l.ends_with(" 300")),
+        "{requests:#?}"
+    );
+    let blocked = series("agentguard_deletions_blocked_total");
+    assert!(blocked.len() <= SUBJECT_CAP + 2, "{} series", blocked.len());
+    for line in &blocked {
+        assert!(
+            line.contains(r#"namespace="other""#) || line.contains(r#"namespace="prod""#),
+            "{line}"
+        );
+    }
+    assert!(
+        blocked
+            .iter()
+            .any(|l| l.contains(r#"resource="other""#) && l.contains(r#"subject="other""#)),
+        "{blocked:#?}"
+    );
+    // Nothing recorded, now or once the index had every chance to vouch for the objects.
+    let later = std::time::Instant::now() + VERIFY_WINDOW + VERIFY_WINDOW;
+    state
+        .ledger
+        .verify_pending(&state.objects.read().unwrap(), later);
+    assert_eq!(state.ledger.unverified(), 0);
+    assert!(state.ledger.drain_attempts().is_empty());
+    assert!(state.ledger.drain().is_empty());
+}
+
+#[tokio::test]
+async fn blocks_on_indexed_objects_are_recorded_as_the_index_names_them() {
+    let state = state();
+    let router = webhook::admission_router(state.clone(), LIMIT);
+    // The review arrives before the claim's watch event: it waits for the index.
+    let agent = "system:serviceaccount:agents:cursor";
+    post_review(router.clone(), &review(agent, true, false)).await;
+    assert_eq!(state.ledger.unverified(), 1);
+    index_claim(&state);
+    state
+        .ledger
+        .verify_pending(&state.objects.read().unwrap(), std::time::Instant::now());
+    // A review naming the claim's uid under another name is recorded on the claim.
+    post_review(
+        router,
+        &forged(
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            "prod",
+            "other-name",
+            "abc",
+            agent,
+        ),
+    )
+    .await;
+    let attempts = state.ledger.drain_attempts();
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert_eq!(attempts[0].count, 2);
+    assert_eq!(attempts[0].object.name.as_deref(), Some("data"));
+    assert_eq!(attempts[0].object.uid.as_deref(), Some("abc"));
+}
+
 #[tokio::test]
 async fn metrics_count_blocks_but_not_dry_runs() {
     let state = state();
+    index_claim(&state);
     let router = webhook::admission_router(state.clone(), LIMIT);
     post_review(
         router.clone(),

@@ -16,6 +16,7 @@ pub use kinds::{KindResolver, Lookup};
 pub use watch_objects::run_objects;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -269,6 +270,8 @@ pub struct Readiness(Arc<ReadinessInner>);
 struct ReadinessInner {
     pending: std::sync::Mutex<HashSet<&'static str>>,
     ready: std::sync::atomic::AtomicBool,
+    /// Shutting down: never ready again.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Readiness {
@@ -292,9 +295,18 @@ impl Readiness {
     }
 
     pub fn set(&self, ready: bool) {
+        let stopped = self.0.stopped.load(std::sync::atomic::Ordering::Acquire);
         self.0
             .ready
-            .store(ready, std::sync::atomic::Ordering::Release);
+            .store(ready && !stopped, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Not ready from now on, whatever syncs later (shutdown).
+    pub fn stop(&self) {
+        self.0
+            .stopped
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.set(false);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -302,14 +314,76 @@ impl Readiness {
     }
 }
 
-/// Blocked deletions per policy not yet written into the policy's status. The webhook records
-/// (a mutex taken on denials only, never on the allow path); the operator drains.
+/// Blocked deletions per policy not yet written into the policy's status, and attempts not yet
+/// published as Events. The webhook submits (a mutex taken on denials only, never on the allow
+/// path); the operator drains.
+///
+/// Anyone who reaches the webhook can post a review naming any object and any subject, so
+/// nothing is recorded for an object until the index vouches for it ([`BlockLedger::submit`]):
+/// the review's uid must be one the index holds (or an owner of one it holds). Attempts on
+/// objects the index does not know yet (created a moment ago) wait up to [`VERIFY_WINDOW`]
+/// for their watch event, in a queue of at most [`UNVERIFIED_CAP`]; then they are dropped.
 #[derive(Debug, Default, Clone)]
 pub struct BlockLedger {
     pending: Arc<std::sync::Mutex<std::collections::HashMap<PolicyRef, PendingBlocks>>>,
     notify: Arc<tokio::sync::Notify>,
     attempts: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), BlockedAttempt>>>,
     attempts_notify: Arc<tokio::sync::Notify>,
+    unverified: Arc<std::sync::Mutex<std::collections::VecDeque<(Instant, Block)>>>,
+}
+
+/// How long an attempt on an object the index does not hold waits for it to appear.
+pub const VERIFY_WINDOW: Duration = Duration::from_secs(10);
+/// Most attempts waiting for the index at once; beyond it the oldest are dropped.
+pub const UNVERIFIED_CAP: usize = 1024;
+/// Most distinct (object, subject) attempts folded between two Event publishes.
+pub const ATTEMPTS_CAP: usize = 10_000;
+/// How often waiting attempts are looked up in the index again.
+const VERIFY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A blocked (or audited) attempt as the webhook saw it, before the index vouches for its
+/// object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Block {
+    /// The policy whose status counts it (Enforce denials decided by a policy).
+    pub policy: Option<PolicyRef>,
+    /// The object as the review names it (uid included), and who tried.
+    pub attempt: BlockedAttempt,
+}
+
+/// Whether the index vouches for the block's object; if so, names it as the index does. False
+/// (and the block unchanged) when the index does not know the review's uid, or knows it as
+/// another kind of object.
+fn vouch(block: &mut Block, index: &objects::ObjectIndex) -> bool {
+    let reference = &mut block.attempt.object;
+    let uid = reference.uid.clone().unwrap_or_default();
+    let api_version = reference.api_version.clone().unwrap_or_default();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
+    match index.known(&uid) {
+        Some(objects::Known::Object(key)) => {
+            // The index's names, not the review's: the Event lands on the object that exists.
+            reference.api_version = Some(if key.group.is_empty() {
+                version.to_owned()
+            } else {
+                format!("{}/{version}", key.group)
+            });
+            reference.kind = Some(key.kind.clone());
+            reference.namespace = key.namespace.clone();
+            reference.name = Some(key.name.clone());
+            true
+        }
+        Some(objects::Known::Owner {
+            group: owner_group,
+            kind,
+            namespace,
+        }) if owner_group == group
+            && reference.kind.as_deref() == Some(kind)
+            && (reference.namespace.is_none() || reference.namespace.as_deref() == namespace) =>
+        {
+            true
+        }
+        _ => false,
+    }
 }
 
 /// One blocked attempt, for the Event on the object (aggregated per object and subject).
@@ -333,6 +407,79 @@ pub struct PendingBlocks {
 }
 
 impl BlockLedger {
+    /// Records a blocked attempt for its policy's status and the object's Event once the index
+    /// vouches for the object: now when it holds the review's uid, else when it appears within
+    /// [`VERIFY_WINDOW`] (see [`BlockLedger::verify_pending`]). Returns whether it was recorded
+    /// now.
+    pub fn submit(&self, mut block: Block, index: &objects::ObjectIndex) -> bool {
+        if vouch(&mut block, index) {
+            self.commit(block);
+            return true;
+        }
+        let mut queue = self.unverified.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.len() >= UNVERIFIED_CAP {
+            queue.pop_front();
+        }
+        queue.push_back((Instant::now(), block));
+        false
+    }
+
+    /// Records the waiting attempts whose objects the index now holds; drops those that waited
+    /// longer than [`VERIFY_WINDOW`] at `now`.
+    pub fn verify_pending(&self, index: &objects::ObjectIndex, now: Instant) {
+        let waiting =
+            std::mem::take(&mut *self.unverified.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut still = std::collections::VecDeque::new();
+        let mut dropped = 0usize;
+        for (since, mut block) in waiting {
+            if vouch(&mut block, index) {
+                self.commit(block);
+            } else if now.duration_since(since) < VERIFY_WINDOW {
+                still.push_back((since, block));
+            } else {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "blocked attempts on objects agentguard does not know: no Event or status count"
+            );
+        }
+        let mut queue = self.unverified.lock().unwrap_or_else(|e| e.into_inner());
+        // Submitted meanwhile: after the older ones.
+        still.extend(queue.drain(..));
+        while still.len() > UNVERIFIED_CAP {
+            still.pop_front();
+        }
+        *queue = still;
+    }
+
+    /// Attempts waiting for the index.
+    pub fn unverified(&self) -> usize {
+        self.unverified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    fn commit(&self, block: Block) {
+        let Block { policy, attempt } = block;
+        if let Some(policy) = policy {
+            let object = &attempt.object;
+            let name = match &object.namespace {
+                Some(ns) => format!("{ns}/{}", object.name.as_deref().unwrap_or_default()),
+                None => object.name.clone().unwrap_or_default(),
+            };
+            self.record(
+                policy,
+                &attempt.subject,
+                format!("{} {name}", object.kind.as_deref().unwrap_or_default()),
+            );
+        }
+        self.record_attempt(attempt);
+    }
+
     pub fn record(&self, policy: PolicyRef, subject: &str, object: String) {
         let last = crate::api::LastBlocked {
             time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
@@ -358,10 +505,16 @@ impl BlockLedger {
             format!("{}/{}", attempt.subject, attempt.audited),
         );
         let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
-        attempts
-            .entry(key)
-            .and_modify(|a| a.count += attempt.count)
-            .or_insert(attempt);
+        if let Some(folded) = attempts.get_mut(&key) {
+            folded.count += attempt.count;
+        } else if attempts.len() < ATTEMPTS_CAP {
+            attempts.insert(key, attempt);
+        } else {
+            tracing::warn!(
+                "too many distinct blocked attempts since the last publish; dropped one"
+            );
+            return;
+        }
         drop(attempts);
         self.attempts_notify.notify_one();
     }
@@ -393,5 +546,169 @@ impl BlockLedger {
 
     pub async fn notified(&self) {
         self.notify.notified().await
+    }
+}
+
+/// Looks attempts waiting for the index up again, every [`VERIFY_INTERVAL`]. Never returns.
+pub async fn verify_blocks(ledger: BlockLedger, objects: SharedObjects) {
+    let mut tick = tokio::time::interval(VERIFY_INTERVAL);
+    loop {
+        tick.tick().await;
+        if ledger.unverified() > 0 {
+            let index = objects.read().unwrap_or_else(|e| e.into_inner());
+            ledger.verify_pending(&index, Instant::now());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::ObjectReference;
+
+    use super::objects::{ObjectEntry, ObjectIndex, ObjectKey, Owner};
+    use super::*;
+    use crate::policy::{AgentMatcher, Snapshot};
+
+    fn index() -> ObjectIndex {
+        let snapshot = Snapshot::new(AgentMatcher::default(), Default::default(), vec![]);
+        let mut index = ObjectIndex::default();
+        let annotations = BTreeMap::from([(
+            crate::api::PROTECTED_ANNOTATION.to_owned(),
+            "true".to_owned(),
+        )]);
+        index.upsert(
+            ObjectEntry::new(
+                ObjectKey {
+                    group: String::new(),
+                    kind: "PersistentVolumeClaim".into(),
+                    namespace: Some("prod".into()),
+                    name: "data-db-0".into(),
+                },
+                "pvc-uid".into(),
+                BTreeMap::new(),
+                &annotations,
+                vec![Owner {
+                    uid: "sts-uid".into(),
+                    group: "apps".into(),
+                    kind: "StatefulSet".into(),
+                }],
+            ),
+            &snapshot,
+        );
+        index
+    }
+
+    fn block(api_version: &str, kind: &str, ns: &str, name: &str, uid: &str) -> Block {
+        Block {
+            policy: Some(PolicyRef::namespaced("prod", "orders")),
+            attempt: BlockedAttempt {
+                object: ObjectReference {
+                    api_version: Some(api_version.into()),
+                    kind: Some(kind.into()),
+                    namespace: Some(ns.into()),
+                    name: Some(name.into()),
+                    uid: Some(uid.into()),
+                    ..Default::default()
+                },
+                subject: "system:serviceaccount:ci:agent".into(),
+                protected_by: "ProtectedResource/prod/orders".into(),
+                count: 1,
+                audited: false,
+            },
+        }
+    }
+
+    #[test]
+    fn only_objects_the_index_holds_are_recorded_and_as_it_names_them() {
+        let index = index();
+        let ledger = BlockLedger::default();
+        // Forged: the claim's kind and name, another uid; an unknown uid; a known uid as
+        // another kind of owner.
+        assert!(!ledger.submit(
+            block("v1", "PersistentVolumeClaim", "prod", "data-db-0", "forged"),
+            &index
+        ));
+        assert!(!ledger.submit(block("v1", "Secret", "kube-system", "x", "nope"), &index));
+        assert!(!ledger.submit(
+            block("apps/v1", "Deployment", "prod", "db", "sts-uid"),
+            &index
+        ));
+        ledger.verify_pending(&index, Instant::now() + VERIFY_WINDOW);
+        assert_eq!(ledger.unverified(), 0);
+        assert!(ledger.drain().is_empty());
+        assert!(ledger.drain_attempts().is_empty());
+
+        // The claim's uid under another name lands on the claim; its owner is known too.
+        assert!(ledger.submit(
+            block(
+                "v1",
+                "PersistentVolumeClaim",
+                "default",
+                "renamed",
+                "pvc-uid"
+            ),
+            &index
+        ));
+        assert!(ledger.submit(
+            block("apps/v1", "StatefulSet", "prod", "db", "sts-uid"),
+            &index
+        ));
+        let counted = ledger.drain();
+        let orders = &counted[&PolicyRef::namespaced("prod", "orders")];
+        assert_eq!(orders.count, 2);
+        let mut attempts = ledger.drain_attempts();
+        attempts.sort_by_key(|a| a.object.kind.clone());
+        let names: Vec<_> = attempts
+            .iter()
+            .map(|a| {
+                format!(
+                    "{} {} {}/{}",
+                    a.object.api_version.as_deref().unwrap_or_default(),
+                    a.object.kind.as_deref().unwrap_or_default(),
+                    a.object.namespace.as_deref().unwrap_or_default(),
+                    a.object.name.as_deref().unwrap_or_default()
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "v1 PersistentVolumeClaim prod/data-db-0",
+                "apps/v1 StatefulSet prod/db"
+            ]
+        );
+    }
+
+    #[test]
+    fn attempts_wait_for_the_index_within_a_window_and_a_cap() {
+        let ledger = BlockLedger::default();
+        let empty = ObjectIndex::default();
+        for i in 0..UNVERIFIED_CAP + 10 {
+            ledger.submit(
+                block("v1", "PersistentVolumeClaim", "prod", "x", &format!("u{i}")),
+                &empty,
+            );
+        }
+        assert_eq!(ledger.unverified(), UNVERIFIED_CAP);
+        // The claim appears (its watch event came after the review): recorded.
+        ledger.submit(
+            block(
+                "v1",
+                "PersistentVolumeClaim",
+                "prod",
+                "data-db-0",
+                "pvc-uid",
+            ),
+            &empty,
+        );
+        ledger.verify_pending(&index(), Instant::now());
+        assert_eq!(ledger.drain_attempts().len(), 1);
+        assert_eq!(ledger.unverified(), UNVERIFIED_CAP - 1);
+        // The rest never appear: dropped after the window.
+        ledger.verify_pending(&index(), Instant::now() + VERIFY_WINDOW);
+        assert_eq!(ledger.unverified(), 0);
+        assert!(ledger.drain_attempts().is_empty());
     }
 }

@@ -79,6 +79,20 @@ impl ObjectEntry {
     }
 }
 
+/// An object the index knows by uid (see [`ObjectIndex::known`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known<'a> {
+    /// An object of a watched kind, as the index holds it.
+    Object(&'a ObjectKey),
+    /// The owner of a watched object: its kind, and the namespace it shares with what it owns
+    /// (its name is not kept).
+    Owner {
+        group: &'a str,
+        kind: &'a str,
+        namespace: Option<&'a str>,
+    },
+}
+
 /// A second handle on stored data: a PersistentVolume or VolumeSnapshotContent and the
 /// object whose protection covers its data (the claim it is bound to, the snapshot it serves).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -426,6 +440,30 @@ impl ObjectIndex {
 
     pub fn protection(&self, uid: &str) -> Option<&ProtectedBy> {
         self.protected.get(uid)
+    }
+
+    /// What the index knows of the object with this uid: an object it holds, or an owner named
+    /// by the ownerReferences of one it holds. None for a uid it has never seen (a review may
+    /// name any uid; only the index's word says such an object exists).
+    pub fn known(&self, uid: &str) -> Option<Known<'_>> {
+        if let Some(entry) = self.objects.get(uid) {
+            return Some(Known::Object(&entry.key));
+        }
+        let child = self.by_owner.get(uid)?.iter().next()?;
+        let entry = self.objects.get(child)?;
+        let owner = entry.owners.iter().find(|o| o.uid == uid)?;
+        Some(Known::Owner {
+            group: &owner.group,
+            kind: &owner.kind,
+            // ownerReferences point within the dependent's namespace, or at a cluster-scoped
+            // owner.
+            namespace: entry.key.namespace.as_deref(),
+        })
+    }
+
+    /// Whether the index holds a protected object in `namespace` (so the namespace exists).
+    pub fn has_protected_in(&self, namespace: &str) -> bool {
+        self.by_namespace.contains_key(namespace)
     }
 
     /// The first of a ranked set (already the strictest, then the first by name).

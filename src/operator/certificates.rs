@@ -174,6 +174,9 @@ pub fn plan(
 
 /// Keeps the Secret current (leader only), serves its certificate (every replica) and
 /// publishes the CA bundle for the webhook configuration. Never returns.
+// The client CA is the one setting here that is not about issuing: it shapes every TLS
+// configuration this task loads.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: kube::Client,
     params: RotationParams,
@@ -182,6 +185,7 @@ pub async fn run(
     leader: watch::Receiver<bool>,
     readiness: Readiness,
     metrics: Metrics,
+    client_auth: Option<certs::ClientAuth>,
 ) {
     let api: Api<Secret> = Api::namespaced(client, &params.secret_namespace);
     let mut served: Option<String> = None;
@@ -225,9 +229,10 @@ pub async fn run(
             changed
         });
         if served.as_deref() != Some(state.current.cert_pem.as_str()) {
-            match certs::server_config(
+            match certs::server_config_with(
                 state.current.cert_pem.as_bytes(),
                 state.current.key_pem.as_bytes(),
+                client_auth.as_ref(),
             ) {
                 Ok(config) => {
                     tls.reload_from_config(config);

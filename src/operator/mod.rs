@@ -8,6 +8,7 @@ pub mod events;
 pub mod leader;
 pub mod reports;
 pub mod requests;
+pub mod static_config;
 mod status;
 mod volumes;
 pub mod webhook_config;

@@ -246,7 +246,7 @@ pub async fn reconcile_policy_status(
     client: kube::Client,
     snapshot: SharedSnapshot,
     objects: SharedObjects,
-    webhook_configuration: Option<String>,
+    webhook_configuration: watch::Receiver<Option<String>>,
     mut health_rx: watch::Receiver<Vec<PolicyHealth>>,
     ledger: BlockLedger,
 ) {
@@ -283,7 +283,9 @@ pub async fn reconcile_policy_status(
             last_count = Instant::now();
             let snap = snapshot.load_full();
             let mut resolver = KindResolver::default();
-            let live = match &webhook_configuration {
+            // None while a configuration agentguard cannot read (a static one) is in force.
+            let configuration = webhook_configuration.borrow().clone();
+            let live = match &configuration {
                 Some(name) => routed_deletes(&client, name).await,
                 None => None,
             };
@@ -294,7 +296,7 @@ pub async fn reconcile_policy_status(
             let coverage = Coverage {
                 routed,
                 conditions,
-                configuration: webhook_configuration.as_deref(),
+                configuration: configuration.as_deref(),
                 objects: &objects,
             };
             counts.clear();

@@ -23,6 +23,7 @@ use crate::api::{
 };
 use crate::index::objects::{ObjectEntry, ObjectIndex, ObjectKey, Owner};
 use crate::index::{KindResolver, RECORD_COMPONENT_LABEL, RecordedKind, parse_record};
+use crate::operator::static_config::{InForce, PROBE_SECRET, STATIC_CONFIGURATION_NAME, probe};
 use crate::policy::{AgentMatcher, CompiledPolicy, PolicyRef, Snapshot, compile};
 use k8s_openapi::api::core::v1::ConfigMap;
 
@@ -418,6 +419,10 @@ struct Report {
     /// let it watch (issue 16): shown, never silent.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     unguarded: Vec<UnguardedRow>,
+    /// Which webhook configuration routes requests to agentguard: `static` (loaded from files
+    /// by the API server), `managed` (written by agentguard through the API) or `unknown`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_configuration: Option<WebhookConfigurationRow>,
 }
 
 #[derive(Debug, Serialize)]
@@ -484,6 +489,36 @@ async fn recorded_kinds(client: &kube::Client, namespace: &str) -> Vec<RecordedK
                 "warning: cannot read the kinds agentguard learned from annotations (ConfigMaps in {namespace}): {err}"
             );
             Vec::new()
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WebhookConfigurationRow {
+    in_force: &'static str,
+    detail: String,
+}
+
+impl WebhookConfigurationRow {
+    fn of(seen: Option<InForce>, agentguard_namespace: &str) -> Self {
+        match seen {
+            Some(InForce::Static) => Self {
+                in_force: "static",
+                detail: format!(
+                    "{STATIC_CONFIGURATION_NAME}, loaded from files by the API server; no API call can delete or change it"
+                ),
+            },
+            Some(InForce::Managed) => Self {
+                in_force: "managed",
+                detail: "written by agentguard through the API (cluster-admin can delete it; see docs/static-manifests.md)".into(),
+            },
+            None => Self {
+                in_force: "unknown",
+                detail: format!(
+                    "the probe (a dry-run create of Secret {agentguard_namespace}/{PROBE_SECRET}) got no answer; is agentguard installed there, and may you create Secrets there?"
+                ),
+            },
         }
     }
 }
@@ -647,6 +682,7 @@ impl Report {
                 .collect(),
             requests: Vec::new(),
             unguarded: Vec::new(),
+            webhook_configuration: None,
         }
     }
 
@@ -767,6 +803,13 @@ impl Report {
                 )
             ));
         }
+        // Last, so the sections above keep their places for scripts that read them.
+        if let Some(w) = &self.webhook_configuration {
+            out.push_str(&format!(
+                "\nWEBHOOK CONFIGURATION: {} ({})\n",
+                w.in_force, w.detail
+            ));
+        }
         out
     }
 }
@@ -805,6 +848,10 @@ pub async fn run(ctx: &Ctx, _args: StatusArgs) -> Outcome {
         },
     )
     .await;
+    report.webhook_configuration = Some(WebhookConfigurationRow::of(
+        probe(&ctx.client, &ctx.agentguard_namespace).await,
+        &ctx.agentguard_namespace,
+    ));
     match ctx.output {
         Output::Table => print!("{}", report.render()),
         output => super::print(output, &[], &[], &report),

@@ -39,11 +39,13 @@ impl Cluster {
             "no kubeconfig at {}: {START_HINT}",
             kubeconfig.display()
         );
-        let out = Command::new(repo_root().join("hack/build-tools.sh"))
-            .arg("--print")
-            .output()
-            .expect("run hack/build-tools.sh --print");
-        let tools = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        Self::connect_to(kubeconfig)
+    }
+
+    /// [`Cluster::connect`] to the control plane whose admin kubeconfig is `kubeconfig` (a
+    /// suite's own, started with `hack/cluster.sh` and `AGENTGUARD_CLUSTER_DIR`).
+    pub fn connect_to(kubeconfig: PathBuf) -> Self {
+        let tools = tools_dir();
         let cluster = Self { kubeconfig, tools };
         cluster.wait_ready(Duration::from_secs(60));
         static CRDS: std::sync::OnceLock<()> = std::sync::OnceLock::new();
@@ -213,6 +215,15 @@ impl Cluster {
         std::fs::write(&path, yaml).unwrap();
         path
     }
+}
+
+/// The bin directory of the pinned control-plane tools (`hack/build-tools.sh --print`).
+pub fn tools_dir() -> PathBuf {
+    let out = Command::new(repo_root().join("hack/build-tools.sh"))
+        .arg("--print")
+        .output()
+        .expect("run hack/build-tools.sh --print");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 /// A namespace owned by one test; deleted when dropped.
@@ -613,6 +624,11 @@ impl<'c> Guard<'c> {
         std::fs::read_to_string(self.dir.path().join("agentguard-a.log")).unwrap_or_default()
     }
 
+    /// The process id of the running webhook process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts the webhook process again, with the same ports and certificates.
     pub fn respawn(&mut self, ns: &TestNamespace<'_>, options: &GuardOptions) {
         self.kill();
@@ -624,6 +640,23 @@ impl<'c> Guard<'c> {
             self.metrics_port,
             "a",
         ));
+    }
+
+    /// Sends SIGTERM to the webhook process (as the kubelet does on a rollout).
+    pub fn terminate(&self) {
+        let pid = self.child.as_ref().expect("agentguard running").id();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid}");
+    }
+
+    /// Whether the webhook process has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().unwrap().is_some())
     }
 
     /// Kills the webhook process, leaving its configuration registered.
