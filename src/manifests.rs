@@ -146,10 +146,11 @@ impl StaticManifests {
         let routes = routes_for(&self.kinds, &self.owner_kinds);
         let mut validating = webhook_config::desired(&self.params, &routes, &self.ca_bundle, None);
         validating.metadata = static_metadata();
-        validating
-            .webhooks
-            .get_or_insert_with(Vec::new)
-            .push(probe_webhook(&self.params, &self.ca_bundle)?);
+        let hooks = validating.webhooks.get_or_insert_with(Vec::new);
+        // Static files cannot follow the kinds the annotate webhook learns (the managed
+        // configuration, which would, steps aside): leave it out rather than promise routing.
+        hooks.retain(|h| h.name != webhook_config::ANNOTATE_WEBHOOK_NAME);
+        hooks.push(probe_webhook(&self.params, &self.ca_bundle)?);
         let mut mutating =
             webhook_config::desired_sealing(&self.params, &routes, &self.ca_bundle, None);
         mutating.metadata = static_metadata();
