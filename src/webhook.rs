@@ -55,28 +55,36 @@ impl AdmissionState {
 
 /// Router for the HTTPS admission endpoints: `/validate` and `/seal` (approvals).
 pub fn admission_router(state: Arc<AdmissionState>, max_review_bytes: usize) -> Router {
-    Router::new()
-        .route("/validate", post(validate))
-        .route("/seal", post(seal))
+    limited(
+        Router::new()
+            .route("/validate", post(validate))
+            .route("/seal", post(seal)),
+        max_review_bytes,
+    )
+    .with_state(state)
+}
+
+/// The limits every admission endpoint shares: body size and time end to end.
+fn limited<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    max_review_bytes: usize,
+) -> Router<S> {
+    router
         .layer(DefaultBodyLimit::max(max_review_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .with_state(state)
 }
 
 /// Router for `/annotate`, the webhook that learns kinds from the `agentguard.dev/protected`
 /// annotation (merged into the admission router by the runtime).
 pub fn annotate_router(kinds: AnnotatedKinds, max_review_bytes: usize) -> Router {
-    Router::new()
-        .route("/annotate", post(annotate))
-        .layer(DefaultBodyLimit::max(max_review_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
-        .with_state(kinds)
+    limited(
+        Router::new().route("/annotate", post(annotate)),
+        max_review_bytes,
+    )
+    .with_state(kinds)
 }
 
 /// Someone annotated an object of a kind agentguard does not route yet: record the kind (when

@@ -17,16 +17,14 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentguard::certs::{ClientCertificate, generate_with_clients};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
-use support::{Cluster, TestNamespace, free_port, stderr, stdout, tools_dir, wait_until};
+use agentguard::certs::generate_with_clients;
+use support::{
+    Cluster, TestNamespace, free_port, stderr, stdout, tls_post_validate, tools_dir, wait_until,
+};
 
 const CLIENT_NAME: &str = "kube-apiserver";
 
@@ -73,47 +71,6 @@ impl Drop for Agentguard {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// POSTs to the webhook over TLS, presenting `client` if given: Ok(status line) when served,
-/// Err when refused (no HTTP answer).
-fn call(port: u16, ca_pem: &str, client: Option<&ClientCertificate>) -> Result<String, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-        .unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let config = match client {
-        None => builder.with_no_client_auth(),
-        Some(c) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(c.cert_pem.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap(),
-                PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-    };
-    let mut conn =
-        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("127.0.0.1").unwrap())
-            .unwrap();
-    let mut sock = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
-    tls.write_all(b"POST /validate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
-        .map_err(|e| e.to_string())?;
-    let mut answer = Vec::new();
-    let read = tls.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer);
-    match text.lines().next() {
-        Some(line) if line.starts_with("HTTP/1.1 ") => Ok(line.to_owned()),
-        _ => Err(format!("no HTTP answer ({read:?})")),
     }
 }
 
@@ -346,10 +303,11 @@ fn static_configurations_cannot_be_deleted_and_the_managed_one_steps_aside() {
 
     // Only the API server's certificate is served.
     assert!(
-        call(port, &bundle.ca_pem, None).is_err(),
+        tls_post_validate(port, &bundle.ca_pem, None).is_err(),
         "a caller without a client certificate was served"
     );
-    call(port, &bundle.ca_pem, Some(apiserver_client)).expect("the API server's certificate");
+    tls_post_validate(port, &bundle.ca_pem, Some(apiserver_client))
+        .expect("the API server's certificate");
 
     // The API server restarts without the static configuration (its kubeConfigFile still
     // gives it the client certificate): the managed configuration takes over again.
