@@ -4,14 +4,14 @@
 //! answer at all (refused during the handshake, before a byte of a review is read); the right
 //! certificate is served.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
 use agentguard::certs::generate_with_clients;
 
 mod support;
 
-use support::{free_port, http_status, tls_post_validate};
+use support::{serve_tls_files, tls_post_validate};
 
 struct Server {
     child: Child,
@@ -32,39 +32,12 @@ fn serve(bundle: &agentguard::certs::CertificateBundle, extra: &[String]) -> (Se
     std::fs::write(dir.path().join("tls.crt"), &bundle.cert_pem).unwrap();
     std::fs::write(dir.path().join("tls.key"), &bundle.key_pem).unwrap();
     std::fs::write(dir.path().join("ca.crt"), &bundle.ca_pem).unwrap();
-    let (webhook, metrics) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_agentguard"))
-        .args(["run", "--webhook-addr", &format!("127.0.0.1:{webhook}")])
-        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-        .arg(format!(
-            "--tls-cert-file={}",
-            dir.path().join("tls.crt").display()
-        ))
-        .arg(format!(
-            "--tls-key-file={}",
-            dir.path().join("tls.key").display()
-        ))
-        .args([
-            "--manage-webhook-configuration=false",
-            "--leader-election=false",
-        ])
-        .args(
-            extra
-                .iter()
-                .map(|a| a.replace("{dir}", &dir.path().display().to_string())),
-        )
-        // No API server is needed to serve TLS; the watches just retry.
-        .env("KUBECONFIG", support::dead_kubeconfig(dir.path()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let extra: Vec<String> = extra
+        .iter()
+        .map(|a| a.replace("{dir}", &dir.path().display().to_string()))
+        .collect();
+    let (child, webhook) = serve_tls_files(dir.path(), &extra);
     let server = Server { child, _dir: dir };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http_status(metrics, "/healthz") != Some(200) {
-        assert!(Instant::now() < deadline, "agentguard did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
     (server, webhook)
 }
 

@@ -3,15 +3,12 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 
 mod support;
-
-use support::{free_port, http_status};
 
 /// The leaf certificate the server presents to a client that trusts `ca_pem`, if the
 /// handshake succeeds.
@@ -48,33 +45,7 @@ fn swapped_certificate_files_are_served_without_a_restart() {
     let first = agentguard::certs::generate(&hosts, Duration::from_secs(600)).unwrap();
     let second = agentguard::certs::generate(&hosts, Duration::from_secs(600)).unwrap();
     write(&first);
-    let (webhook, metrics) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentguard"))
-        .args(["run", "--webhook-addr", &format!("127.0.0.1:{webhook}")])
-        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-        .arg(format!(
-            "--tls-cert-file={}",
-            dir.path().join("tls.crt").display()
-        ))
-        .arg(format!(
-            "--tls-key-file={}",
-            dir.path().join("tls.key").display()
-        ))
-        .args([
-            "--manage-webhook-configuration=false",
-            "--leader-election=false",
-        ])
-        // No API server is needed to serve TLS; the watches just retry.
-        .env("KUBECONFIG", support::dead_kubeconfig(dir.path()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http_status(metrics, "/healthz") != Some(200) {
-        assert!(Instant::now() < deadline, "agentguard did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (mut child, webhook) = support::serve_tls_files(dir.path(), &[]);
     let served_first =
         served_certificate(webhook, &first.ca_pem).expect("handshake with the first CA");
     assert!(

@@ -853,3 +853,31 @@ pub fn tls_post_validate(
         _ => Err(format!("no HTTP answer: {text:?}")),
     }
 }
+
+/// Starts `agentguard run` serving `tls.crt`/`tls.key` from `dir` with `extra` flags and no
+/// API server (the watches just retry; serving TLS needs none), waits until it answers
+/// `/healthz`, and returns the process and its webhook port.
+pub fn serve_tls_files(dir: &Path, extra: &[String]) -> (Child, u16) {
+    let (webhook, metrics) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_agentguard"))
+        .args(["run", "--webhook-addr", &format!("127.0.0.1:{webhook}")])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+        .arg(format!("--tls-cert-file={}", dir.join("tls.crt").display()))
+        .arg(format!("--tls-key-file={}", dir.join("tls.key").display()))
+        .args([
+            "--manage-webhook-configuration=false",
+            "--leader-election=false",
+        ])
+        .args(extra)
+        .env("KUBECONFIG", dead_kubeconfig(dir))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_status(metrics, "/healthz") != Some(200) {
+        assert!(Instant::now() < deadline, "agentguard did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (child, webhook)
+}
