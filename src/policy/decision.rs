@@ -1165,7 +1165,7 @@ fn deletion_by_proxy(
     let mut first = None;
     for (rule, reach) in super::proxy::matching_all(&target, old, new) {
         let decision = judge_proxy(
-            snapshot, objects, now, object, username, groups, creating, old, new, rule, &reach,
+            req, snapshot, objects, now, object, username, groups, rule, &reach,
         );
         match decision {
             Some(d) if d.verdict == Verdict::Deny => return Some(d),
@@ -1179,18 +1179,19 @@ fn deletion_by_proxy(
 /// One deletion-by-proxy rule's judgement of a request, None when it reaches nothing protected.
 #[allow(clippy::too_many_arguments)]
 fn judge_proxy(
+    req: &AdmissionRequest<DynamicObject>,
     snapshot: &Snapshot,
     objects: &dyn ProtectedObjects,
     now: Timestamp,
     object: &ObjectRef,
     username: &str,
     groups: &[String],
-    creating: bool,
-    old: Option<&DynamicObject>,
-    new: &DynamicObject,
     rule: &super::proxy::ProxyRule,
     reach: &Reach,
 ) -> Option<Decision> {
+    let new = req.object.as_ref()?;
+    let old = req.old_object.as_ref();
+    let creating = matches!(req.operation, Operation::Create);
     let current = old.unwrap_or(new);
     let mut found = match reach {
         // The request's own object is new, or another kind's stand-in (a Scale, a scaler, a
