@@ -77,12 +77,7 @@ fn third_party_crd(cluster: &Cluster, group: &str, plural: &str, kind: &str, sco
          names: {{plural: {plural}, singular: {singular}, kind: {kind}}}\n  versions:\n    - name: v1\n      served: true\n      storage: true\n      \
          subresources: {{status: {{}}}}\n      schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}\n"
     ));
-    cluster.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        &format!("crd/{plural}.{group}"),
-    ]);
+    cluster.wait_established(&[&format!("crd/{plural}.{group}")]);
 }
 
 fn statefulset(ns: &str, name: &str, replicas: u32, retention: &str, extra_meta: &str) -> String {
@@ -443,12 +438,7 @@ fn an_agent_cannot_delete_the_crossplane_claim_of_a_protected_database() {
          schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}\n"
     ));
     ns.owns_cluster_object(&format!("crd/rdsinstances.{group}"));
-    cluster.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        &format!("crd/rdsinstances.{group}"),
-    ]);
+    cluster.wait_established(&[&format!("crd/rdsinstances.{group}")]);
     ns.grant("cursor-agent", &format!("postgresqlinstances.{group}"));
     let _guard = Guard::start(&ns, &agent);
     let xrd = format!("xpostgresqlinstances.{group}");

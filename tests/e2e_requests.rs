@@ -53,12 +53,7 @@ fn filed_name(out: &Output) -> String {
 fn an_agent_asks_in_writing_and_a_human_answers() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = Cluster::connect();
-    cluster.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/deletionrequests.agentguard.dev",
-    ]);
+    cluster.wait_established(&["crd/deletionrequests.agentguard.dev"]);
     let ns = TestNamespace::create(&cluster, "requests");
     let agent = ns.agent("cursor-agent");
     // What the chart's aggregated ClusterRole gives every editor: filing requests. The status
@@ -238,12 +233,7 @@ fn an_agent_asks_in_writing_and_a_human_answers() {
 fn unanswered_requests_expire() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = Cluster::connect();
-    cluster.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/deletionrequests.agentguard.dev",
-    ]);
+    cluster.wait_established(&["crd/deletionrequests.agentguard.dev"]);
     let ns = TestNamespace::create(&cluster, "request-ttl");
     let agent = ns.agent("cursor-agent");
     ns.grant("cursor-agent", "deletionrequests.agentguard.dev");

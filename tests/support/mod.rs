@@ -84,10 +84,7 @@ impl Cluster {
             "-f",
             crds.to_str().unwrap(),
         ]);
-        self.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
+        self.wait_established(&[
             "crd/protectedresources.agentguard.dev",
             "crd/clusterprotectedresources.agentguard.dev",
         ]);
@@ -116,10 +113,7 @@ impl Cluster {
             "-f",
             dir.to_str().unwrap(),
         ]);
-        self.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
+        self.wait_established(&[
             "crd/servicemonitors.monitoring.coreos.com",
             "crd/prometheusrules.monitoring.coreos.com",
             "crd/certificates.cert-manager.io",
@@ -132,6 +126,25 @@ impl Cluster {
             "crd/policyreports.wgpolicyk8s.io",
             "crd/clusterpolicyreports.wgpolicyk8s.io",
         ]);
+    }
+
+    /// Waits until each CRD (`crd/<name>`) is Established. Polled: `kubectl wait` fails at once
+    /// when a CRD created a moment ago has no status conditions yet.
+    pub fn wait_established(&self, crds: &[&str]) {
+        for crd in crds {
+            wait_until(
+                Duration::from_secs(60),
+                &format!("{crd} Established"),
+                || {
+                    stdout(&self.kubectl(&[
+                        "get",
+                        crd,
+                        "-o",
+                        "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+                    ])) == "True"
+                },
+            );
+        }
     }
 
     pub fn kubectl_path(&self) -> PathBuf {
@@ -371,12 +384,8 @@ impl TestNamespace<'_> {
              schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}\n"
         ));
         self.owns_cluster_object(&format!("crd/{plural}.{group}"));
-        self.cluster.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            &format!("crd/{plural}.{group}"),
-        ]);
+        self.cluster
+            .wait_established(&[&format!("crd/{plural}.{group}")]);
         group
     }
 
