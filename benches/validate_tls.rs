@@ -167,13 +167,13 @@ fn indexed(pvc: &serde_json::Value) -> ObjectEntry {
         serde_json::from_value(v.clone()).unwrap_or_default()
     };
     ObjectEntry::new(
-        ObjectKey {
-            group: String::new(),
-            kind: "PersistentVolumeClaim".into(),
-            namespace: meta["namespace"].as_str().map(str::to_owned),
-            name: meta["name"].as_str().expect("name").to_owned(),
-        },
-        meta["uid"].as_str().expect("uid").to_owned(),
+        ObjectKey::new(
+            "",
+            "PersistentVolumeClaim",
+            meta["namespace"].as_str(),
+            meta["name"].as_str().expect("name"),
+        ),
+        meta["uid"].as_str().expect("uid"),
         map(&meta["labels"]),
         &map(&meta["annotations"]),
         Vec::new(),

@@ -317,3 +317,51 @@ fn protected_claims_keep_their_volume_unless_the_policy_opts_out() {
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(reclaim(&scratch_pv), "Delete");
 }
+
+/// The index keeps only the labels policies read. A policy that selects by a label no policy
+/// read before makes agentguard list every watched kind again, so a claim indexed before the
+/// policy existed is found under its namespace by that label.
+#[test]
+fn a_policy_reading_a_new_label_protects_what_was_indexed_before_it() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "newlabel");
+    let agent = ns.agent("cursor-agent");
+    ns.grant_cluster("cursor-agent", "delete", "namespaces");
+    let _guard = Guard::start(&ns, &agent);
+    ns.pvc("orders", false);
+    ns.kubectl_ok(&["label", "pvc", "orders", "tier=gold"]);
+    let delete_namespace = || {
+        cluster.kubectl(&[
+            &format!("--as={agent}"),
+            "delete",
+            "namespace",
+            &ns.name,
+            "--dry-run=server",
+        ])
+    };
+    // Indexed, protected by nothing yet: the namespace may go.
+    wait_until(
+        Duration::from_secs(20),
+        "the namespace delete to be allowed",
+        || delete_namespace().status.success(),
+    );
+
+    cluster.apply(&format!(
+        "apiVersion: agentguard.dev/v1alpha1\nkind: ProtectedResource\nmetadata:\n  name: gold\n  namespace: {ns}\n\
+         spec:\n  targets:\n    - apiGroups: [\"\"]\n      kinds: [PersistentVolumeClaim]\n      selector:\n        matchLabels:\n          tier: gold\n",
+        ns = ns.name
+    ));
+    let named = format!("through PersistentVolumeClaim {}/orders", ns.name);
+    let mut last = String::new();
+    wait_until(
+        Duration::from_secs(30),
+        "the namespace delete to be refused, naming the gold claim",
+        || {
+            let out = delete_namespace();
+            last = stderr(&out);
+            !out.status.success() && last.contains(&named)
+        },
+    );
+    assert!(last.contains("DENIED delete of Namespace"), "{last}");
+    assert!(ns.pvc_intact("orders"));
+}

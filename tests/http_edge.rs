@@ -140,12 +140,12 @@ fn index_claim(state: &AdmissionState) {
     let annotations = [("agentguard.dev/protected".to_owned(), "true".to_owned())].into();
     let entry = ObjectEntry::new(
         ObjectKey {
-            group: String::new(),
+            group: "".into(),
             kind: "PersistentVolumeClaim".into(),
             namespace: Some("prod".into()),
             name: "data".into(),
         },
-        "abc".into(),
+        "abc",
         Default::default(),
         &annotations,
         vec![],

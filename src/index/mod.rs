@@ -130,13 +130,22 @@ pub fn build_snapshot(
     )
 }
 
+/// What the object watches must feed the index: the kinds policies target, and the label keys
+/// their selectors read (the only labels the index keeps; when one is added, every watched
+/// kind is listed again).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Wanted {
+    pub kinds: BTreeSet<(String, String)>,
+    pub label_keys: Arc<BTreeSet<String>>,
+}
+
 /// What the policy index publishes and reads besides the snapshot.
 #[derive(Debug)]
 pub struct Feeds {
     /// Compiled policies' health, for their status.
     pub health: watch::Sender<Vec<PolicyHealth>>,
-    /// The kinds policies target, for the object index.
-    pub kinds: watch::Sender<Option<BTreeSet<(String, String)>>>,
+    /// The kinds policies target and the labels they read, for the object index.
+    pub kinds: watch::Sender<Option<Wanted>>,
     /// The approval-sealing keys, put into every snapshot.
     pub keys: watch::Receiver<crate::policy::Keyring>,
 }
@@ -224,16 +233,23 @@ pub async fn run(
         let snapshot = snapshot.with_keys(keys.borrow_and_update().clone());
         let kinds: BTreeSet<(String, String)> =
             snapshot.policies().iter().flat_map(|p| p.kinds()).collect();
-        objects
+        let wanted = Wanted {
+            kinds,
+            label_keys: snapshot.label_keys().clone(),
+        };
+        if objects
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .reprotect(&snapshot);
+            .reprotect(&snapshot)
+        {
+            tracing::info!(label_keys = ?wanted.label_keys, "policies read new labels; listing every watched kind again");
+        }
         shared.store(snapshot);
         // The object watches wait for the first value before they report synced, so a replica
         // is not ready before it knows which kinds to index.
         kinds_tx.send_if_modified(|current| {
-            let changed = current.as_ref() != Some(&kinds);
-            *current = Some(kinds);
+            let changed = current.as_ref() != Some(&wanted);
+            *current = Some(wanted);
             changed
         });
         readiness.synced(POLICIES_GATE);
@@ -367,9 +383,9 @@ fn vouch(block: &mut Block, index: &objects::ObjectIndex) -> bool {
             } else {
                 format!("{}/{version}", key.group)
             });
-            reference.kind = Some(key.kind.clone());
-            reference.namespace = key.namespace.clone();
-            reference.name = Some(key.name.clone());
+            reference.kind = Some(key.kind.to_string());
+            reference.namespace = key.namespace.as_deref().map(str::to_owned);
+            reference.name = Some(key.name.to_string());
             true
         }
         Some(objects::Known::Owner {
@@ -581,12 +597,12 @@ mod tests {
         index.upsert(
             ObjectEntry::new(
                 ObjectKey {
-                    group: String::new(),
+                    group: "".into(),
                     kind: "PersistentVolumeClaim".into(),
                     namespace: Some("prod".into()),
                     name: "data-db-0".into(),
                 },
-                "pvc-uid".into(),
+                "pvc-uid",
                 BTreeMap::new(),
                 &annotations,
                 vec![Owner {

@@ -7,21 +7,36 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
 use crate::api::{Mode, PROTECTED_ANNOTATION};
 use crate::policy::handles::EXTERNAL_NAME;
 use crate::policy::managers::{Manager, managers_of};
 use crate::policy::{CascadeHit, ObjectFacts, PolicyRef, ProtectedObjects, Snapshot};
 
-/// Kind and name of an object, as messages name it.
+/// An object's UID, shared by every map of the index that names the object.
+pub type Uid = Arc<str>;
+
+/// Kind and name of an object, as messages name it. Group, kind and namespace are shared with
+/// every other object of the index that has them; the name with the object's rank.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ObjectKey {
-    pub group: String,
-    pub kind: String,
-    pub namespace: Option<String>,
-    pub name: String,
+    pub group: Arc<str>,
+    pub kind: Arc<str>,
+    pub namespace: Option<Arc<str>>,
+    pub name: Arc<str>,
 }
 
 impl ObjectKey {
+    pub fn new(group: &str, kind: &str, namespace: Option<&str>, name: &str) -> Self {
+        Self {
+            group: group.into(),
+            kind: kind.into(),
+            namespace: namespace.map(Into::into),
+            name: name.into(),
+        }
+    }
+
     /// `PersistentVolumeClaim prod/data`.
     pub fn describe(&self) -> String {
         match &self.namespace {
@@ -31,33 +46,45 @@ impl ObjectKey {
     }
 }
 
-/// What the index keeps of one object.
+/// What the index keeps of one object: what decides whether it is protected, what the
+/// garbage collector and GitOps tools follow from it, and nothing else.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectEntry {
     pub key: ObjectKey,
-    pub uid: String,
+    pub uid: Uid,
+    /// Its labels; once in the index, only those a policy's selector reads.
     pub labels: BTreeMap<String, String>,
     pub annotated: bool,
     /// From ownerReferences.
-    pub owners: Vec<Owner>,
+    pub owners: Box<[Owner]>,
     /// The GitOps tools and Crossplane claims that manage it (from their labels/annotations).
-    pub managers: Vec<Manager>,
+    pub managers: Box<[Arc<Manager>]>,
     /// `crossplane.io/external-name`: the external resource it stands for.
-    pub external: Option<String>,
+    pub external: Option<Box<str>>,
 }
 
 /// One ownerReference: whom the garbage collector follows, and its kind (for webhook rules).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
-    pub uid: String,
-    pub group: String,
-    pub kind: String,
+    pub uid: Uid,
+    pub group: Arc<str>,
+    pub kind: Arc<str>,
+}
+
+impl Owner {
+    pub fn new(uid: &str, group: &str, kind: &str) -> Self {
+        Self {
+            uid: uid.into(),
+            group: group.into(),
+            kind: kind.into(),
+        }
+    }
 }
 
 impl ObjectEntry {
     pub fn new(
         key: ObjectKey,
-        uid: String,
+        uid: &str,
         labels: BTreeMap<String, String>,
         annotations: &BTreeMap<String, String>,
         owners: Vec<Owner>,
@@ -65,17 +92,49 @@ impl ObjectEntry {
         let annotated = annotations
             .get(PROTECTED_ANNOTATION)
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-        let managers = managers_of(&labels, annotations);
-        let external = annotations.get(EXTERNAL_NAME).cloned();
+        let managers = managers_of(&labels, annotations)
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let external = annotations.get(EXTERNAL_NAME).map(|e| e.as_str().into());
         Self {
             key,
-            uid,
+            uid: uid.into(),
             labels,
             annotated,
-            owners,
+            owners: owners.into(),
             managers,
             external,
         }
+    }
+}
+
+impl ObjectEntry {
+    /// The entry of an object of kind (`group`, `kind`) from its metadata; None without a uid.
+    pub fn of_meta(group: &str, kind: &str, meta: &ObjectMeta) -> Option<Self> {
+        let uid = meta.uid.as_deref()?;
+        let empty = BTreeMap::new();
+        let owners = meta
+            .owner_references
+            .iter()
+            .flatten()
+            .map(|o| {
+                let group = o.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+                Owner::new(&o.uid, group, &o.kind)
+            })
+            .collect();
+        Some(Self::new(
+            ObjectKey::new(
+                group,
+                kind,
+                meta.namespace.as_deref(),
+                meta.name.as_deref().unwrap_or_default(),
+            ),
+            uid,
+            meta.labels.clone().unwrap_or_default(),
+            meta.annotations.as_ref().unwrap_or(&empty),
+            owners,
+        ))
     }
 }
 
@@ -105,7 +164,8 @@ pub struct Handle {
 }
 
 /// Who protects an object: its annotation and/or policies, and the strictest mode among them.
-#[derive(Debug, Clone, PartialEq)]
+/// Objects protected the same way share one value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ProtectedBy {
     pub annotation: bool,
     pub policies: Vec<PolicyRef>,
@@ -124,44 +184,67 @@ pub struct Found<'a> {
 /// Where a protected object sorts among the others of its namespace or kind: the strictest
 /// mode first, then by name (so messages are stable), then uid (a total order). A namespace or
 /// CRD deletion then names its first entry and counts the set without looking at every object:
-/// O(log n), not O(n), with 100,000 protected objects of one kind. Name and uid are shared by
-/// the namespace's and the kind's set.
+/// O(log n), not O(n), with 100,000 protected objects of one kind. Name and uid are shared with
+/// the object's entry.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Rank {
     mode: Reverse<Mode>,
     name: Arc<str>,
-    uid: Arc<str>,
+    uid: Uid,
 }
 
 impl Rank {
-    fn of(entry: &ObjectEntry, mode: Mode) -> Self {
+    fn of(key: &ObjectKey, uid: &Uid, mode: Mode) -> Self {
         Self {
             mode: Reverse(mode),
-            name: entry.key.name.as_str().into(),
-            uid: entry.uid.as_str().into(),
+            name: key.name.clone(),
+            uid: uid.clone(),
         }
+    }
+}
+
+/// One shared copy of each string many objects repeat (groups, kinds, namespaces).
+#[derive(Debug, Default)]
+struct Interner(HashSet<Arc<str>>);
+
+impl Interner {
+    fn get(&mut self, s: &Arc<str>) -> Arc<str> {
+        match self.0.get(s) {
+            Some(shared) => shared.clone(),
+            None => {
+                self.0.insert(s.clone());
+                s.clone()
+            }
+        }
+    }
+
+    /// Forgets the strings no object uses any more.
+    fn prune(&mut self) {
+        self.0.retain(|s| Arc::strong_count(s) > 1);
     }
 }
 
 #[derive(Debug, Default)]
 pub struct ObjectIndex {
-    objects: HashMap<String, ObjectEntry>,
-    protected: HashMap<String, ProtectedBy>,
-    by_namespace: HashMap<String, BTreeSet<Rank>>,
-    by_kind: HashMap<(String, String), BTreeSet<Rank>>,
-    by_key: HashMap<ObjectKey, String>,
+    objects: HashMap<Uid, ObjectEntry>,
+    protected: HashMap<Uid, Arc<ProtectedBy>>,
+    /// One value per distinct way of being protected, with how many objects are protected so.
+    protections: HashMap<Arc<ProtectedBy>, usize>,
+    by_namespace: HashMap<Arc<str>, BTreeSet<Rank>>,
+    by_kind: HashMap<(Arc<str>, Arc<str>), BTreeSet<Rank>>,
+    by_key: HashMap<ObjectKey, Uid>,
     /// Owner UID → UIDs of the objects it owns (all watched objects, protected or not, so a
     /// chain through a watched intermediate is followed).
-    by_owner: HashMap<String, HashSet<String>>,
+    by_owner: HashMap<Uid, HashSet<Uid>>,
     /// Served kinds watched but not yet listed once: their protected objects may be missing,
     /// so cascade lookups cannot answer "nothing protected" yet.
     loading: BTreeSet<(String, String)>,
     /// Kinds listed at least once (their objects are all here).
     listed: BTreeSet<(String, String)>,
     /// Manager → UIDs of the objects carrying its mark.
-    by_manager: HashMap<Manager, HashSet<String>>,
+    by_manager: HashMap<Arc<Manager>, HashSet<Uid>>,
     /// (group, kind, external name) → UIDs.
-    by_external: HashMap<(String, String, String), HashSet<String>>,
+    by_external: HashMap<ExternalKey, HashSet<Uid>>,
     /// Storage handles by holder UID, and UIDs by identity.
     handles: HashMap<String, Handle>,
     by_identity: HashMap<String, HashSet<String>>,
@@ -169,6 +252,10 @@ pub struct ObjectIndex {
     handles_loading: BTreeSet<&'static str>,
     /// Kinds agentguard should watch but may not, with why.
     blind: BTreeMap<(String, String), String>,
+    /// The label keys entries keep (those policies' selectors read), and whether an entry
+    /// indexed before the last policy change may lack one a policy now reads.
+    label_keys: Arc<BTreeSet<String>>,
+    strings: Interner,
 }
 
 fn protection_of(entry: &ObjectEntry, snapshot: &Snapshot) -> Option<ProtectedBy> {
@@ -213,19 +300,38 @@ impl ObjectIndex {
     pub fn protected_entries(&self) -> impl Iterator<Item = (&ObjectEntry, &ProtectedBy)> {
         self.protected
             .iter()
-            .filter_map(|(uid, by)| self.objects.get(uid).map(|e| (e, by)))
+            .filter_map(|(uid, by)| self.objects.get(uid).map(|e| (e, &**by)))
     }
 
-    /// Adds or replaces an object, judging its protection against `snapshot`.
-    pub fn upsert(&mut self, entry: ObjectEntry, snapshot: &Snapshot) {
+    /// Adds or replaces an object, judging its protection against `snapshot`. Of its labels
+    /// only those a policy reads are kept; the strings it shares with other objects are
+    /// stored once.
+    pub fn upsert(&mut self, mut entry: ObjectEntry, snapshot: &Snapshot) {
         self.remove(&entry.uid.clone());
-        for owner in &entry.owners {
+        // The labels the index's policies read (every entry keeps them; see `reprotect`) and
+        // those `snapshot`'s read.
+        let wanted = snapshot.label_keys();
+        entry
+            .labels
+            .retain(|k, _| self.label_keys.contains(k) || wanted.contains(k));
+        let key = &mut entry.key;
+        key.group = self.strings.get(&key.group);
+        key.kind = self.strings.get(&key.kind);
+        if let Some(ns) = &mut key.namespace {
+            *ns = self.strings.get(ns);
+        }
+        for owner in &mut entry.owners {
+            owner.group = self.strings.get(&owner.group);
+            owner.kind = self.strings.get(&owner.kind);
             self.by_owner
                 .entry(owner.uid.clone())
                 .or_default()
                 .insert(entry.uid.clone());
         }
-        for manager in &entry.managers {
+        for manager in &mut entry.managers {
+            if let Some((shared, _)) = self.by_manager.get_key_value(manager) {
+                *manager = shared.clone();
+            }
             self.by_manager
                 .entry(manager.clone())
                 .or_default()
@@ -238,32 +344,37 @@ impl ObjectIndex {
                 .insert(entry.uid.clone());
         }
         if let Some(by) = protection_of(&entry, snapshot) {
-            self.mark_protected(&entry, by);
+            self.mark_protected(&entry.key, &entry.uid, by);
         }
         self.by_key.insert(entry.key.clone(), entry.uid.clone());
         self.objects.insert(entry.uid.clone(), entry);
     }
 
-    fn mark_protected(&mut self, entry: &ObjectEntry, by: ProtectedBy) {
-        let rank = Rank::of(entry, by.mode);
-        if let Some(ns) = &entry.key.namespace {
+    fn mark_protected(&mut self, key: &ObjectKey, uid: &Uid, by: ProtectedBy) {
+        let rank = Rank::of(key, uid, by.mode);
+        if let Some(ns) = &key.namespace {
             self.by_namespace
                 .entry(ns.clone())
                 .or_default()
                 .insert(rank.clone());
         }
         self.by_kind
-            .entry((entry.key.group.clone(), entry.key.kind.clone()))
+            .entry((key.group.clone(), key.kind.clone()))
             .or_default()
             .insert(rank);
-        self.protected.insert(entry.uid.clone(), by);
+        let by = match self.protections.get_key_value(&by) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::new(by),
+        };
+        *self.protections.entry(by.clone()).or_default() += 1;
+        self.protected.insert(uid.clone(), by);
     }
 
     pub fn remove(&mut self, uid: &str) {
         let Some(old) = self.objects.remove(uid) else {
             return;
         };
-        if self.by_key.get(&old.key).is_some_and(|u| u == uid) {
+        if self.by_key.get(&old.key).is_some_and(|u| &**u == uid) {
             self.by_key.remove(&old.key);
         }
         for owner in &old.owners {
@@ -280,7 +391,13 @@ impl ObjectIndex {
             );
         }
         if let Some(by) = self.protected.remove(uid) {
-            let rank = Rank::of(&old, by.mode);
+            if let Some(n) = self.protections.get_mut(&by) {
+                *n -= 1;
+                if *n == 0 {
+                    self.protections.remove(&by);
+                }
+            }
+            let rank = Rank::of(&old.key, &old.uid, by.mode);
             if let Some(ns) = &old.key.namespace {
                 remove_from(&mut self.by_namespace, ns, &rank);
             }
@@ -292,24 +409,35 @@ impl ObjectIndex {
         }
     }
 
-    /// Re-judges every object, after policies changed.
-    pub fn reprotect(&mut self, snapshot: &Snapshot) {
+    /// Re-judges every object, after policies changed. Returns whether the policies now read
+    /// a label key the index did not keep: then every watched kind must be listed again (and
+    /// is marked loading until it is) before the index can say what they protect.
+    pub fn reprotect(&mut self, snapshot: &Snapshot) -> bool {
+        let relist = !snapshot.label_keys().is_subset(&self.label_keys);
+        self.label_keys = snapshot.label_keys().clone();
+        if relist {
+            let listed = std::mem::take(&mut self.listed);
+            self.loading.extend(listed);
+        }
         self.protected.clear();
+        self.protections.clear();
         self.by_namespace.clear();
         self.by_kind.clear();
-        let judged: Vec<(ObjectEntry, ProtectedBy)> = self
+        let judged: Vec<(ObjectKey, Uid, ProtectedBy)> = self
             .objects
             .values()
-            .filter_map(|e| protection_of(e, snapshot).map(|by| (e.clone(), by)))
+            .filter_map(|e| protection_of(e, snapshot).map(|by| (e.key.clone(), e.uid.clone(), by)))
             .collect();
-        for (entry, by) in judged {
-            self.mark_protected(&entry, by);
+        for (key, uid, by) in judged {
+            self.mark_protected(&key, &uid, by);
         }
+        self.strings.prune();
+        relist
     }
 
     /// Keeps only the objects `keep` accepts (a watch stopped, or relisted without them).
     pub fn retain(&mut self, keep: impl Fn(&ObjectEntry) -> bool) {
-        let gone: Vec<String> = self
+        let gone: Vec<Uid> = self
             .objects
             .values()
             .filter(|e| !keep(e))
@@ -318,6 +446,7 @@ impl ObjectIndex {
         for uid in gone {
             self.remove(&uid);
         }
+        self.strings.prune();
     }
 
     /// A served kind is being watched; until [`ObjectIndex::listed`] it is loading.
@@ -351,15 +480,15 @@ impl ObjectIndex {
     pub fn ancestor_kinds_of_protected(&self) -> BTreeSet<(String, String)> {
         let mut kinds = BTreeSet::new();
         let mut seen: HashSet<&str> = HashSet::new();
-        let mut queue: Vec<&str> = self.protected.keys().map(String::as_str).collect();
+        let mut queue: Vec<&str> = self.protected.keys().map(|u| &**u).collect();
         while let Some(uid) = queue.pop() {
             let Some(entry) = self.objects.get(uid) else {
                 continue;
             };
             for owner in &entry.owners {
-                kinds.insert((owner.group.clone(), owner.kind.clone()));
-                if seen.insert(owner.uid.as_str()) {
-                    queue.push(owner.uid.as_str());
+                kinds.insert((owner.group.to_string(), owner.kind.to_string()));
+                if seen.insert(&owner.uid) {
+                    queue.push(&owner.uid);
                 }
             }
         }
@@ -375,7 +504,7 @@ impl ObjectIndex {
                 uids.iter()
                     .any(|u| self.protected.contains_key(u) || self.protected_owned_by(u).is_some())
             })
-            .map(|(m, _)| m)
+            .map(|(m, _)| &**m)
             .collect()
     }
 
@@ -398,7 +527,7 @@ impl ObjectIndex {
         let gone: Vec<String> = self
             .handles
             .iter()
-            .filter(|(u, h)| h.holder.kind == source && !uids.contains(*u))
+            .filter(|(u, h)| &*h.holder.kind == source && !uids.contains(*u))
             .map(|(u, _)| u.clone())
             .collect();
         for uid in gone {
@@ -434,12 +563,21 @@ impl ObjectIndex {
     pub fn protected_per_kind(&self) -> Vec<((String, String), usize)> {
         self.by_kind
             .iter()
-            .map(|(k, uids)| (k.clone(), uids.len()))
+            .map(|((g, k), uids)| ((g.to_string(), k.to_string()), uids.len()))
             .collect()
     }
 
+    /// How many objects `policy` protects, counted without visiting them.
+    pub fn protected_by_policy(&self, policy: &PolicyRef) -> usize {
+        self.protections
+            .iter()
+            .filter(|(by, _)| by.policies.contains(policy))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     pub fn protection(&self, uid: &str) -> Option<&ProtectedBy> {
-        self.protected.get(uid)
+        self.protected.get(uid).map(|b| &**b)
     }
 
     /// What the index knows of the object with this uid: an object it holds, or an owner named
@@ -451,7 +589,7 @@ impl ObjectIndex {
         }
         let child = self.by_owner.get(uid)?.iter().next()?;
         let entry = self.objects.get(child)?;
-        let owner = entry.owners.iter().find(|o| o.uid == uid)?;
+        let owner = entry.owners.iter().find(|o| &*o.uid == uid)?;
         Some(Known::Owner {
             group: &owner.group,
             kind: &owner.kind,
@@ -476,7 +614,7 @@ impl ObjectIndex {
         })
     }
 
-    fn found(&self, uids: &HashSet<String>) -> Option<Found<'_>> {
+    fn found(&self, uids: &HashSet<Uid>) -> Option<Found<'_>> {
         if uids.is_empty() {
             return None;
         }
@@ -506,7 +644,7 @@ impl ObjectIndex {
     /// A protected object of the kind, if any (deleting its CRD deletes them all).
     pub fn protected_of_kind(&self, group: &str, kind: &str) -> Option<Found<'_>> {
         self.by_kind
-            .get(&(group.to_owned(), kind.to_owned()))
+            .get(&(group.into(), kind.into()))
             .and_then(|r| self.first_ranked(r))
     }
 
@@ -542,14 +680,14 @@ impl ObjectIndex {
         from: i64,
     ) -> Option<Found<'_>> {
         let infix = format!("-{statefulset}");
-        let protected: HashSet<String> = self
+        let protected: HashSet<Uid> = self
             .by_namespace
             .get(namespace)?
             .iter()
             .filter(|rank| {
                 let key = &self.objects[&*rank.uid].key;
                 key.group.is_empty()
-                    && key.kind == "PersistentVolumeClaim"
+                    && &*key.kind == "PersistentVolumeClaim"
                     && key.name.rsplit_once('-').is_some_and(|(prefix, ordinal)| {
                         prefix.len() > infix.len()
                             && prefix.ends_with(&infix)
@@ -558,7 +696,7 @@ impl ObjectIndex {
                             && ordinal.parse::<i64>().map_or(true, |n| n >= from)
                     })
             })
-            .map(|rank| rank.uid.to_string())
+            .map(|rank| rank.uid.clone())
             .collect();
         self.found(&protected)
     }
@@ -566,17 +704,12 @@ impl ObjectIndex {
     /// Protected objects carrying `manager`'s mark, and protected descendants of any object
     /// that carries it.
     pub fn protected_managed_by(&self, manager: &Manager) -> Option<Found<'_>> {
-        let mut protected: HashSet<String> = HashSet::new();
-        let mut queue: Vec<&str> = self
-            .by_manager
-            .get(manager)?
-            .iter()
-            .map(String::as_str)
-            .collect();
-        let mut seen: HashSet<&str> = queue.iter().copied().collect();
+        let mut protected: HashSet<Uid> = HashSet::new();
+        let mut queue: Vec<&Uid> = self.by_manager.get(manager)?.iter().collect();
+        let mut seen: HashSet<&Uid> = queue.iter().copied().collect();
         while let Some(uid) = queue.pop() {
             if self.protected.contains_key(uid) {
-                protected.insert(uid.to_owned());
+                protected.insert(uid.clone());
             }
             for child in self.by_owner.get(uid).into_iter().flatten() {
                 if seen.insert(child) {
@@ -596,7 +729,7 @@ impl ObjectIndex {
         let mut matching = self.by_namespace.get(namespace)?.iter().filter(|rank| {
             let key = &self.objects[&*rank.uid].key;
             key.group.is_empty()
-                && key.kind == "PersistentVolumeClaim"
+                && &*key.kind == "PersistentVolumeClaim"
                 && prefixes.iter().any(|p| {
                     key.name.strip_prefix(p.as_str()).is_some_and(|ord| {
                         !ord.is_empty() && ord.bytes().all(|b| b.is_ascii_digit())
@@ -703,12 +836,12 @@ impl ProtectedObjects for ObjectIndex {
     }
 
     fn external(&self, group: &str, kind: &str, external: &str, uid: &str) -> Option<CascadeHit> {
-        let key = (group.to_owned(), kind.to_owned(), external.to_owned());
-        let others: HashSet<String> = self
+        let key = (group.into(), kind.into(), external.into());
+        let others: HashSet<Uid> = self
             .by_external
             .get(&key)?
             .iter()
-            .filter(|u| u.as_str() != uid && self.protected.contains_key(*u))
+            .filter(|u| &***u != uid && self.protected.contains_key(*u))
             .cloned()
             .collect();
         self.found(&others).map(|f| f.hit())
@@ -727,12 +860,7 @@ impl ProtectedObjects for ObjectIndex {
         namespace: Option<&str>,
         name: &str,
     ) -> Option<CascadeHit> {
-        let key = ObjectKey {
-            group: group.to_owned(),
-            kind: kind.to_owned(),
-            namespace: namespace.map(str::to_owned),
-            name: name.to_owned(),
-        };
+        let key = ObjectKey::new(group, kind, namespace, name);
         let uid = self.by_key.get(&key)?;
         let by = self.protected.get(uid)?;
         Some(
@@ -747,8 +875,11 @@ impl ProtectedObjects for ObjectIndex {
 }
 
 /// Takes `item` out of the set kept under `key`, and the key once its set is empty.
-fn external_key(key: &ObjectKey, external: &str) -> (String, String, String) {
-    (key.group.clone(), key.kind.clone(), external.to_owned())
+/// (group, kind, external name) of a managed resource.
+type ExternalKey = (Arc<str>, Arc<str>, Box<str>);
+
+fn external_key(key: &ObjectKey, external: &str) -> ExternalKey {
+    (key.group.clone(), key.kind.clone(), external.into())
 }
 
 fn remove_from<K: std::hash::Hash + Eq, T: Ord + ?Sized, S: SetOf<T>>(
@@ -768,7 +899,7 @@ trait SetOf<T: ?Sized> {
     fn take(&mut self, item: &T) -> bool;
 }
 
-impl SetOf<str> for HashSet<String> {
+impl<S: std::borrow::Borrow<str> + std::hash::Hash + Eq> SetOf<str> for HashSet<S> {
     fn take(&mut self, item: &str) -> bool {
         self.remove(item);
         self.is_empty()
@@ -787,6 +918,7 @@ mod tests {
     use super::*;
     use crate::api::{ProtectionSpec, Target};
     use crate::policy::{AgentMatcher, compile};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
     fn snapshot(kinds: &[&str]) -> Snapshot {
         let policies = kinds
@@ -819,16 +951,16 @@ mod tests {
             ObjectKey {
                 group: group.into(),
                 kind: kind.into(),
-                namespace: (!ns.is_empty()).then(|| ns.to_owned()),
+                namespace: (!ns.is_empty()).then(|| ns.into()),
                 name: name.into(),
             },
-            uid.into(),
+            uid,
             BTreeMap::new(),
             &annotations,
             owners
                 .iter()
                 .map(|s| Owner {
-                    uid: s.to_string(),
+                    uid: s.to_string().into(),
                     group: "apps".into(),
                     kind: "StatefulSet".into(),
                 })
@@ -917,12 +1049,12 @@ mod tests {
         assert_eq!(index.protected_count(), 4);
         assert_eq!(index.protected_in_namespace("prod").unwrap().count, 3);
         assert_eq!(
-            index.protected_in_namespace("dev").unwrap().key.name,
+            &*index.protected_in_namespace("dev").unwrap().key.name,
             "scratch"
         );
         assert!(index.protected_in_namespace("staging").is_none());
         assert_eq!(
-            index
+            &*index
                 .protected_of_kind("db.example.com", "Database")
                 .unwrap()
                 .key
@@ -931,12 +1063,12 @@ mod tests {
         );
         assert!(index.protected_of_kind("apps", "Deployment").is_none());
         assert_eq!(
-            index.protected_owned_by("sts-1").unwrap().key.name,
+            &*index.protected_owned_by("sts-1").unwrap().key.name,
             "data-orders-0"
         );
         assert!(index.protected_owned_by("sts-2").is_none());
         assert_eq!(
-            index.protected_owned_by("app-1").unwrap().key.name,
+            &*index.protected_owned_by("app-1").unwrap().key.name,
             "data-other-0"
         );
         let prefixes = ["data-orders-".to_owned()];
@@ -973,26 +1105,23 @@ mod tests {
         index.upsert(pvc("prod", "z-last", "2", true), &snap);
         index.upsert(pvc("dev", "m-middle", "3", true), &snap);
         let found = index.protected_in_namespace("prod").unwrap();
-        assert_eq!((found.key.name.as_str(), found.count), ("z-last", 2));
+        assert_eq!((&*found.key.name, found.count), ("z-last", 2));
         let found = index
             .protected_of_kind("", "PersistentVolumeClaim")
             .unwrap();
-        assert_eq!((found.key.name.as_str(), found.count), ("m-middle", 3));
+        assert_eq!((&*found.key.name, found.count), ("m-middle", 3));
         index.upsert(pvc("dev", "data-db-1", "5", true), &snap);
         index.upsert(pvc("dev", "data-db-0", "4", true), &snap);
         let found = index
             .protected_claims_with_prefix("dev", &["data-db-".to_owned()])
             .unwrap();
-        assert_eq!((found.key.name.as_str(), found.count), ("data-db-0", 2));
+        assert_eq!((&*found.key.name, found.count), ("data-db-0", 2));
         index.remove("4");
         index.remove("5");
         // Losing its annotation leaves z-last unprotected: the Warn-mode object is next in prod.
         index.upsert(pvc("prod", "z-last", "2", false), &snap);
         let found = index.protected_in_namespace("prod").unwrap();
-        assert_eq!(
-            (found.key.name.as_str(), found.by.mode),
-            ("a-first", Mode::Warn)
-        );
+        assert_eq!((&*found.key.name, found.by.mode), ("a-first", Mode::Warn));
         index.remove("1");
         assert!(index.protected_in_namespace("prod").is_none());
         assert_eq!(
@@ -1020,9 +1149,27 @@ mod tests {
             &snapshot(&[]),
         );
         assert_eq!(index.protected_count(), 0);
+        let policy = PolicyRef::cluster("p-PersistentVolumeClaim");
         index.reprotect(&snapshot(&["PersistentVolumeClaim"]));
         assert_eq!(index.protected_count(), 1);
+        assert_eq!(index.protected_by_policy(&policy), 1);
+        index.remove("a");
+        assert_eq!(index.protected_by_policy(&policy), 0);
+        index.upsert(
+            entry(
+                "",
+                "PersistentVolumeClaim",
+                "prod",
+                "data-0",
+                "a",
+                &[],
+                false,
+            ),
+            &snapshot(&["PersistentVolumeClaim"]),
+        );
+        assert_eq!(index.protected_by_policy(&policy), 1);
         index.reprotect(&snapshot(&[]));
+        assert_eq!(index.protected_by_policy(&policy), 0);
         assert!(index.protected_in_namespace("prod").is_none());
         // An update that adds the annotation protects it without any policy.
         index.upsert(
@@ -1039,6 +1186,61 @@ mod tests {
         );
         assert!(index.protected_in_namespace("prod").unwrap().by.annotation);
         assert_eq!(index.len(), 1);
+    }
+
+    /// A policy protecting claims whose label `tier` is `gold`.
+    fn tier_gold() -> Snapshot {
+        let mut target = Target::kinds(&[""], &["PersistentVolumeClaim"]);
+        target.selector = Some(LabelSelector {
+            match_labels: Some([("tier".to_owned(), "gold".to_owned())].into()),
+            match_expressions: None,
+        });
+        let spec = ProtectionSpec::new(Mode::Enforce, vec![target]);
+        let policies = vec![compile(PolicyRef::cluster("gold"), &spec).unwrap()];
+        Snapshot::new(AgentMatcher::default(), Default::default(), policies)
+    }
+
+    #[test]
+    fn only_labels_a_policy_reads_are_kept_and_a_new_one_means_listing_again() {
+        let labelled = || {
+            object(
+                PVC,
+                "data",
+                "pvc",
+                &[],
+                &[("tier", "gold"), ("app.kubernetes.io/name", "orders")],
+                &[],
+            )
+        };
+        let mut index = ObjectIndex::default();
+        index.reprotect(&snapshot(&["PersistentVolumeClaim"]));
+        index.listed(("".into(), "PersistentVolumeClaim".into()));
+        index.upsert(labelled(), &snapshot(&["PersistentVolumeClaim"]));
+        // No policy reads a label: none is kept.
+        assert!(index.objects["pvc"].labels.is_empty());
+        // A policy that reads `tier` cannot be judged from what the index kept: the index
+        // says so, and refuses cascades through the kind until it is listed again.
+        assert!(index.reprotect(&tier_gold()));
+        assert_eq!(index.protected_count(), 0);
+        assert_eq!(index.loading().as_deref(), Some("PersistentVolumeClaim"));
+        index.upsert(labelled(), &tier_gold());
+        index.listed(("".into(), "PersistentVolumeClaim".into()));
+        assert_eq!(index.protected_count(), 1);
+        assert_eq!(index.loading(), None);
+        // Only `tier` is kept; the same policies again need no new list.
+        assert_eq!(
+            index.objects["pvc"].labels,
+            [("tier".to_owned(), "gold".to_owned())].into()
+        );
+        assert!(!index.reprotect(&tier_gold()));
+        assert_eq!(index.protected_count(), 1);
+        // Fewer labels read: nothing to list again.
+        assert!(!index.reprotect(&snapshot(&[])));
+        // An index filled without ever re-judging (as `kubectl agentguard status` builds one)
+        // keeps what the snapshot it is given reads.
+        let mut fresh = ObjectIndex::default();
+        fresh.upsert(labelled(), &tier_gold());
+        assert_eq!(fresh.protected_count(), 1);
     }
 
     /// An object of any kind with the given owners (uid, group, kind), labels and annotations.
@@ -1063,15 +1265,15 @@ mod tests {
                 namespace: Some("prod".into()),
                 name: name.into(),
             },
-            uid.into(),
+            uid,
             map(labels),
             &map(annotations),
             owners
                 .iter()
                 .map(|(uid, group, kind)| Owner {
-                    uid: uid.to_string(),
-                    group: group.to_string(),
-                    kind: kind.to_string(),
+                    uid: (*uid).into(),
+                    group: (*group).into(),
+                    kind: (*kind).into(),
                 })
                 .collect(),
         )
@@ -1130,7 +1332,7 @@ mod tests {
         assert_eq!(kinds, ["Pod", "Deployment", "ReplicaSet"]);
         // Deleting the Deployment reaches the claim through both links.
         assert_eq!(
-            index.owned_by("dep").unwrap().object,
+            &*index.owned_by("dep").unwrap().object,
             "PersistentVolumeClaim prod/web-0-scratch"
         );
         // Unprotected objects' owners are not wanted.
@@ -1192,7 +1394,7 @@ mod tests {
             &snap,
         );
         assert_eq!(
-            index.managed_by(&argo).unwrap().object,
+            &*index.managed_by(&argo).unwrap().object,
             "PersistentVolumeClaim prod/data"
         );
         // A managed StatefulSet whose claim (owned by it) is protected.
@@ -1224,7 +1426,7 @@ mod tests {
             &snap,
         );
         assert_eq!(
-            index.managed_by(&payments).unwrap().object,
+            &*index.managed_by(&payments).unwrap().object,
             "PersistentVolumeClaim prod/data-db-0"
         );
         assert_eq!(index.managers_of_protected().len(), 2);
@@ -1263,7 +1465,7 @@ mod tests {
         index.set_handle("pv-1", Some(handle("pv-1", Some("data"))));
         index.handles_listed("PersistentVolume", true);
         assert_eq!(
-            index.storage("csi:d:vol-1").unwrap().object,
+            &*index.storage("csi:d:vol-1").unwrap().object,
             "PersistentVolumeClaim prod/data"
         );
         assert!(index.storage("csi:d:vol-2").is_none());

@@ -21,21 +21,12 @@ pub const SNAPSHOT_CONTENTS: &str = "VolumeSnapshotContent";
 /// How often a snapshot API that is not served is looked up again.
 const RETRY_UNSERVED: Duration = Duration::from_secs(30);
 
-fn key(group: &str, kind: &str, namespace: Option<&str>, name: &str) -> ObjectKey {
-    ObjectKey {
-        group: group.to_owned(),
-        kind: kind.to_owned(),
-        namespace: namespace.map(str::to_owned),
-        name: name.to_owned(),
-    }
-}
-
 /// A PersistentVolume's disk and the claim bound to it.
 pub fn volume_handle(pv: &PersistentVolume) -> Option<Handle> {
     let spec = pv.spec.as_ref()?;
     let identity = volume_identity(&serde_json::to_value(spec).ok()?)?;
     let bound = spec.claim_ref.as_ref().and_then(|c| {
-        Some(key(
+        Some(ObjectKey::new(
             "",
             "PersistentVolumeClaim",
             Some(c.namespace.as_deref()?),
@@ -44,7 +35,7 @@ pub fn volume_handle(pv: &PersistentVolume) -> Option<Handle> {
     });
     Some(Handle {
         identity,
-        holder: key("", VOLUMES, None, &pv.name_any()),
+        holder: ObjectKey::new("", VOLUMES, None, &pv.name_any()),
         bound,
     })
 }
@@ -55,7 +46,7 @@ pub fn snapshot_handle(content: &DynamicObject) -> Option<Handle> {
     let reference = content.data.pointer("/spec/volumeSnapshotRef");
     let field = |f: &str| reference.and_then(|r| r.get(f)).and_then(|v| v.as_str());
     let bound = match (field("namespace"), field("name")) {
-        (Some(ns), Some(name)) => Some(key(
+        (Some(ns), Some(name)) => Some(ObjectKey::new(
             "snapshot.storage.k8s.io",
             "VolumeSnapshot",
             Some(ns),
@@ -65,7 +56,7 @@ pub fn snapshot_handle(content: &DynamicObject) -> Option<Handle> {
     };
     Some(Handle {
         identity,
-        holder: key(
+        holder: ObjectKey::new(
             "snapshot.storage.k8s.io",
             SNAPSHOT_CONTENTS,
             None,

@@ -11,7 +11,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::objects::{ObjectEntry, ObjectKey, Owner};
+use super::objects::{ObjectEntry, Uid};
 use super::{KindResolver, Lookup, OBJECTS_GATE, Readiness, SharedObjects, SharedSnapshot};
 
 type Kind = (String, String);
@@ -34,41 +34,14 @@ fn forbidden(err: &watcher::Error) -> bool {
     }
 }
 
-fn entry(meta: &PartialObjectMeta<DynamicObject>, group: &str, kind: &str) -> Option<ObjectEntry> {
-    let uid = meta.uid()?;
-    let empty = Default::default();
-    Some(ObjectEntry::new(
-        ObjectKey {
-            group: group.to_owned(),
-            kind: kind.to_owned(),
-            namespace: meta.namespace(),
-            name: meta.name_any(),
-        },
-        uid,
-        meta.labels().clone(),
-        meta.metadata.annotations.as_ref().unwrap_or(&empty),
-        meta.owner_references()
-            .iter()
-            .map(|o| Owner {
-                uid: o.uid.clone(),
-                group: o
-                    .api_version
-                    .rsplit_once('/')
-                    .map(|(g, _)| g.to_owned())
-                    .unwrap_or_default(),
-                kind: o.kind.clone(),
-            })
-            .collect(),
-    ))
-}
-
 async fn watch_kind(
     client: kube::Client,
     resource: ApiResource,
     kind: Kind,
     objects: SharedObjects,
     snapshot: SharedSnapshot,
-    synced: mpsc::UnboundedSender<Kind>,
+    synced: mpsc::UnboundedSender<(Kind, u64)>,
+    serial: u64,
 ) {
     let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client, &resource);
     // A consistent list in pages of 500 (kube's default), not `any_semantic`: a
@@ -78,7 +51,7 @@ async fn watch_kind(
         .default_backoff()
         .boxed();
     let (group, kind_name) = (&kind.0, &kind.1);
-    let mut seen: HashSet<String> = HashSet::new();
+    let mut seen: HashSet<Uid> = HashSet::new();
     while let Some(event) = stream.next().await {
         let event = match event {
             Ok(event) => event,
@@ -106,7 +79,7 @@ async fn watch_kind(
         match event {
             watcher::Event::Init => seen.clear(),
             watcher::Event::InitApply(meta) => {
-                if let Some(e) = entry(&meta, group, kind_name) {
+                if let Some(e) = ObjectEntry::of_meta(group, kind_name, &meta.metadata) {
                     seen.insert(e.uid.clone());
                     index.upsert(e, &snap);
                 }
@@ -114,16 +87,16 @@ async fn watch_kind(
             watcher::Event::InitDone => {
                 // A relist: whatever of this kind was not listed again is gone.
                 index.retain(|e| {
-                    &e.key.group != group || &e.key.kind != kind_name || seen.contains(&e.uid)
+                    *e.key.group != **group || *e.key.kind != **kind_name || seen.contains(&e.uid)
                 });
                 index.set_blind(kind.clone(), None);
                 drop(index);
                 // Only a relist needs it: give back its memory (one UID per object) until then.
                 seen = HashSet::new();
-                let _ = synced.send(kind.clone());
+                let _ = synced.send((kind.clone(), serial));
             }
             watcher::Event::Apply(meta) => {
-                if let Some(e) = entry(&meta, group, kind_name) {
+                if let Some(e) = ObjectEntry::of_meta(group, kind_name, &meta.metadata) {
                     index.upsert(e, &snap);
                 }
             }
@@ -149,23 +122,39 @@ pub async fn run_objects(
     client: kube::Client,
     annotation_kinds: Vec<Kind>,
     mut recorded_rx: watch::Receiver<Option<super::RecordedKinds>>,
-    mut kinds_rx: watch::Receiver<Option<BTreeSet<Kind>>>,
+    mut kinds_rx: watch::Receiver<Option<super::Wanted>>,
     objects: SharedObjects,
     snapshot: SharedSnapshot,
     readiness: Readiness,
     metrics: crate::metrics::Metrics,
 ) {
     let mut plurals: HashMap<Kind, String> = HashMap::new();
-    let mut running: HashMap<Kind, JoinHandle<()>> = HashMap::new();
+    // Each watch with its serial number, so that a message from a watch stopped since (its
+    // kind being watched again by a new one) is not taken for the new one's.
+    let mut running: HashMap<Kind, (u64, JoinHandle<()>)> = HashMap::new();
+    let mut serial = 0u64;
     let mut listed: HashSet<Kind> = HashSet::new();
-    let (synced_tx, mut synced_rx) = mpsc::unbounded_channel::<Kind>();
+    let (synced_tx, mut synced_rx) = mpsc::unbounded_channel::<(Kind, u64)>();
     let mut retry = tokio::time::interval(RETRY_UNRESOLVED);
     let mut ancestors = tokio::time::interval(ANCESTOR_CHECK);
+    // The label keys the running watches' objects were indexed with.
+    let mut label_keys = std::sync::Arc::new(BTreeSet::new());
     loop {
         // None until the policies have synced once: readiness waits for their kinds too.
-        let policy_kinds = kinds_rx.borrow_and_update().clone();
-        let policies_seen = policy_kinds.is_some();
-        let mut gating: BTreeSet<Kind> = policy_kinds.unwrap_or_default();
+        let policy_wants = kinds_rx.borrow_and_update().clone();
+        let policies_seen = policy_wants.is_some();
+        if let Some(wants) = &policy_wants
+            && !wants.label_keys.is_subset(&label_keys)
+        {
+            // The index dropped labels policies now read: list every kind again (the index
+            // marked them loading when it re-judged).
+            for (kind, (_, task)) in running.drain() {
+                task.abort();
+                listed.remove(&kind);
+            }
+            label_keys = wants.label_keys.clone();
+        }
+        let mut gating: BTreeSet<Kind> = policy_wants.map(|w| w.kinds).unwrap_or_default();
         gating.extend(annotation_kinds.iter().cloned());
         let recorded = recorded_rx.borrow_and_update().clone();
         let recorded_seen = recorded.is_some();
@@ -184,10 +173,10 @@ pub async fn run_objects(
             .cloned()
             .collect::<Vec<_>>()
         {
-            running.remove(&kind).expect("present").abort();
+            running.remove(&kind).expect("present").1.abort();
             listed.remove(&kind);
             let mut index = objects.write().unwrap_or_else(|e| e.into_inner());
-            index.retain(|e| e.key.group != kind.0 || e.key.kind != kind.1);
+            index.retain(|e| *e.key.group != *kind.0 || *e.key.kind != *kind.1);
             index.unwatched(&kind);
             index.set_blind(kind.clone(), None);
             drop(index);
@@ -227,17 +216,17 @@ pub async fn run_objects(
                 .unwrap_or_else(|e| e.into_inner())
                 .watching(kind.clone());
             plurals.insert(kind.clone(), resource.plural.clone());
-            running.insert(
+            serial += 1;
+            let task = tokio::spawn(watch_kind(
+                client.clone(),
+                resource,
                 kind.clone(),
-                tokio::spawn(watch_kind(
-                    client.clone(),
-                    resource,
-                    kind.clone(),
-                    objects.clone(),
-                    snapshot.clone(),
-                    synced_tx.clone(),
-                )),
-            );
+                objects.clone(),
+                snapshot.clone(),
+                synced_tx.clone(),
+                serial,
+            ));
+            running.insert(kind.clone(), (serial, task));
         }
         let counts: Vec<(String, i64)> = objects
             .read()
@@ -265,13 +254,14 @@ pub async fn run_objects(
                         return;
                     }
                 }
-                Some(kind) = synced_rx.recv() => {
-                    if running.contains_key(&kind) {
-                        objects
-                            .write()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .listed(kind.clone());
+                Some((kind, from)) = synced_rx.recv() => {
+                    if running.get(&kind).is_none_or(|(s, _)| *s != from) {
+                        continue;
                     }
+                    objects
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .listed(kind.clone());
                     listed.insert(kind);
                 }
                 Ok(()) = recorded_rx.changed() => {}

@@ -70,7 +70,7 @@ fn resource_ref(
 }
 
 fn api_version(key: &ObjectKey, versions: &HashMap<String, String>) -> String {
-    let version = versions.get(&key.group).map_or("v1", String::as_str);
+    let version = versions.get(&*key.group).map_or("v1", String::as_str);
     if key.group.is_empty() {
         version.to_owned()
     } else {
@@ -112,8 +112,11 @@ pub fn build(
                 "Audit mode: agents' deletions are allowed and recorded".to_owned(),
             ),
         };
-        if key.group.is_empty() && key.kind == "PersistentVolumeClaim" {
-            let claim = (key.namespace.clone().unwrap_or_default(), key.name.clone());
+        if key.group.is_empty() && &*key.kind == "PersistentVolumeClaim" {
+            let claim = (
+                key.namespace.as_deref().unwrap_or_default().to_owned(),
+                key.name.to_string(),
+            );
             if let Some(volume) = volumes.get(&claim) {
                 properties.insert("volume".into(), volume.name.clone());
                 properties.insert("reclaimPolicy".into(), volume.reclaim_policy.clone());
@@ -128,7 +131,9 @@ pub fn build(
                 }
             }
         }
-        results.entry(key.namespace.clone()).or_default().push(json!({
+        results
+            .entry(key.namespace.as_deref().map(str::to_owned))
+            .or_default().push(json!({
             "source": "agentguard",
             "policy": policies.first().cloned().unwrap_or_default(),
             "rule": "protected",
@@ -214,7 +219,7 @@ async fn write_reports(client: &kube::Client, objects: &SharedObjects) -> Result
             .protected_entries()
             .map(|(entry, by)| ProtectedItem {
                 key: entry.key.clone(),
-                uid: entry.uid.clone(),
+                uid: entry.uid.to_string(),
                 by: by.clone(),
             })
             .collect()
@@ -344,7 +349,7 @@ async fn preferred_versions(
     let mut versions = HashMap::new();
     for item in protected {
         let group = &item.key.group;
-        if versions.contains_key(group) {
+        if versions.contains_key(&**group) {
             continue;
         }
         let version = if group.is_empty() {
@@ -355,7 +360,7 @@ async fn preferred_versions(
                 Err(_) => "v1".to_owned(),
             }
         };
-        versions.insert(group.clone(), version);
+        versions.insert(group.to_string(), version);
     }
     versions
 }
@@ -374,9 +379,9 @@ mod tests {
     ) -> ProtectedItem {
         ProtectedItem {
             key: ObjectKey {
-                group: String::new(),
+                group: "".into(),
                 kind: kind.into(),
-                namespace: ns.map(str::to_owned),
+                namespace: ns.map(Into::into),
                 name: name.into(),
             },
             uid: format!("uid-{name}"),

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
-use kube::discovery;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -18,7 +17,7 @@ use crate::index::{
     BlockLedger, KindResolver, PendingBlocks, PolicyHealth, SharedObjects, SharedSnapshot,
 };
 use crate::operator::webhook_config::WEBHOOK_NAME;
-use crate::policy::{CompiledPolicy, ObjectFacts, PolicyKind, PolicyRef};
+use crate::policy::{CompiledPolicy, PolicyKind, PolicyRef};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 
 /// How often protected objects are recounted (and unknown kinds rediscovered).
@@ -83,19 +82,18 @@ fn policy_api(client: &kube::Client, id: &PolicyRef) -> Api<DynamicObject> {
     }
 }
 
-/// Counts the objects a policy protects by listing the metadata of each targeted kind, and
-/// reports kinds the API server does not serve.
+/// Counts the objects a policy protects (as the index holds them), and reports kinds the API
+/// server does not serve and kinds not yet routed or indexed.
 async fn count_protected(
     client: &kube::Client,
     policy: &CompiledPolicy,
     resolver: &mut KindResolver,
     coverage: &Coverage<'_>,
 ) -> Result<Count, Vec<String>> {
-    let mut total = 0;
     let mut problems = Vec::new();
     let mut not_yet = Vec::new();
     for (group, kind) in policy.kinds() {
-        let Some((resource, caps)) = resolver.resolve(client, &group, &kind).await else {
+        let Some((resource, _)) = resolver.resolve(client, &group, &kind).await else {
             let shown = if group.is_empty() {
                 "the core group".to_owned()
             } else {
@@ -121,32 +119,14 @@ async fn count_protected(
         if !indexed {
             not_yet.push(format!("{} are not indexed yet", resource.plural));
         }
-        let api: Api<DynamicObject> = match (&policy.id.namespace, caps.scope) {
-            (Some(ns), discovery::Scope::Namespaced) => {
-                Api::namespaced_with(client.clone(), ns, &resource)
-            }
-            (Some(_), discovery::Scope::Cluster) => continue,
-            (None, _) => Api::all_with(client.clone(), &resource),
-        };
-        let list = api
-            .list_metadata(&ListParams::default())
-            .await
-            .map_err(|e| vec![format!("cannot list {}: {e}", resource.plural)])?;
-        let empty = Default::default();
-        total += list
-            .items
-            .iter()
-            .filter(|o| {
-                policy.protects(&ObjectFacts {
-                    group: &group,
-                    kind: &kind,
-                    namespace: o.metadata.namespace.as_deref(),
-                    name: o.metadata.name.as_deref().unwrap_or_default(),
-                    labels: o.metadata.labels.as_ref().unwrap_or(&empty),
-                })
-            })
-            .count() as i64;
     }
+    // Counted from the index the watches keep (no list per policy and tick: at 100,000
+    // objects such lists cost more memory than the index itself).
+    let total = coverage
+        .objects
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .protected_by_policy(&policy.id) as i64;
     // Some targeted kinds served: the policy protects those, and says which are missing (the
     // default policy names VolumeSnapshots, which many clusters do not serve). None served:
     // it protects nothing, and is not Ready.

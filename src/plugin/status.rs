@@ -21,7 +21,7 @@ use crate::api::{
     APPROVAL_REASON_ANNOTATION, APPROVAL_SEAL_ANNOTATION, APPROVED_BY_ANNOTATION,
     APPROVED_UNTIL_ANNOTATION, ClusterProtectedResource, ProtectedResource, ProtectionStatus,
 };
-use crate::index::objects::{ObjectEntry, ObjectIndex, ObjectKey, Owner};
+use crate::index::objects::{ObjectEntry, ObjectIndex, ObjectKey};
 use crate::index::{KindResolver, RECORD_COMPONENT_LABEL, RecordedKind, parse_record};
 use crate::operator::static_config::{InForce, PROBE_SECRET, STATIC_CONFIGURATION_NAME, probe};
 use crate::policy::{AgentMatcher, CompiledPolicy, PolicyRef, Snapshot, compile};
@@ -245,37 +245,12 @@ impl Inventory {
         snapshot: &Snapshot,
     ) {
         for meta in items {
-            let key = ObjectKey {
-                group: group.to_owned(),
-                kind: kind.to_owned(),
-                namespace: meta.namespace(),
-                name: meta.name_any(),
+            let Some(entry) = ObjectEntry::of_meta(group, kind, &meta.metadata) else {
+                continue;
             };
-            if let Some(approval) = FoundApproval::of(key.clone(), &meta.metadata) {
+            if let Some(approval) = FoundApproval::of(entry.key.clone(), &meta.metadata) {
                 self.approvals.push(approval);
             }
-            let Some(uid) = meta.uid() else { continue };
-            let empty = Default::default();
-            let owners = meta
-                .owner_references()
-                .iter()
-                .map(|o| Owner {
-                    uid: o.uid.clone(),
-                    group: o
-                        .api_version
-                        .rsplit_once('/')
-                        .map(|(g, _)| g.to_owned())
-                        .unwrap_or_default(),
-                    kind: o.kind.clone(),
-                })
-                .collect();
-            let entry = ObjectEntry::new(
-                key,
-                uid,
-                meta.labels().clone(),
-                meta.metadata.annotations.as_ref().unwrap_or(&empty),
-                owners,
-            );
             self.index.upsert(entry, snapshot);
         }
         self.kinds.push(KindTotal {
@@ -979,7 +954,7 @@ mod tests {
 
     fn key(name: &str) -> ObjectKey {
         ObjectKey {
-            group: String::new(),
+            group: "".into(),
             kind: "PersistentVolumeClaim".into(),
             namespace: Some("prod".into()),
             name: name.into(),

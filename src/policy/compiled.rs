@@ -1,4 +1,5 @@
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::core::{Selector, SelectorExt};
@@ -71,6 +72,8 @@ struct CompiledTarget {
     kinds: HashSet<String>,
     names: GlobList,
     selector: Option<Selector>,
+    /// The label keys the selector reads: all an index needs to keep of an object's labels.
+    label_keys: BTreeSet<String>,
     namespaces: GlobList,
 }
 
@@ -127,6 +130,13 @@ impl CompiledPolicy {
     }
 
     /// The (group, kind) pairs this policy targets.
+    /// The label keys this policy's selectors read.
+    pub fn label_keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.targets
+            .iter()
+            .flat_map(|t| t.label_keys.iter().map(String::as_str))
+    }
+
     pub fn kinds(&self) -> impl Iterator<Item = (String, String)> + '_ {
         self.targets.iter().flat_map(|t| {
             t.groups
@@ -179,12 +189,22 @@ pub fn compile(id: PolicyRef, spec: &ProtectionSpec) -> Result<CompiledPolicy, V
                 .map_err(|e| errors.push(format!("{at}.selector: {e}")))
                 .ok(),
         };
+        let label_keys = t
+            .selector
+            .iter()
+            .flat_map(|s| {
+                let labels = s.match_labels.iter().flatten().map(|(k, _)| k.clone());
+                let expressions = s.match_expressions.iter().flatten().map(|e| e.key.clone());
+                labels.chain(expressions)
+            })
+            .collect();
         if let (Some(names), Some(namespaces), Some(selector)) = (names, namespaces, selector) {
             targets.push(CompiledTarget {
                 groups: t.api_groups.iter().cloned().collect(),
                 kinds: t.kinds.iter().cloned().collect(),
                 names,
                 selector,
+                label_keys,
                 namespaces,
             });
         }
@@ -275,6 +295,7 @@ pub struct Snapshot {
     labelled_agents: HashSet<String>,
     policies: Vec<CompiledPolicy>,
     by_kind: HashMap<(String, String), Vec<usize>>,
+    label_keys: Arc<BTreeSet<String>>,
     keys: Keyring,
 }
 
@@ -294,11 +315,18 @@ impl Snapshot {
                 }
             }
         }
+        let label_keys = Arc::new(
+            policies
+                .iter()
+                .flat_map(|p| p.label_keys().map(str::to_owned))
+                .collect(),
+        );
         Self {
             agents,
             labelled_agents,
             policies,
             by_kind,
+            label_keys,
             keys: Keyring::default(),
         }
     }
@@ -312,6 +340,12 @@ impl Snapshot {
     /// The keys approvals are sealed and checked with.
     pub fn keys(&self) -> &Keyring {
         &self.keys
+    }
+
+    /// Every label key any policy's selector reads: of an object's labels, only these decide
+    /// whether a policy protects it, so they are all the object index keeps.
+    pub fn label_keys(&self) -> &Arc<BTreeSet<String>> {
+        &self.label_keys
     }
 
     pub fn policies(&self) -> &[CompiledPolicy] {

@@ -122,13 +122,13 @@ fn entry(i: usize) -> ObjectEntry {
         annotations.insert("agentguard.dev/protected".to_owned(), "true".to_owned());
     }
     ObjectEntry::new(
-        ObjectKey {
-            group: String::new(),
-            kind: "PersistentVolumeClaim".into(),
-            namespace: Some(namespace),
-            name: format!("data-orders-{i}"),
-        },
-        uid(i),
+        ObjectKey::new(
+            "",
+            "PersistentVolumeClaim",
+            Some(&namespace),
+            &format!("data-orders-{i}"),
+        ),
+        &uid(i),
         labels,
         &annotations,
         vec![],
