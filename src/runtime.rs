@@ -33,6 +33,8 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// In-flight reviews get this long to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long the exit waits for the lease to be released (the release call has its own deadline).
+const LEASE_RELEASE_WAIT: Duration = Duration::from_secs(6);
 
 /// Everything `agentguard run` needs, already parsed.
 #[derive(Debug, Clone)]
@@ -170,10 +172,13 @@ pub async fn run(config: RunConfig) -> Result<()> {
     ));
     let ops = webhook::ops_router(metrics.clone(), readiness.clone());
 
+    // Turns true on SIGTERM: the leader steps down and releases its lease at once.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(shutdown_on_signal(
         handle,
         readiness.clone(),
         config.shutdown_delay,
+        stopping_tx,
     ));
     // Ready only after the first full sync of policies, agents and protected objects.
     let (health_tx, health_rx) = tokio::sync::watch::channel(Vec::new());
@@ -201,21 +206,22 @@ pub async fn run(config: RunConfig) -> Result<()> {
         readiness.clone(),
         metrics.clone(),
     ));
-    let leader = match config.lease.clone() {
+    let (leader, election) = match config.lease.clone() {
         Some((namespace, name)) => {
             let (tx, rx) = tokio::sync::watch::channel(false);
             let identity = std::env::var("POD_NAME")
                 .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
-            tokio::spawn(operator::leader::run(
+            let election = tokio::spawn(operator::leader::run(
                 client.clone(),
                 namespace,
                 name,
                 identity,
                 tx,
+                stopping,
             ));
-            rx
+            (rx, Some(election))
         }
-        None => tokio::sync::watch::channel(true).1,
+        None => (tokio::sync::watch::channel(true).1, None),
     };
     tokio::spawn(approval_keys::run(
         client.clone(),
@@ -273,11 +279,10 @@ pub async fn run(config: RunConfig) -> Result<()> {
         std::env::var("POD_NAME").ok(),
     ));
     if config.policy_reports {
-        tokio::spawn(operator::reports::run(
-            client.clone(),
-            objects.clone(),
-            leader.clone(),
-        ));
+        let (client, objects, leading) = (client.clone(), objects.clone(), leader.clone());
+        tokio::spawn(operator::leader::lead(leader.clone(), move || {
+            operator::reports::run(client.clone(), objects.clone(), leading.clone())
+        }));
     }
     let (checked_configuration, checked_configuration_rx) = tokio::sync::watch::channel(
         config
@@ -297,7 +302,9 @@ pub async fn run(config: RunConfig) -> Result<()> {
             );
             let (snapshot, objects, leader) = (snapshot.clone(), objects.clone(), leader.clone());
             move || {
-                tokio::spawn(webhook_config::reconcile(
+                // Only a leader writes the configuration: a pass in flight when leadership
+                // ends is cancelled with it.
+                let (client, params, kinds, recorded, snapshot, objects, leading, ca_rx) = (
                     client.clone(),
                     params.clone(),
                     kinds.clone(),
@@ -306,7 +313,19 @@ pub async fn run(config: RunConfig) -> Result<()> {
                     objects.clone(),
                     leader.clone(),
                     ca_rx.clone(),
-                ))
+                );
+                tokio::spawn(operator::leader::lead(leader.clone(), move || {
+                    webhook_config::reconcile(
+                        client.clone(),
+                        params.clone(),
+                        kinds.clone(),
+                        recorded.clone(),
+                        snapshot.clone(),
+                        objects.clone(),
+                        leading.clone(),
+                        ca_rx.clone(),
+                    )
+                }))
             }
         };
         let (in_force, mut in_force_rx) = tokio::sync::watch::channel(None);
@@ -357,6 +376,11 @@ pub async fn run(config: RunConfig) -> Result<()> {
         addr: config.webhook_addr,
         source,
     })?;
+    if let Some(election) = election {
+        // The lease is released when the signal comes; wait for that call (it has its own
+        // deadline) before exiting.
+        let _ = tokio::time::timeout(LEASE_RELEASE_WAIT, election).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -364,7 +388,12 @@ pub async fn run(config: RunConfig) -> Result<()> {
 /// On SIGTERM or Ctrl-C: not ready at once, reviews still answered for `delay` (the API server
 /// keeps sending them until the endpoint's removal reaches it; refusing them would fail guarded
 /// requests of people too), then in-flight requests drained for up to [`SHUTDOWN_GRACE`].
-async fn shutdown_on_signal(handle: Handle<SocketAddr>, readiness: Readiness, delay: Duration) {
+async fn shutdown_on_signal(
+    handle: Handle<SocketAddr>,
+    readiness: Readiness,
+    delay: Duration,
+    stopping: tokio::sync::watch::Sender<bool>,
+) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let term = async {
@@ -386,6 +415,8 @@ async fn shutdown_on_signal(handle: Handle<SocketAddr>, readiness: Readiness, de
     }
     tracing::info!(delay = ?delay, "shutting down: not ready, still answering reviews");
     readiness.stop();
+    // Leadership ends now (another replica takes over while this one drains).
+    stopping.send_replace(true);
     tokio::time::sleep(delay).await;
     tracing::info!("closing the listeners");
     handle.graceful_shutdown(Some(SHUTDOWN_GRACE));

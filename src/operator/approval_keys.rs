@@ -132,13 +132,19 @@ pub async fn run(
                 ),
                 ..Default::default()
             };
-            let written = super::write_secret(&api, secret.as_ref(), object).await;
+            // Cancelled if leadership ends while the write is in flight.
+            let written = super::leader::while_leading(
+                &leader,
+                super::write_secret(&api, secret.as_ref(), object),
+            )
+            .await;
             match written {
-                Ok(_) => {
+                None => tracing::info!("leadership ended: the approval key Secret was not written"),
+                Some(Ok(_)) => {
                     tracing::info!(keys = ?next.keys().collect::<Vec<_>>(), "approval keys updated");
                     data = next;
                 }
-                Err(err) => {
+                Some(Err(err)) => {
                     tracing::warn!(error = %err, "cannot write the approval key Secret; retrying")
                 }
             }

@@ -205,16 +205,24 @@ pub async fn run(
                 Ok(None) => {}
                 Ok(Some(next)) => {
                     let object = next.to_secret(&params.secret_namespace, &params.secret_name);
-                    let written = super::write_secret(&api, secret.as_ref(), object).await;
+                    // Cancelled if leadership ends while the write is in flight.
+                    let written = super::leader::while_leading(
+                        &leader,
+                        super::write_secret(&api, secret.as_ref(), object),
+                    )
+                    .await;
                     match written {
-                        Ok(_) => {
+                        None => tracing::info!(
+                            "leadership ended: the certificate Secret was not written"
+                        ),
+                        Some(Ok(_)) => {
                             tracing::info!(
                                 rotating = next.next.is_some(),
                                 "certificate Secret updated"
                             );
                             state = Some(next);
                         }
-                        Err(err) => {
+                        Some(Err(err)) => {
                             tracing::warn!(error = %err, "cannot write the certificate Secret; retrying")
                         }
                     }

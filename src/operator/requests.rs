@@ -108,15 +108,19 @@ pub async fn run(
             continue;
         }
         let now = Timestamp::now();
-        for request in requests {
-            let step = step(&request, now, ttl);
-            if step == Step::Nothing {
-                continue;
+        // The pass is cancelled if leadership ends while it runs.
+        let pass = async {
+            for request in requests {
+                let step = step(&request, now, ttl);
+                if step == Step::Nothing {
+                    continue;
+                }
+                if let Err(err) = apply(&client, &recorder, &request, step).await {
+                    tracing::warn!(error = %err, request = %request.name_any(), "cannot update DeletionRequest; retrying");
+                }
             }
-            if let Err(err) = apply(&client, &recorder, &request, step).await {
-                tracing::warn!(error = %err, request = %request.name_any(), "cannot update DeletionRequest; retrying");
-            }
-        }
+        };
+        super::leader::while_leading(&leader, pass).await;
     }
 }
 

@@ -173,9 +173,9 @@ pub async fn supervise(
                         "the static webhook configuration is in force; the managed one steps aside"
                     );
                 }
-                if *leader.borrow() {
-                    delete_managed(&client, &configuration_name).await;
-                }
+                // Cancelled if leadership ends meanwhile.
+                super::leader::while_leading(&leader, delete_managed(&client, &configuration_name))
+                    .await;
             }
         }
     }

@@ -93,19 +93,23 @@ pub async fn pin_volumes(
                 .map(|pv| pv.name_any())
                 .collect()
         };
-        for name in to_pin {
-            let patch = json!({"spec": {"persistentVolumeReclaimPolicy": "Retain"}});
-            match api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(volume = %name, "reclaimPolicy set to Retain: its claim is protected")
-                }
-                Err(err) => {
-                    tracing::warn!(volume = %name, error = %err, "cannot pin reclaimPolicy to Retain")
+        // The pass is cancelled if leadership ends while it runs.
+        let pass = async {
+            for name in to_pin {
+                let patch = json!({"spec": {"persistentVolumeReclaimPolicy": "Retain"}});
+                match api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(volume = %name, "reclaimPolicy set to Retain: its claim is protected")
+                    }
+                    Err(err) => {
+                        tracing::warn!(volume = %name, error = %err, "cannot pin reclaimPolicy to Retain")
+                    }
                 }
             }
-        }
+        };
+        super::leader::while_leading(&leader, pass).await;
     }
 }

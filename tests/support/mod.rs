@@ -748,6 +748,173 @@ impl Drop for Guard<'_> {
     }
 }
 
+/// A TCP proxy on loopback between one agentguard replica and the API server, for fault
+/// tests. It forwards bytes, so TLS passes through untouched (the API server's certificate
+/// names 127.0.0.1, whatever the port). [`FaultProxy::blackhole`] makes every connection, open
+/// or new, swallow what it is sent and answer nothing, as a partitioned or hung API server
+/// does; connections that saw the blackhole stay dead. [`FaultProxy::heal`] lets new
+/// connections through again.
+pub struct FaultProxy {
+    pub port: u16,
+    blackholed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy to `127.0.0.1:upstream`; its threads live as long as the test process.
+    pub fn start(upstream: u16) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let blackholed = Arc::new(AtomicBool::new(false));
+        let flag = blackholed.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let dead = Arc::new(AtomicBool::new(flag.load(Ordering::SeqCst)));
+                let server = if dead.load(Ordering::SeqCst) {
+                    None
+                } else {
+                    std::net::TcpStream::connect(("127.0.0.1", upstream)).ok()
+                };
+                let Some(server) = server else {
+                    // Accepted, then silence: read and drop until the client gives up.
+                    let flag = flag.clone();
+                    std::thread::spawn(move || Self::pump(client, None, &flag, &dead));
+                    continue;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (f1, f2, d1, d2) = (flag.clone(), flag.clone(), dead.clone(), dead);
+                std::thread::spawn(move || Self::pump(client, Some(server), &f1, &d1));
+                std::thread::spawn(move || Self::pump(s2, Some(c2), &f2, &d2));
+            }
+        });
+        Self { port, blackholed }
+    }
+
+    /// Copies `from` to `to` until `from` closes; once the blackhole is on (or the connection
+    /// saw it), reads and drops instead.
+    fn pump(
+        mut from: std::net::TcpStream,
+        mut to: Option<std::net::TcpStream>,
+        blackholed: &std::sync::atomic::AtomicBool,
+        dead: &std::sync::atomic::AtomicBool,
+    ) {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if blackholed.load(Ordering::SeqCst) {
+                dead.store(true, Ordering::SeqCst);
+            }
+            if dead.load(Ordering::SeqCst) {
+                continue;
+            }
+            if to
+                .as_mut()
+                .is_none_or(|to| to.write_all(&buf[..n]).is_err())
+            {
+                break;
+            }
+        }
+        if let Some(to) = to {
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        }
+    }
+
+    pub fn blackhole(&self) {
+        self.blackholed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn heal(&self) {
+        self.blackholed.store(false, Ordering::SeqCst);
+    }
+
+    /// A copy of the kubeconfig `source` (one cluster, `server: https://127.0.0.1:<port>`)
+    /// whose server is this proxy.
+    pub fn kubeconfig(&self, source: &Path, target: &Path) -> PathBuf {
+        let text = std::fs::read_to_string(source).unwrap();
+        let upstream = api_server_port(source);
+        let moved = text.replace(
+            &format!("https://127.0.0.1:{upstream}"),
+            &format!("https://127.0.0.1:{}", self.port),
+        );
+        assert_ne!(moved, text, "no 127.0.0.1 server in {}", source.display());
+        std::fs::write(target, moved).unwrap();
+        target.to_path_buf()
+    }
+}
+
+/// The loopback port of the API server a kubeconfig names.
+pub fn api_server_port(kubeconfig: &Path) -> u16 {
+    let text = std::fs::read_to_string(kubeconfig).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:"))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no loopback server in {}", kubeconfig.display()))
+}
+
+/// A kubeconfig at `<dir>/<name>.kubeconfig` for a new ServiceAccount `name` of `ns` bound to
+/// cluster-admin: each agentguard replica is then a user of its own in the API server's audit
+/// log. Keep `name` out of the agent definition (`GuardOptions::agent_service_accounts`).
+pub fn replica_kubeconfig(ns: &TestNamespace<'_>, dir: &Path, name: &str) -> PathBuf {
+    ns.kubectl_ok(&["create", "serviceaccount", name]);
+    let binding = unique(&format!("{}-{name}", ns.name));
+    ns.cluster.kubectl_ok(&[
+        "create",
+        "clusterrolebinding",
+        &binding,
+        "--clusterrole=cluster-admin",
+        &format!("--serviceaccount={}:{name}", ns.name),
+    ]);
+    ns.owns_cluster_object(&format!("clusterrolebinding/{binding}"));
+    let token = ns.kubectl_ok(&["create", "token", name, "--duration=2h"]);
+    let written = ns.cluster.token_kubeconfig(dir, token.trim());
+    let path = dir.join(format!("{name}.kubeconfig"));
+    std::fs::rename(written, &path).unwrap();
+    path
+}
+
+/// One completed write (create, update, patch, delete) in the API server's audit log.
+#[derive(Debug, Clone)]
+pub struct AuditWrite {
+    /// When the API server received it.
+    pub at: jiff::Timestamp,
+    pub user: String,
+    pub verb: String,
+    pub resource: String,
+    pub namespace: String,
+    pub name: String,
+    pub code: u16,
+}
+
+/// Every completed write in the API server's audit log, in order.
+pub fn audit_writes(cluster: &Cluster) -> Vec<AuditWrite> {
+    cluster
+        .audit_log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter(|e| {
+            ["create", "update", "patch", "delete"].contains(&e["verb"].as_str().unwrap_or(""))
+        })
+        .map(|e| {
+            let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            AuditWrite {
+                at: s(&e["requestReceivedTimestamp"]).parse().unwrap(),
+                user: s(&e["user"]["username"]),
+                verb: s(&e["verb"]),
+                resource: s(&e["objectRef"]["resource"]),
+                namespace: s(&e["objectRef"]["namespace"]),
+                name: s(&e["objectRef"]["name"]),
+                code: e["responseStatus"]["code"].as_u64().unwrap_or(0) as u16,
+            }
+        })
+        .collect()
+}
+
 /// A kubeconfig whose API server does not exist (a loopback port nothing listens on): the
 /// process starts, and every watch fails and retries.
 pub fn dead_kubeconfig(dir: &Path) -> PathBuf {
