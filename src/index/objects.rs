@@ -156,11 +156,15 @@ pub enum Known<'a> {
 /// object whose protection covers its data (the claim it is bound to, the snapshot it serves).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handle {
+    /// The data it names (see `policy::handles`); empty when agentguard cannot tell.
     pub identity: String,
     /// The handle's own object (group, kind, name).
     pub holder: ObjectKey,
     /// The object bound to it, when bound.
     pub bound: Option<ObjectKey>,
+    /// A PersistentVolume's reclaimPolicy (what volume pinning and reports read: the index
+    /// keeps this instead of whole volumes).
+    pub reclaim: Option<Box<str>>,
 }
 
 /// Who protects an object: its annotation and/or policies, and the strictest mode among them.
@@ -514,12 +518,21 @@ impl ObjectIndex {
             remove_from(&mut self.by_identity, &old.identity, uid);
         }
         if let Some(handle) = handle {
-            self.by_identity
-                .entry(handle.identity.clone())
-                .or_default()
-                .insert(uid.to_owned());
+            if !handle.identity.is_empty() {
+                self.by_identity
+                    .entry(handle.identity.clone())
+                    .or_default()
+                    .insert(uid.to_owned());
+            }
             self.handles.insert(uid.to_owned(), handle);
         }
+    }
+
+    /// The handles of `source` (e.g. every PersistentVolume, with its claim and reclaimPolicy).
+    pub fn handles_of<'a>(&'a self, source: &'a str) -> impl Iterator<Item = &'a Handle> + 'a {
+        self.handles
+            .values()
+            .filter(move |h| &*h.holder.kind == source)
     }
 
     /// Keeps only the handles of `source` whose holders are in `uids` (after a relist).
@@ -1461,6 +1474,7 @@ mod tests {
                 namespace: Some("prod".into()),
                 name: claim.into(),
             }),
+            reclaim: None,
         };
         index.set_handle("pv-1", Some(handle("pv-1", Some("data"))));
         index.handles_listed("PersistentVolume", true);

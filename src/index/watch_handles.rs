@@ -21,10 +21,14 @@ pub const SNAPSHOT_CONTENTS: &str = "VolumeSnapshotContent";
 /// How often a snapshot API that is not served is looked up again.
 const RETRY_UNSERVED: Duration = Duration::from_secs(30);
 
-/// A PersistentVolume's disk and the claim bound to it.
+/// A PersistentVolume's disk, the claim bound to it and its reclaimPolicy (every volume has
+/// one: volume pinning and reports read them from the index).
 pub fn volume_handle(pv: &PersistentVolume) -> Option<Handle> {
     let spec = pv.spec.as_ref()?;
-    let identity = volume_identity(&serde_json::to_value(spec).ok()?)?;
+    let identity = serde_json::to_value(spec)
+        .ok()
+        .and_then(|s| volume_identity(&s))
+        .unwrap_or_default();
     let bound = spec.claim_ref.as_ref().and_then(|c| {
         Some(ObjectKey::new(
             "",
@@ -37,6 +41,10 @@ pub fn volume_handle(pv: &PersistentVolume) -> Option<Handle> {
         identity,
         holder: ObjectKey::new("", VOLUMES, None, &pv.name_any()),
         bound,
+        reclaim: spec
+            .persistent_volume_reclaim_policy
+            .as_deref()
+            .map(Into::into),
     })
 }
 
@@ -63,6 +71,7 @@ pub fn snapshot_handle(content: &DynamicObject) -> Option<Handle> {
             &content.name_any(),
         ),
         bound,
+        reclaim: None,
     })
 }
 

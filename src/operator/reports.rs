@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, PersistentVolume};
+use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
@@ -224,24 +224,26 @@ async fn write_reports(client: &kube::Client, objects: &SharedObjects) -> Result
             })
             .collect()
     };
-    let pvs = Api::<PersistentVolume>::all(client.clone())
-        .list(&ListParams::default())
-        .await?;
-    let volumes: HashMap<(String, String), Volume> = pvs
-        .items
-        .into_iter()
-        .filter_map(|pv| {
-            let spec = pv.spec?;
-            let claim = spec.claim_ref?;
-            Some((
-                (claim.namespace?, claim.name?),
-                Volume {
-                    name: pv.metadata.name?,
-                    reclaim_policy: spec.persistent_volume_reclaim_policy.unwrap_or_default(),
-                },
-            ))
-        })
-        .collect();
+    // Volumes from the index (the watch volume pinning runs), not a list of every volume.
+    let volumes: HashMap<(String, String), Volume> = {
+        let index = objects.read().unwrap_or_else(|e| e.into_inner());
+        index
+            .handles_of(crate::index::watch_handles::VOLUMES)
+            .filter_map(|pv| {
+                let claim = pv.bound.as_ref()?;
+                Some((
+                    (
+                        claim.namespace.as_deref()?.to_owned(),
+                        claim.name.to_string(),
+                    ),
+                    Volume {
+                        name: pv.holder.name.to_string(),
+                        reclaim_policy: pv.reclaim.as_deref().unwrap_or_default().to_owned(),
+                    },
+                ))
+            })
+            .collect()
+    };
     let events = Api::<Event>::all(client.clone())
         .list(&ListParams::default().fields(&format!("reason={AUDITED_REASON}")))
         .await?;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::PersistentVolume;
-use kube::api::{Api, Patch, PatchParams, ResourceExt};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
 use crate::index::{SharedObjects, SharedSnapshot, watch_handles};
@@ -35,8 +35,8 @@ pub async fn pin_volumes(
     leader: tokio::sync::watch::Receiver<bool>,
 ) {
     let api: Api<PersistentVolume> = Api::all(client);
-    let (store, writer) = reflector::store();
-    let mut events = reflector::reflector(writer, watcher(api.clone(), watcher::Config::default()))
+    // No store of whole volumes: the index keeps each one's claim and reclaimPolicy.
+    let mut events = watcher(api.clone(), watcher::Config::default())
         .default_backoff()
         .boxed();
     let mut tick = tokio::time::interval(PIN_INTERVAL);
@@ -73,24 +73,17 @@ pub async fn pin_volumes(
         let snap = snapshot.load_full();
         let to_pin: Vec<String> = {
             let index = objects.read().unwrap_or_else(|e| e.into_inner());
-            store
-                .state()
-                .iter()
+            index
+                .handles_of(watch_handles::VOLUMES)
                 .filter(|pv| {
-                    let spec = pv.spec.as_ref();
-                    let policy = spec.and_then(|s| s.persistent_volume_reclaim_policy.as_deref());
-                    let claim = spec.and_then(|s| s.claim_ref.as_ref());
-                    policy != Some("Retain")
-                        && claim.is_some_and(|c| {
+                    pv.reclaim.as_deref() != Some("Retain")
+                        && pv.bound.as_ref().is_some_and(|c| {
                             index
-                                .claim(
-                                    c.namespace.as_deref().unwrap_or_default(),
-                                    c.name.as_deref().unwrap_or_default(),
-                                )
+                                .claim(c.namespace.as_deref().unwrap_or_default(), &c.name)
                                 .is_some_and(|hit| wants_retain(&hit, &snap))
                         })
                 })
-                .map(|pv| pv.name_any())
+                .map(|pv| pv.holder.name.to_string())
                 .collect()
         };
         // The pass is cancelled if leadership ends while it runs.
