@@ -296,6 +296,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
                 annotated.subscribe(),
             );
             let (snapshot, objects, leader) = (snapshot.clone(), objects.clone(), leader.clone());
+            let readiness = readiness.clone();
             move || {
                 tokio::spawn(webhook_config::reconcile(
                     client.clone(),
@@ -306,6 +307,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
                     objects.clone(),
                     leader.clone(),
                     ca_rx.clone(),
+                    readiness.clone(),
                 ))
             }
         };
