@@ -221,11 +221,11 @@ fn a_restarted_leader_never_removes_owner_or_policy_rules() {
         stderr(&out)
     );
     let versions = versions.stop();
+    never_removed(&versions, &wanted);
     eprintln!(
         "{} versions of the configuration during the restart; none removed a rule",
         versions.len()
     );
-    never_removed(&versions, &wanted);
 }
 
 /// An aggregated API version whose Service has no endpoints: discovery of its whole group
@@ -297,19 +297,20 @@ fn a_kind_whose_discovery_fails_keeps_its_rules() {
         guard.log()
     );
     let versions = versions.stop();
+    never_removed(&versions, &wanted);
     eprintln!(
-        "{} versions of the configuration while discovery of {group} failed",
+        "{} versions of the configuration while discovery of {group} failed; none removed widgets",
         versions.len()
     );
-    never_removed(&versions, &wanted);
     drop(dead);
 }
 
 /// Seconds until the configuration routes `resource` again with failurePolicy Fail.
-fn restored(cluster: &Cluster, name: &str, resource: &str, since: Instant) -> f64 {
+fn restored(cluster: &Cluster, name: &str, what: &str, since: Instant) -> f64 {
+    let resource = "persistentvolumeclaims";
     wait_until(
         Duration::from_secs(90),
-        "the configuration to be restored",
+        &format!("the configuration to be restored after being {what}"),
         || {
             let out = cluster.kubectl(&[
                 "get",
@@ -334,17 +335,22 @@ fn a_configuration_deleted_or_edited_behind_its_back_is_restored() {
     let cluster = Cluster::connect();
     let ns = TestNamespace::create(&cluster, "drift");
     let agent = ns.agent("cursor-agent");
-    let mut guard = Guard::start(&ns, &agent);
+    // One process always leading: nothing but the configuration itself (a watch event, or
+    // reading it) makes it apply again; with a lease, losing and retaking it while the API
+    // server is down would re-apply too and hide a missed deletion.
+    let options = GuardOptions {
+        no_lease: true,
+        ..Default::default()
+    };
+    let mut guard = Guard::start_with(&ns, &agent, &options);
     let name = guard.webhook_name.clone();
     let mut figures = Vec::new();
 
     // A cluster admin deletes it.
     let since = Instant::now();
     cluster.kubectl_ok(&["delete", "validatingwebhookconfiguration", &name]);
-    figures.push((
-        "deleted with kubectl",
-        restored(&cluster, &name, "persistentvolumeclaims", since),
-    ));
+    let what = "deleted with kubectl";
+    figures.push((what, restored(&cluster, &name, what, since)));
     guard.wait_enforcing(&ns, &agent);
 
     // ...edits its rules, failurePolicy and matchConditions (another field manager).
@@ -360,10 +366,8 @@ fn a_configuration_deleted_or_edited_behind_its_back_is_restored() {
             {"op":"remove","path":"/webhooks/0/matchConditions"}]"#,
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    figures.push((
-        "rules, failurePolicy and matchConditions edited with kubectl",
-        restored(&cluster, &name, "persistentvolumeclaims", since),
-    ));
+    let what = "rules, failurePolicy and matchConditions edited with kubectl";
+    figures.push((what, restored(&cluster, &name, what, since)));
     guard.wait_enforcing(&ns, &agent);
 
     // Deleted where no watch sees it: straight from etcd while the API server is down. The
@@ -377,10 +381,21 @@ fn a_configuration_deleted_or_edited_behind_its_back_is_restored() {
         .find_map(|l| l.strip_prefix("ETCD_PORT="))
         .expect("ETCD_PORT in ports.env");
     let answer = guard.dir.path().join("etcd-deleterange.json");
-    let delete = format!(
-        "curl -sf -X POST http://127.0.0.1:{etcd_port}/v3/kv/deleterange -d '{{\"key\":\"{key}\"}}' > {}",
-        answer.display()
-    );
+    let script = guard.dir.path().join("while-stopped.sh");
+    // Delete, then compact etcd's history up to that deletion: the restarted API server can
+    // serve no watch from before it, so watchers relist (and a relist shows no object).
+    std::fs::write(
+        &script,
+        format!(
+            "set -e\netcd=http://127.0.0.1:{etcd_port}\n\
+             curl -sf -X POST $etcd/v3/kv/deleterange -d '{{\"key\":\"{key}\"}}' > {answer}\n\
+             rev=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[\"header\"][\"revision\"])' {answer})\n\
+             curl -sf -X POST $etcd/v3/kv/compaction -d '{{\"revision\":\"'$rev'\",\"physical\":true}}' >/dev/null\n",
+            answer = answer.display()
+        ),
+    )
+    .unwrap();
+    let delete = format!("bash {}", script.display());
     let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/cluster.sh"))
         .args(["restart", "kube-apiserver"])
         .env("AGENTGUARD_CLUSTER_DIR", &dir)
@@ -398,10 +413,8 @@ fn a_configuration_deleted_or_edited_behind_its_back_is_restored() {
         answer.contains("\"deleted\":\"1\""),
         "etcd did not delete the configuration: {answer}"
     );
-    figures.push((
-        "deleted in etcd while the API server was down (after it answered again)",
-        restored(&cluster, &name, "persistentvolumeclaims", since),
-    ));
+    let what = "deleted in etcd while the API server was down (after it answered again)";
+    figures.push((what, restored(&cluster, &name, what, since)));
     guard.wait_enforcing(&ns, &agent);
 
     for (what, secs) in &figures {
