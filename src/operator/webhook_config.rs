@@ -1,7 +1,10 @@
 //! The ValidatingWebhookConfiguration, owned by the operator: its rules follow the kinds that
 //! policies target, the annotation kinds, the owner kinds of protected objects and the cascade
-//! roots; `matchConditions` let CREATE and UPDATE through only when they matter. If someone
-//! deletes or edits it, the next reconcile (a watch event, or the tick) puts it back.
+//! roots; `matchConditions` let CREATE and UPDATE through only when they matter. It is compared
+//! with the server (every watch event, relists included, and a read every 30 s): if someone
+//! deletes or edits it, it is put back. The rules only grow on missing knowledge
+//! ([`routes_to_apply`]): nothing is removed before the caches synced or while a kind's
+//! discovery fails (docs/operations.md).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
