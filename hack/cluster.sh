@@ -7,6 +7,7 @@
 #   hack/cluster.sh up      build tools if missing, start everything, wait until ready
 #   hack/cluster.sh down    stop what `up` started (by recorded pids) and remove its state
 #   hack/cluster.sh restart etcd|kube-apiserver   stop one component and start it again
+#                           (AGENTGUARD_WHILE_STOPPED=CMD runs CMD while it is stopped)
 #   hack/cluster.sh env     print the export lines for KUBECONFIG and PATH
 #   hack/cluster.sh status  exit 0 when the control plane answers, 1 otherwise
 #
@@ -161,6 +162,11 @@ restart() {
   # shellcheck disable=SC1091
   source "$STATE/ports.env"
   stop_pid "$STATE/run/$name.pid"
+  # Fault tests: what happens while it is down (e.g. an edit straight into etcd, which no
+  # watch sees).
+  if [[ -n "${AGENTGUARD_WHILE_STOPPED:-}" ]]; then
+    bash -c "$AGENTGUARD_WHILE_STOPPED" || log "AGENTGUARD_WHILE_STOPPED failed; starting $name anyway"
+  fi
   case "$name" in
     etcd) start_etcd ;;
     kube-apiserver)

@@ -301,6 +301,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
                 annotated.subscribe(),
             );
             let (snapshot, objects, leader) = (snapshot.clone(), objects.clone(), leader.clone());
+            let readiness = readiness.clone();
             move || {
                 // Only a leader writes the configuration: a pass in flight when leadership
                 // ends is cancelled with it.
@@ -314,6 +315,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
                     leader.clone(),
                     ca_rx.clone(),
                 );
+                let readiness = readiness.clone();
                 tokio::spawn(operator::leader::lead(leader.clone(), move || {
                     webhook_config::reconcile(
                         client.clone(),
@@ -324,6 +326,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
                         objects.clone(),
                         leading.clone(),
                         ca_rx.clone(),
+                        readiness.clone(),
                     )
                 }))
             }

@@ -2,9 +2,15 @@
 //! pass. The object watches, policy status and the webhook configuration all need it.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use kube::api::ApiResource;
 use kube::discovery::{self, ApiCapabilities, ApiGroup};
+
+/// How long one group's discovery may take. kube's client retries a 503 (an aggregated API
+/// whose backend is down answers so) with backoff for minutes; the callers hold a loop while
+/// they wait, so a group that does not answer in time is unknown (looked up again next pass).
+pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Resolves kinds for one pass; make a new one for the next pass to see new CRDs.
 #[derive(Default)]
@@ -40,12 +46,23 @@ impl KindResolver {
     /// Like [`KindResolver::resolve`], telling "not served" from "discovery failed".
     pub async fn lookup(&mut self, client: &kube::Client, group: &str, kind: &str) -> Lookup {
         if !self.groups.contains_key(group) {
-            let found = discovery::group(client, group).await.map_err(|err| {
-                matches!(
-                    err,
-                    kube::Error::Discovery(kube::error::DiscoveryError::MissingApiGroup(_))
-                )
-            });
+            let found = match tokio::time::timeout(
+                DISCOVERY_TIMEOUT,
+                discovery::group(client, group),
+            )
+            .await
+            {
+                Ok(found) => found.map_err(|err| {
+                    matches!(
+                        err,
+                        kube::Error::Discovery(kube::error::DiscoveryError::MissingApiGroup(_))
+                    )
+                }),
+                Err(_) => {
+                    tracing::warn!(group, "discovery timed out");
+                    Err(false)
+                }
+            };
             self.groups.insert(group.to_owned(), found);
         }
         match &self.groups[group] {

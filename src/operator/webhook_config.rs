@@ -1,7 +1,10 @@
 //! The ValidatingWebhookConfiguration, owned by the operator: its rules follow the kinds that
 //! policies target, the annotation kinds, the owner kinds of protected objects and the cascade
-//! roots; `matchConditions` let CREATE and UPDATE through only when they matter. If someone
-//! deletes or edits it, the next reconcile (a watch event, or the tick) puts it back.
+//! roots; `matchConditions` let CREATE and UPDATE through only when they matter. It is compared
+//! with the server (every watch event, relists included, and a read every 30 s): if someone
+//! deletes or edits it, it is put back. The rules only grow on missing knowledge
+//! ([`routes_to_apply`]): nothing is removed before the caches synced or while a kind's
+//! discovery fails (docs/operations.md).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -21,7 +24,8 @@ use kube::api::{
 };
 use kube::runtime::{WatchStreamExt, watcher};
 
-use crate::index::{KindResolver, RecordedKinds, SharedObjects, SharedSnapshot};
+use crate::index::{KindResolver, Lookup, Readiness, RecordedKinds, SharedObjects, SharedSnapshot};
+use crate::policy::ProtectedObjects;
 use crate::policy::managers::ManagerKind;
 use crate::policy::{Applies, PROXY_RULES};
 
@@ -33,6 +37,9 @@ pub const SEAL_WEBHOOK_NAME: &str = "seal.agentguard.dev";
 pub const ANNOTATE_WEBHOOK_NAME: &str = "annotate.agentguard.dev";
 const FIELD_MANAGER: &str = "agentguard-operator";
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the configurations are read from the server (besides every watch event) and
+/// every routed kind looked up again: the longest a drift unseen by the watch lasts.
+pub const VERIFY_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Deleting these takes other objects along: namespaces, CRDs (their instances), StatefulSets
 /// (claims, with retention Delete).
@@ -182,6 +189,123 @@ fn merge(into: &mut Resources, from: &Resources) {
             .or_default()
             .extend(plurals.iter().cloned());
     }
+}
+
+/// What a configuration on the server routes now, read back from its rules: the resources
+/// of the judging webhook's DELETE rules (less the ones every configuration has), protected
+/// when its matchCondition lists them among the protected kinds (every UPDATE judged), roots
+/// otherwise. A condition that cannot be read counts them all protected (more is judged, never
+/// less).
+pub fn routes_on_server(vwc: &ValidatingWebhookConfiguration) -> Routes {
+    let mut routes = Routes::default();
+    let Some(hook) = vwc
+        .webhooks
+        .iter()
+        .flatten()
+        .find(|h| h.name == WEBHOOK_NAME)
+    else {
+        return routes;
+    };
+    let listed = hook
+        .match_conditions
+        .iter()
+        .flatten()
+        .find_map(|c| protected_in_condition(&c.expression));
+    for rule in hook.rules.iter().flatten() {
+        if rule.operations.as_deref() != Some(&["DELETE".to_owned()][..]) {
+            continue;
+        }
+        for group in rule.api_groups.iter().flatten() {
+            for plural in rule.resources.iter().flatten() {
+                let always = CASCADE_ROOTS.contains(&(group.as_str(), plural.as_str()))
+                    || (group == "agentguard.dev"
+                        && ["protectedresources", "clusterprotectedresources"]
+                            .contains(&plural.as_str()));
+                if always || group == "*" || plural.contains('*') {
+                    continue;
+                }
+                let protected = listed
+                    .as_ref()
+                    .is_none_or(|l| l.contains(&(group.clone(), plural.clone())));
+                let into = if protected {
+                    &mut routes.protected
+                } else {
+                    &mut routes.roots
+                };
+                insert(into, group, plural);
+            }
+        }
+    }
+    routes
+}
+
+/// The protected resources a [`match_condition`] lists, or None when `expression` is not one.
+fn protected_in_condition(expression: &str) -> Option<BTreeSet<(String, String)>> {
+    if !expression.contains(ROOT_WRITE_CONDITION) {
+        return None;
+    }
+    const LIST: &str = "(request.resource.group + '/' + request.resource.resource) in [";
+    let Some(start) = expression.find(LIST) else {
+        // No protected kinds.
+        return Some(BTreeSet::new());
+    };
+    let rest = &expression[start + LIST.len()..];
+    let list = &rest[..rest.find(']')?];
+    list.split(", ")
+        .map(|item| {
+            let (group, plural) = item.trim_matches('\'').split_once('/')?;
+            Some((group.to_owned(), plural.to_owned()))
+        })
+        .collect()
+}
+
+/// The routes to apply. Rules only grow on missing knowledge: until everything they are
+/// computed from is known (caches synced, every kind resolved, owner kinds listed), the
+/// routes are the union of the computed ones and the server's, so nothing is removed; once it
+/// is known (`complete`), the computed routes, and a kind leaves only because it is gone.
+pub fn routes_to_apply(computed: Routes, on_server: Option<&Routes>, complete: bool) -> Routes {
+    let mut routes = computed;
+    if complete {
+        return routes;
+    }
+    if let Some(server) = on_server {
+        merge(&mut routes.protected, &server.protected);
+        merge(&mut routes.roots, &server.roots);
+    }
+    // A kind both protected and a root is protected (as `kinds_to_route` does).
+    let protected = routes.protected.clone();
+    for (group, plurals) in routes.roots.iter_mut() {
+        if let Some(p) = protected.get(group) {
+            plurals.retain(|plural| !p.contains(plural));
+        }
+    }
+    routes.roots.retain(|_, plurals| !plurals.is_empty());
+    routes
+}
+
+/// Whether the server's object carries everything `want` sets, with the same values: fields
+/// the API server defaults are ignored, lists must match item for item.
+pub fn carries(server: &serde_json::Value, want: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (server, want) {
+        (_, Value::Null) => true,
+        (Value::Object(s), Value::Object(w)) => w
+            .iter()
+            .all(|(k, v)| v.is_null() || s.get(k).is_some_and(|sv| carries(sv, v))),
+        (Value::Array(s), Value::Array(w)) => {
+            s.len() == w.len() && s.iter().zip(w).all(|(a, b)| carries(a, b))
+        }
+        _ => server == want,
+    }
+}
+
+/// Whether the object on the server (None: absent) is what [`desired`] or
+/// [`desired_sealing`] asks for.
+fn in_force<T: serde::Serialize>(server: Option<&T>, want: &T) -> bool {
+    let (Some(server), Ok(want)) = (server, serde_json::to_value(want)) else {
+        return false;
+    };
+    serde_json::to_value(server).is_ok_and(|s| carries(&s, &want))
 }
 
 /// Where the API server reaches the webhook.
@@ -471,8 +595,8 @@ pub fn kinds_to_route(
 }
 
 /// The claim kinds (group, kind) Crossplane's CompositeResourceDefinitions define; empty when
-/// Crossplane is not installed or they cannot be listed.
-async fn claim_kinds(client: &kube::Client) -> Vec<Kind> {
+/// Crossplane is not installed, None when they cannot be listed (unknown).
+async fn claim_kinds(client: &kube::Client) -> Option<Vec<Kind>> {
     let resource = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk(
             "apiextensions.crossplane.io",
@@ -483,24 +607,125 @@ async fn claim_kinds(client: &kube::Client) -> Vec<Kind> {
     );
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
     match api.list(&Default::default()).await {
-        Ok(list) => list
-            .items
-            .iter()
-            .filter_map(|xrd| {
-                let group = xrd.data.pointer("/spec/group")?.as_str()?;
-                let kind = xrd.data.pointer("/spec/claimNames/kind")?.as_str()?;
-                Some((group.to_owned(), kind.to_owned()))
-            })
-            .collect(),
+        Ok(list) => Some(
+            list.items
+                .iter()
+                .filter_map(|xrd| {
+                    let group = xrd.data.pointer("/spec/group")?.as_str()?;
+                    let kind = xrd.data.pointer("/spec/claimNames/kind")?.as_str()?;
+                    Some((group.to_owned(), kind.to_owned()))
+                })
+                .collect(),
+        ),
+        // Not installed: no claim kinds.
+        Err(kube::Error::Api(status)) if status.is_not_found() => Some(Vec::new()),
         Err(err) => {
             tracing::debug!(error = %err, "cannot list CompositeResourceDefinitions");
-            Vec::new()
+            None
         }
+    }
+}
+
+/// What the server holds, as last seen (a watch event, a relist, a read, an apply's answer).
+#[derive(Default)]
+struct OnServer {
+    /// None: not known yet; Some(None): absent.
+    validating: Option<Option<ValidatingWebhookConfiguration>>,
+    sealing: Option<Option<MutatingWebhookConfiguration>>,
+}
+
+/// A configuration watch event, as the server view needs it.
+enum Seen<K> {
+    /// The object as it is now (a change, or listed by a relist).
+    Object(K),
+    Deleted,
+    /// A relist starts: what it does not list again is gone.
+    Relist,
+    RelistDone,
+}
+
+fn seen<K>(event: Result<watcher::Event<K>, watcher::Error>) -> Option<Seen<K>> {
+    match event {
+        Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => Some(Seen::Object(o)),
+        Ok(watcher::Event::Delete(_)) => Some(Seen::Deleted),
+        Ok(watcher::Event::Init) => Some(Seen::Relist),
+        Ok(watcher::Event::InitDone) => Some(Seen::RelistDone),
+        Err(_) => None,
+    }
+}
+
+/// Applies a watch event to one object's server view; `listed` tracks whether the running
+/// relist has listed it.
+fn observe<K>(view: &mut Option<Option<K>>, listed: &mut bool, event: Seen<K>) {
+    match event {
+        Seen::Object(o) => {
+            *listed = true;
+            *view = Some(Some(o));
+        }
+        Seen::Deleted => *view = Some(None),
+        Seen::Relist => *listed = false,
+        Seen::RelistDone => {
+            if !*listed {
+                *view = Some(None);
+            }
+        }
+    }
+}
+
+/// How a kind resolved, kept across passes: a served kind's resource is kept until discovery
+/// answers that it is not served; a discovery error changes nothing.
+#[derive(Default)]
+struct Resolved {
+    plurals: HashMap<Kind, (String, String)>,
+    /// Discovery answered: not served.
+    gone: BTreeSet<Kind>,
+}
+
+impl Resolved {
+    /// Looks `kind` up (if `again`, or never resolved); Err when whether it is served is
+    /// unknown and no resource is known for it.
+    async fn resolve(
+        &mut self,
+        resolver: &mut KindResolver,
+        client: &kube::Client,
+        kind: &Kind,
+        again: bool,
+    ) -> Result<Option<(String, String)>, ()> {
+        if !again && self.plurals.contains_key(kind) {
+            return Ok(self.plurals.get(kind).cloned());
+        }
+        let lookup = resolver.lookup(client, &kind.0, &kind.1).await;
+        self.record(kind, lookup)
+    }
+
+    /// What a lookup teaches: a resource, that the kind is gone, or nothing.
+    fn record(&mut self, kind: &Kind, lookup: Lookup) -> Result<Option<(String, String)>, ()> {
+        match lookup {
+            Lookup::Served(ar, _) => {
+                self.gone.remove(kind);
+                self.plurals.insert(kind.clone(), (ar.group, ar.plural));
+            }
+            Lookup::NotServed => {
+                self.plurals.remove(kind);
+                self.gone.insert(kind.clone());
+            }
+            Lookup::Unknown => {
+                if !self.plurals.contains_key(kind) && !self.gone.contains(kind) {
+                    return Err(());
+                }
+                tracing::debug!(group = %kind.0, kind = %kind.1, "discovery failed; keeping what was known");
+            }
+        }
+        Ok(self.plurals.get(kind).cloned())
     }
 }
 
 /// Keeps both configurations equal to [`desired`] and [`desired_sealing`] for the kinds in
 /// force, and restores them when deleted or edited, while `leader` says this replica leads.
+/// What is applied is compared with the server (every watch event, relists included, and a
+/// read every [`VERIFY_INTERVAL`]), not with what was last applied, so drift during a watch
+/// gap is repaired too. Until `readiness` says the caches synced, and while any kind's
+/// discovery fails, rules are only added ([`routes_to_apply`]).
 /// Never returns.
 #[allow(clippy::too_many_arguments)]
 pub async fn reconcile(
@@ -512,6 +737,7 @@ pub async fn reconcile(
     objects: SharedObjects,
     mut leader: tokio::sync::watch::Receiver<bool>,
     mut ca_bundle: tokio::sync::watch::Receiver<Vec<u8>>,
+    readiness: Readiness,
 ) {
     let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let sealing_api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
@@ -519,46 +745,82 @@ pub async fn reconcile(
         watcher::Config::default().fields(&format!("metadata.name={}", params.configuration_name));
     let validating_changes = watcher(api.clone(), by_name.clone())
         .default_backoff()
-        .map(|e| matches!(e, Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))));
+        .filter_map(|e| futures::future::ready(seen(e).map(futures::future::Either::Left)));
     let sealing_changes = watcher(sealing_api.clone(), by_name)
         .default_backoff()
-        .map(|e| matches!(e, Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))));
+        .filter_map(|e| futures::future::ready(seen(e).map(futures::future::Either::Right)));
     let mut changes = futures::stream::select(validating_changes, sealing_changes).boxed();
     let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
-    let mut plurals: HashMap<Kind, Option<(String, String)>> = HashMap::new();
-    let mut applied: Option<(ValidatingWebhookConfiguration, MutatingWebhookConfiguration)> = None;
+    let mut verify = tokio::time::interval(VERIFY_INTERVAL);
+    let mut resolved = Resolved::default();
+    let mut server = OnServer::default();
+    let (mut validating_listed, mut sealing_listed) = (false, false);
+    let mut last_applied: Option<Routes> = None;
     loop {
-        let external_change = tokio::select! {
+        // Read the server again (and look every kind up again: a CRD deleted is seen).
+        let reread = tokio::select! {
             _ = tick.tick() => false,
-            event = changes.next() => event.unwrap_or(false),
+            _ = verify.tick() => true,
+            Some(event) = changes.next() => {
+                match event {
+                    futures::future::Either::Left(e) => observe(&mut server.validating, &mut validating_listed, e),
+                    futures::future::Either::Right(e) => observe(&mut server.sealing, &mut sealing_listed, e),
+                }
+                false
+            }
             // A closed channel (no leader election: always leading; a CA read once from a
-            // file) never changes again: `Ok` only, or every pass would count as a change and
-            // re-apply in a loop.
+            // file) never changes again: `Ok` only, or every pass would wake at once.
             Ok(()) = leader.changed() => true,
-            Ok(()) = ca_bundle.changed() => true,
+            Ok(()) = ca_bundle.changed() => false,
             Ok(()) = recorded.changed() => false,
         };
         if !*leader.borrow_and_update() {
-            // Only the leader writes; a new leader applies at once.
-            applied = None;
+            // Only the leader writes.
             continue;
         }
-        // Until the recorded kinds are read, applying would drop their routes after a restart.
-        let Some(recorded) = recorded.borrow_and_update().clone() else {
-            continue;
-        };
-        let (mut owner_kinds, claims) = {
+        if reread || server.validating.is_none() || server.sealing.is_none() {
+            match (
+                api.get_opt(&params.configuration_name).await,
+                sealing_api.get_opt(&params.configuration_name).await,
+            ) {
+                (Ok(v), Ok(m)) => {
+                    server.validating = Some(v);
+                    server.sealing = Some(m);
+                }
+                (Err(err), _) | (_, Err(err)) => {
+                    tracing::warn!(error = %err, "cannot read the webhook configurations; retrying");
+                    continue;
+                }
+            }
+        }
+        // Whether everything the routes are computed from is known; if not, rules only grow.
+        let mut complete = readiness.is_ready();
+        let recorded = recorded.borrow_and_update().clone();
+        complete &= recorded.is_some();
+        let recorded = recorded.unwrap_or_default();
+        let (mut owner_kinds, claims, loading) = {
             let index = objects.read().unwrap_or_else(|e| e.into_inner());
             let claims = index
                 .managers_of_protected()
                 .iter()
                 .any(|m| m.kind == ManagerKind::CrossplaneClaim);
-            (index.ancestor_kinds_of_protected(), claims)
+            let owners = index.ancestor_kinds_of_protected();
+            // An owner kind not listed yet may own more owners.
+            let loading: Vec<Kind> = owners
+                .iter()
+                .filter(|(g, k)| !index.has_listed(g, k))
+                .cloned()
+                .collect();
+            complete &= index.loading().is_none();
+            (owners, claims, loading)
         };
         if claims {
             // Deleting a Crossplane claim deletes its managed resources: route the claim kinds
             // the CompositeResourceDefinitions define.
-            owner_kinds.extend(claim_kinds(&client).await);
+            match claim_kinds(&client).await {
+                Some(kinds) => owner_kinds.extend(kinds),
+                None => complete = false,
+            }
         }
         // Kinds agentguard cannot watch: their DELETE is still judged (the annotation is on
         // the deleted object), as an owner kind's is.
@@ -570,34 +832,45 @@ pub async fn reconcile(
             snapshot.load().policies().iter().flat_map(|p| p.kinds()),
             owner_kinds,
         );
-        let mut routes = Routes::default();
+        let mut computed = Routes::default();
         let mut resolver = KindResolver::default();
         for (kind, is_root) in protected_kinds
             .into_iter()
             .map(|k| (k, false))
             .chain(root_kinds.into_iter().map(|k| (k, true)))
         {
-            if plurals.get(&kind).is_none_or(|p| p.is_none()) {
-                let resolved = resolver
-                    .resolve(&client, &kind.0, &kind.1)
-                    .await
-                    .map(|(ar, _)| (ar.group, ar.plural));
-                plurals.insert(kind.clone(), resolved);
-            }
-            if let Some(Some((group, plural))) = plurals.get(&kind) {
-                let into = if is_root {
-                    &mut routes.roots
-                } else {
-                    &mut routes.protected
-                };
-                insert(into, group, plural);
+            match resolved
+                .resolve(&mut resolver, &client, &kind, reread)
+                .await
+            {
+                Ok(Some((group, plural))) => {
+                    let into = if is_root {
+                        &mut computed.roots
+                    } else {
+                        &mut computed.protected
+                    };
+                    insert(into, &group, &plural);
+                }
+                Ok(None) => {}
+                Err(()) => {
+                    tracing::warn!(group = %kind.0, kind = %kind.1, "discovery failed; its rules are kept");
+                    complete = false;
+                }
             }
         }
+        // Owner kinds still loading (a kind not served is gone: nothing of it will list).
+        complete &= loading.iter().all(|k| resolved.gone.contains(k));
         let ca = ca_bundle.borrow_and_update().clone();
         if ca.is_empty() {
             // Self-managed certificates not issued yet: publishing no CA would fail every call.
             continue;
         }
+        let on_server = server
+            .validating
+            .as_ref()
+            .and_then(|v| v.as_ref())
+            .map(routes_on_server);
+        let routes = routes_to_apply(computed, on_server.as_ref(), complete);
         let owner = match &params.owner_cluster_role {
             None => None,
             Some(name) => match Api::<ClusterRole>::all(client.clone()).get(name).await {
@@ -619,8 +892,14 @@ pub async fn reconcile(
             desired(&params, &routes, &ca, owner.as_ref()),
             desired_sealing(&params, &routes, &ca, owner.as_ref()),
         );
-        if !external_change && applied.as_ref() == Some(&want) {
+        let validating_ok = in_force(server.validating.as_ref().and_then(|v| v.as_ref()), &want.0);
+        let sealing_ok = in_force(server.sealing.as_ref().and_then(|m| m.as_ref()), &want.1);
+        if validating_ok && sealing_ok {
             continue;
+        }
+        if last_applied.as_ref() == Some(&routes) {
+            // Same routes as last time, yet the server differs: someone deleted or edited it.
+            tracing::info!(name = %params.configuration_name, validating_ok, sealing_ok, complete, "webhook configurations differ from the server; repairing");
         }
         let apply = PatchParams::apply(FIELD_MANAGER).force();
         // The sealing configuration first: a validating rule that judges approvals must not
@@ -629,22 +908,25 @@ pub async fn reconcile(
             .patch(&params.configuration_name, &apply, &Patch::Apply(&want.1))
             .await
         {
-            Ok(_) => api
-                .patch(&params.configuration_name, &apply, &Patch::Apply(&want.0))
-                .await
-                .map(|_| ()),
+            Ok(m) => {
+                server.sealing = Some(Some(m));
+                api.patch(&params.configuration_name, &apply, &Patch::Apply(&want.0))
+                    .await
+                    .map(|v| server.validating = Some(Some(v)))
+            }
             Err(err) => Err(err),
         };
         match result {
             Ok(()) => {
-                if applied.as_ref() != Some(&want) {
-                    tracing::info!(name = %params.configuration_name, protected = ?routes.protected, roots = ?routes.roots, "webhook configurations applied");
+                if last_applied.as_ref() != Some(&routes) {
+                    tracing::info!(name = %params.configuration_name, protected = ?routes.protected, roots = ?routes.roots, complete, "webhook configurations applied");
                 }
-                applied = Some(want);
+                last_applied = Some(routes);
             }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot apply the webhook configurations; retrying");
-                applied = None;
+                // Read the server again next pass.
+                server = OnServer::default();
             }
         }
     }
@@ -668,6 +950,203 @@ mod tests {
             failure_policy: "Fail".into(),
             owner_cluster_role: None,
         }
+    }
+
+    fn resources(items: &[(&str, &str)]) -> Resources {
+        let mut r = Resources::new();
+        for (group, plural) in items {
+            insert(&mut r, group, plural);
+        }
+        r
+    }
+
+    /// What a leader finds on the server: a policy kind (Backup) and an owner kind above a
+    /// protected claim (ConfigMap), besides the claims themselves.
+    fn on_server() -> Routes {
+        Routes {
+            protected: resources(&[("", "persistentvolumeclaims"), ("velero.io", "backups")]),
+            roots: resources(&[("", "configmaps"), ("apps", "replicasets")]),
+        }
+    }
+
+    #[test]
+    fn the_server_routes_are_read_back_from_its_rules() {
+        let routes = on_server();
+        let vwc = desired(&params(), &routes, b"CA", None);
+        assert_eq!(routes_on_server(&vwc), routes);
+        // No protected kinds at all.
+        let roots_only = Routes {
+            protected: Resources::new(),
+            roots: resources(&[("", "configmaps")]),
+        };
+        let vwc = desired(&params(), &roots_only, b"CA", None);
+        assert_eq!(routes_on_server(&vwc), roots_only);
+        // A condition someone replaced: every routed kind counts as protected.
+        let mut vwc = desired(&params(), &routes, b"CA", None);
+        vwc.webhooks.as_mut().unwrap()[0].match_conditions = None;
+        let read = routes_on_server(&vwc);
+        assert!(read.roots.is_empty());
+        assert!(read.protected[""].contains("configmaps"));
+        // The chart's initial configuration (no webhooks), or none.
+        let empty = ValidatingWebhookConfiguration::default();
+        assert_eq!(routes_on_server(&empty), Routes::default());
+    }
+
+    #[test]
+    fn before_the_caches_synced_rules_only_grow() {
+        // A new leader's first pass: empty policy snapshot and object index.
+        let computed = Routes {
+            protected: resources(&[("", "persistentvolumeclaims")]),
+            roots: Resources::new(),
+        };
+        let server = on_server();
+        let routes = routes_to_apply(computed.clone(), Some(&server), false);
+        for (group, plurals) in server.deletes() {
+            for plural in plurals {
+                assert!(
+                    routes.deletes()[&group].contains(&plural),
+                    "{group}/{plural} was removed before the caches synced"
+                );
+            }
+        }
+        assert_eq!(
+            routes.protected, server.protected,
+            "protected stays protected"
+        );
+        assert_eq!(routes.roots, server.roots);
+        // Grows with what is new.
+        let more = Routes {
+            protected: resources(&[("", "persistentvolumeclaims"), ("", "secrets")]),
+            roots: resources(&[("", "services")]),
+        };
+        let routes = routes_to_apply(more, Some(&server), false);
+        assert!(routes.protected[""].contains("secrets"));
+        assert!(routes.roots[""].contains("services"));
+        assert!(routes.roots[""].contains("configmaps"));
+        // A root on the server that is now protected is protected, not both.
+        let promoted = Routes {
+            protected: resources(&[("", "configmaps")]),
+            roots: Resources::new(),
+        };
+        let routes = routes_to_apply(promoted, Some(&server), false);
+        assert!(routes.protected[""].contains("configmaps"));
+        assert!(
+            routes
+                .roots
+                .get("")
+                .is_none_or(|p| !p.contains("configmaps"))
+        );
+        // Fresh install: nothing on the server, the computed routes at once (fail-closed).
+        assert_eq!(routes_to_apply(computed.clone(), None, false), computed);
+        // Once everything is known, what is gone is removed.
+        assert_eq!(
+            routes_to_apply(computed.clone(), Some(&server), true),
+            computed
+        );
+    }
+
+    #[test]
+    fn a_kind_leaves_only_when_discovery_says_it_is_gone() {
+        let kind: Kind = ("example.test".into(), "Widget".into());
+        let served = || {
+            let ar = ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("example.test", "v1", "Widget"),
+                "widgets",
+            );
+            let caps = kube::discovery::ApiCapabilities {
+                scope: kube::discovery::Scope::Namespaced,
+                subresources: vec![],
+                operations: vec![],
+            };
+            Lookup::Served(ar, caps)
+        };
+        let plural = Some(("example.test".to_owned(), "widgets".to_owned()));
+        let mut resolved = Resolved::default();
+        // Never resolved and discovery fails: unknown (the pass is incomplete).
+        assert_eq!(resolved.record(&kind, Lookup::Unknown), Err(()));
+        assert_eq!(resolved.record(&kind, served()), Ok(plural.clone()));
+        // A discovery error keeps the resource.
+        assert_eq!(resolved.record(&kind, Lookup::Unknown), Ok(plural.clone()));
+        // Discovery answers that it is not served (CRD deleted): gone.
+        assert_eq!(resolved.record(&kind, Lookup::NotServed), Ok(None));
+        assert!(resolved.gone.contains(&kind));
+        // Still gone while discovery fails after that.
+        assert_eq!(resolved.record(&kind, Lookup::Unknown), Ok(None));
+        assert_eq!(resolved.record(&kind, served()), Ok(plural));
+        assert!(!resolved.gone.contains(&kind));
+    }
+
+    #[test]
+    fn drift_on_the_server_is_seen() {
+        let routes = on_server();
+        let want = desired(&params(), &routes, b"CA", None);
+        let same = serde_json::to_value(&want).unwrap();
+        // Fields the API server defaults are not drift.
+        let mut defaulted = same.clone();
+        defaulted["webhooks"][0]["objectSelector"] = serde_json::json!({});
+        defaulted["metadata"]["resourceVersion"] = "42".into();
+        defaulted["metadata"]["labels"]["helm.sh/chart"] = "agentguard".into();
+        let want_json = serde_json::to_value(&want).unwrap();
+        assert!(carries(&defaulted, &want_json));
+        assert!(in_force(Some(&want), &want));
+        // Deleted.
+        assert!(!in_force(None, &want));
+        // Each edit is drift.
+        type Edit = fn(&mut ValidatingWebhookConfiguration);
+        let edits: [(&str, Edit); 5] = [
+            ("a rule removed", |v| {
+                v.webhooks.as_mut().unwrap()[0]
+                    .rules
+                    .as_mut()
+                    .unwrap()
+                    .remove(0);
+            }),
+            ("a resource removed", |v| {
+                v.webhooks.as_mut().unwrap()[0].rules.as_mut().unwrap()[0]
+                    .resources
+                    .as_mut()
+                    .unwrap()
+                    .retain(|r| r != "configmaps");
+            }),
+            ("caBundle", |v| {
+                v.webhooks.as_mut().unwrap()[0].client_config.ca_bundle =
+                    Some(ByteString(b"OTHER".to_vec()));
+            }),
+            ("matchConditions removed", |v| {
+                v.webhooks.as_mut().unwrap()[0].match_conditions = None;
+            }),
+            ("failurePolicy", |v| {
+                v.webhooks.as_mut().unwrap()[0].failure_policy = Some("Ignore".into());
+            }),
+        ];
+        for (what, edit) in edits {
+            let mut edited = want.clone();
+            edit(&mut edited);
+            assert!(!in_force(Some(&edited), &want), "{what} not seen");
+        }
+        // A webhook removed.
+        let mut fewer = want.clone();
+        fewer.webhooks.as_mut().unwrap().pop();
+        assert!(!in_force(Some(&fewer), &want));
+    }
+
+    #[test]
+    fn a_relist_that_does_not_list_the_configuration_means_it_is_gone() {
+        let mut view: Option<Option<u8>> = None;
+        let mut listed = false;
+        observe(&mut view, &mut listed, Seen::Object(1));
+        assert_eq!(view, Some(Some(1)));
+        // A watch gap: deleted meanwhile, so the relist lists nothing.
+        observe(&mut view, &mut listed, Seen::Relist);
+        observe(&mut view, &mut listed, Seen::RelistDone);
+        assert_eq!(view, Some(None));
+        // A relist that lists it (edited meanwhile: InitApply).
+        observe(&mut view, &mut listed, Seen::Relist);
+        observe(&mut view, &mut listed, Seen::Object(2));
+        observe(&mut view, &mut listed, Seen::RelistDone);
+        assert_eq!(view, Some(Some(2)));
+        observe(&mut view, &mut listed, Seen::Deleted);
+        assert_eq!(view, Some(None));
     }
 
     #[test]
