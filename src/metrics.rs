@@ -34,6 +34,8 @@ pub struct Metrics {
     unguarded_objects: IntGaugeVec,
     certificate_expiry: prometheus::IntGauge,
     approval_requests: IntGaugeVec,
+    watch_last_sync: IntGaugeVec,
+    watch_healthy: IntGaugeVec,
     /// Subjects given their own series so far (at most [`SUBJECT_CAP`]).
     subjects: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
@@ -113,6 +115,24 @@ impl Metrics {
             &["state"],
         )
         .expect("valid metric");
+        let watch_last_sync = IntGaugeVec::new(
+            Opts::new(
+                "watch_last_sync_timestamp_seconds",
+                "Last time (Unix) the watch of a resource was known healthy: its connection working and its list complete.",
+            )
+            .namespace(NAMESPACE),
+            &["resource"],
+        )
+        .expect("valid metric");
+        let watch_healthy = IntGaugeVec::new(
+            Opts::new(
+                "watch_healthy",
+                "1 while the watch of a resource is healthy, 0 while it is failing.",
+            )
+            .namespace(NAMESPACE),
+            &["resource"],
+        )
+        .expect("valid metric");
         // Every state is exported from the start, so "none pending" reads 0, not absent.
         for state in ["pending", "approved", "rejected", "expired"] {
             approval_requests.with_label_values(&[state]).set(0);
@@ -138,6 +158,8 @@ impl Metrics {
             Box::new(unguarded_objects.clone()),
             Box::new(certificate_expiry.clone()),
             Box::new(approval_requests.clone()),
+            Box::new(watch_last_sync.clone()),
+            Box::new(watch_healthy.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -154,6 +176,8 @@ impl Metrics {
             unguarded_objects,
             certificate_expiry,
             approval_requests,
+            watch_last_sync,
+            watch_healthy,
             subjects: Default::default(),
         }
     }
@@ -164,6 +188,38 @@ impl Metrics {
             self.approval_requests
                 .with_label_values(&[state])
                 .set(*count);
+        }
+    }
+
+    /// Publishes each watch's health at `now` (Unix seconds): a healthy watch's last sync
+    /// moves to `now`, a failing one's stays where it was. Watches not named (their kind no
+    /// longer watched) drop out, so the resource label holds watched resources only.
+    pub fn set_watch_health(&self, watches: &[(String, bool)], now: i64) {
+        let last: std::collections::HashMap<String, i64> = watches
+            .iter()
+            .map(|(w, _)| {
+                let value = self
+                    .watch_last_sync
+                    .get_metric_with_label_values(&[w])
+                    .map(|g| g.get())
+                    .unwrap_or_default();
+                (w.clone(), value)
+            })
+            .collect();
+        self.watch_last_sync.reset();
+        self.watch_healthy.reset();
+        for (watch, healthy) in watches {
+            let at = if *healthy {
+                now
+            } else {
+                last.get(watch).copied().unwrap_or_default()
+            };
+            if at > 0 {
+                self.watch_last_sync.with_label_values(&[watch]).set(at);
+            }
+            self.watch_healthy
+                .with_label_values(&[watch])
+                .set(i64::from(*healthy));
         }
     }
 
