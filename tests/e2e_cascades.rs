@@ -358,7 +358,9 @@ fn a_policy_reading_a_new_label_protects_what_was_indexed_before_it() {
     );
     // A claim labelled afterwards is counted from its watch event.
     ns.kubectl_ok(&["label", "pvc", "scratch", "tier=gold"]);
-    wait_until(Duration::from_secs(40), "the gold policy to count both", || {
-        status() == "2/True"
-    });
+    wait_until(
+        Duration::from_secs(40),
+        "the gold policy to count both",
+        || status() == "2/True",
+    );
 }
