@@ -659,8 +659,8 @@ pub async fn run_freshness(
             Ok(Ok(_)) => Ok(()),
             Ok(Err(err)) => Err(err.to_string()),
             Err(_) => Err(format!(
-                "no answer from the API server within {}s",
-                timeout.as_secs_f32()
+                "no answer from the API server within {} ms",
+                timeout.as_millis()
             )),
         };
         readiness.api_checked(result, started);
