@@ -36,6 +36,8 @@ pub struct Metrics {
     approval_requests: IntGaugeVec,
     watch_last_sync: IntGaugeVec,
     watch_healthy: IntGaugeVec,
+    /// Watches given series so far (removed when their kind is no longer watched).
+    watches: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Subjects given their own series so far (at most [`SUBJECT_CAP`]).
     subjects: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
@@ -178,6 +180,7 @@ impl Metrics {
             approval_requests,
             watch_last_sync,
             watch_healthy,
+            watches: Default::default(),
             subjects: Default::default(),
         }
     }
@@ -195,31 +198,26 @@ impl Metrics {
     /// moves to `now`, a failing one's stays where it was. Watches not named (their kind no
     /// longer watched) drop out, so the resource label holds watched resources only.
     pub fn set_watch_health(&self, watches: &[(String, bool)], now: i64) {
-        let last: std::collections::HashMap<String, i64> = watches
-            .iter()
-            .map(|(w, _)| {
-                let value = self
-                    .watch_last_sync
-                    .get_metric_with_label_values(&[w])
-                    .map(|g| g.get())
-                    .unwrap_or_default();
-                (w.clone(), value)
-            })
-            .collect();
-        self.watch_last_sync.reset();
-        self.watch_healthy.reset();
+        let current: std::collections::HashSet<&str> =
+            watches.iter().map(|(w, _)| w.as_str()).collect();
+        let mut exported = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        // Series are updated in place (never reset), so a scrape never sees one missing.
+        exported.retain(|w| {
+            let keep = current.contains(w.as_str());
+            if !keep {
+                let _ = self.watch_last_sync.remove_label_values(&[w]);
+                let _ = self.watch_healthy.remove_label_values(&[w]);
+            }
+            keep
+        });
         for (watch, healthy) in watches {
-            let at = if *healthy {
-                now
-            } else {
-                last.get(watch).copied().unwrap_or_default()
-            };
-            if at > 0 {
-                self.watch_last_sync.with_label_values(&[watch]).set(at);
+            if *healthy {
+                self.watch_last_sync.with_label_values(&[watch]).set(now);
             }
             self.watch_healthy
                 .with_label_values(&[watch])
                 .set(i64::from(*healthy));
+            exported.insert(watch.clone());
         }
     }
 
@@ -318,6 +316,52 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watch_health_keeps_the_last_healthy_time_and_drops_unwatched_resources() {
+        let m = Metrics::new();
+        let line = |text: &str, name: &str, resource: &str| {
+            let prefix = format!("agentguard_{name}{{resource=\"{resource}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+        };
+        m.set_watch_health(
+            &[
+                ("serviceaccounts".into(), true),
+                ("persistentvolumeclaims".into(), true),
+            ],
+            1000,
+        );
+        m.set_watch_health(
+            &[
+                ("serviceaccounts".into(), false),
+                ("persistentvolumeclaims".into(), true),
+            ],
+            1060,
+        );
+        let text = m.render();
+        let sync = "watch_last_sync_timestamp_seconds";
+        assert_eq!(
+            line(&text, sync, "serviceaccounts").as_deref(),
+            Some("1000")
+        );
+        assert_eq!(
+            line(&text, "watch_healthy", "serviceaccounts").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            line(&text, sync, "persistentvolumeclaims").as_deref(),
+            Some("1060")
+        );
+        m.set_watch_health(&[("serviceaccounts".into(), true)], 1120);
+        let text = m.render();
+        assert_eq!(
+            line(&text, sync, "serviceaccounts").as_deref(),
+            Some("1120")
+        );
+        assert_eq!(line(&text, sync, "persistentvolumeclaims"), None);
+        assert_eq!(line(&text, "watch_healthy", "persistentvolumeclaims"), None);
+    }
 
     #[test]
     fn renders_contract_names_and_labels() {
