@@ -153,8 +153,8 @@ async fn watch_kind(
 /// followed to its top). Marks the objects gate synced once every served policy and annotation
 /// kind has listed or turned out forbidden (a kind agentguard may not list is blind: agents'
 /// deletions it might hide are refused, and its policies say which RBAC rule is missing, but
-/// it does not hold the whole replica unready); owner kinds do not hold readiness (while one loads, agents' deletions that
-/// might reach protected data are refused instead).
+/// it does not hold the whole replica unready); owner kinds do not hold readiness (while one
+/// loads, agents' deletions that might reach protected data are refused instead).
 /// Also the guarded kinds learned from the annotation (`recorded_rx`, `None` until their
 /// record was read; readiness waits for it), which hold readiness like annotation kinds.
 #[allow(clippy::too_many_arguments)]
