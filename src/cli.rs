@@ -274,6 +274,11 @@ pub struct RunArgs {
     /// server stops sending them before the listener closes (h, m, s units).
     #[arg(long, default_value = "5s", env = "AGENTGUARD_SHUTDOWN_DELAY")]
     pub shutdown_delay: String,
+    /// Longest time the replica judges with state it cannot refresh (a watch of policies or
+    /// agents, or the API connection, failing throughout): past it, /readyz answers 503 and
+    /// agents' guarded writes are refused until the watches recover (h, m, s units).
+    #[arg(long, default_value = "60s", env = "AGENTGUARD_MAX_STALENESS")]
+    pub max_staleness: String,
 }
 
 #[derive(Debug, Args)]
@@ -340,42 +345,49 @@ pub fn main() -> anyhow::Result<()> {
                         .context("--client-ca-file")?,
                 ),
             };
-            let config = RunConfig {
-                client_auth,
-                approval_keys,
-                annotated_kinds,
-                lease,
-                webhook_configuration,
-                webhook_addr: args.webhook_addr,
-                metrics_addr: args.metrics_addr,
-                tls: tls_source(&args)?,
-                ca_file: args.ca_file.clone(),
-                agents: AgentDefinition {
-                    service_accounts: args.agent_service_accounts,
-                    groups: args.agent_groups,
-                    usernames: args.agent_usernames,
-                    break_glass_groups: args.break_glass_groups,
-                },
-                max_review_bytes: args.max_review_bytes,
-                shutdown_delay: crate::policy::parse_duration(&args.shutdown_delay).with_context(
-                    || {
-                        format!(
-                            "--shutdown-delay {:?} is not a duration like 5s",
-                            args.shutdown_delay
-                        )
+            let config =
+                RunConfig {
+                    client_auth,
+                    approval_keys,
+                    annotated_kinds,
+                    lease,
+                    webhook_configuration,
+                    webhook_addr: args.webhook_addr,
+                    metrics_addr: args.metrics_addr,
+                    tls: tls_source(&args)?,
+                    ca_file: args.ca_file.clone(),
+                    agents: AgentDefinition {
+                        service_accounts: args.agent_service_accounts,
+                        groups: args.agent_groups,
+                        usernames: args.agent_usernames,
+                        break_glass_groups: args.break_glass_groups,
                     },
-                )?,
-                policy_reports: args.policy_reports,
-                request_ttl: crate::policy::parse_duration(&args.request_ttl).with_context(
-                    || {
-                        format!(
-                            "--request-ttl {:?} is not a duration like 24h or 30m",
-                            args.request_ttl
-                        )
-                    },
-                )?,
-                annotation_kinds: parse_kinds(&args.annotation_kinds),
-            };
+                    max_review_bytes: args.max_review_bytes,
+                    shutdown_delay: crate::policy::parse_duration(&args.shutdown_delay)
+                        .with_context(|| {
+                            format!(
+                                "--shutdown-delay {:?} is not a duration like 5s",
+                                args.shutdown_delay
+                            )
+                        })?,
+                    max_staleness: crate::policy::parse_duration(&args.max_staleness)
+                        .with_context(|| {
+                            format!(
+                                "--max-staleness {:?} is not a duration like 60s",
+                                args.max_staleness
+                            )
+                        })?,
+                    policy_reports: args.policy_reports,
+                    request_ttl: crate::policy::parse_duration(&args.request_ttl).with_context(
+                        || {
+                            format!(
+                                "--request-ttl {:?} is not a duration like 24h or 30m",
+                                args.request_ttl
+                            )
+                        },
+                    )?,
+                    annotation_kinds: parse_kinds(&args.annotation_kinds),
+                };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -34,6 +34,10 @@ pub struct Metrics {
     unguarded_objects: IntGaugeVec,
     certificate_expiry: prometheus::IntGauge,
     approval_requests: IntGaugeVec,
+    watch_last_sync: IntGaugeVec,
+    watch_healthy: IntGaugeVec,
+    /// Watches given series so far (removed when their kind is no longer watched).
+    watches: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Subjects given their own series so far (at most [`SUBJECT_CAP`]).
     subjects: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
@@ -113,6 +117,24 @@ impl Metrics {
             &["state"],
         )
         .expect("valid metric");
+        let watch_last_sync = IntGaugeVec::new(
+            Opts::new(
+                "watch_last_sync_timestamp_seconds",
+                "Last time (Unix) the watch of a resource was known healthy: its connection working and its list complete.",
+            )
+            .namespace(NAMESPACE),
+            &["resource"],
+        )
+        .expect("valid metric");
+        let watch_healthy = IntGaugeVec::new(
+            Opts::new(
+                "watch_healthy",
+                "1 while the watch of a resource is healthy, 0 while it is failing.",
+            )
+            .namespace(NAMESPACE),
+            &["resource"],
+        )
+        .expect("valid metric");
         // Every state is exported from the start, so "none pending" reads 0, not absent.
         for state in ["pending", "approved", "rejected", "expired"] {
             approval_requests.with_label_values(&[state]).set(0);
@@ -138,6 +160,8 @@ impl Metrics {
             Box::new(unguarded_objects.clone()),
             Box::new(certificate_expiry.clone()),
             Box::new(approval_requests.clone()),
+            Box::new(watch_last_sync.clone()),
+            Box::new(watch_healthy.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -154,6 +178,9 @@ impl Metrics {
             unguarded_objects,
             certificate_expiry,
             approval_requests,
+            watch_last_sync,
+            watch_healthy,
+            watches: Default::default(),
             subjects: Default::default(),
         }
     }
@@ -164,6 +191,33 @@ impl Metrics {
             self.approval_requests
                 .with_label_values(&[state])
                 .set(*count);
+        }
+    }
+
+    /// Publishes each watch's health at `now` (Unix seconds): a healthy watch's last sync
+    /// moves to `now`, a failing one's stays where it was. Watches not named (their kind no
+    /// longer watched) drop out, so the resource label holds watched resources only.
+    pub fn set_watch_health(&self, watches: &[(String, bool)], now: i64) {
+        let current: std::collections::HashSet<&str> =
+            watches.iter().map(|(w, _)| w.as_str()).collect();
+        let mut exported = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        // Series are updated in place (never reset), so a scrape never sees one missing.
+        exported.retain(|w| {
+            let keep = current.contains(w.as_str());
+            if !keep {
+                let _ = self.watch_last_sync.remove_label_values(&[w]);
+                let _ = self.watch_healthy.remove_label_values(&[w]);
+            }
+            keep
+        });
+        for (watch, healthy) in watches {
+            if *healthy {
+                self.watch_last_sync.with_label_values(&[watch]).set(now);
+            }
+            self.watch_healthy
+                .with_label_values(&[watch])
+                .set(i64::from(*healthy));
+            exported.insert(watch.clone());
         }
     }
 
@@ -262,6 +316,52 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watch_health_keeps_the_last_healthy_time_and_drops_unwatched_resources() {
+        let m = Metrics::new();
+        let line = |text: &str, name: &str, resource: &str| {
+            let prefix = format!("agentguard_{name}{{resource=\"{resource}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+        };
+        m.set_watch_health(
+            &[
+                ("serviceaccounts".into(), true),
+                ("persistentvolumeclaims".into(), true),
+            ],
+            1000,
+        );
+        m.set_watch_health(
+            &[
+                ("serviceaccounts".into(), false),
+                ("persistentvolumeclaims".into(), true),
+            ],
+            1060,
+        );
+        let text = m.render();
+        let sync = "watch_last_sync_timestamp_seconds";
+        assert_eq!(
+            line(&text, sync, "serviceaccounts").as_deref(),
+            Some("1000")
+        );
+        assert_eq!(
+            line(&text, "watch_healthy", "serviceaccounts").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            line(&text, sync, "persistentvolumeclaims").as_deref(),
+            Some("1060")
+        );
+        m.set_watch_health(&[("serviceaccounts".into(), true)], 1120);
+        let text = m.render();
+        assert_eq!(
+            line(&text, sync, "serviceaccounts").as_deref(),
+            Some("1120")
+        );
+        assert_eq!(line(&text, sync, "persistentvolumeclaims"), None);
+        assert_eq!(line(&text, "watch_healthy", "persistentvolumeclaims"), None);
+    }
 
     #[test]
     fn renders_contract_names_and_labels() {

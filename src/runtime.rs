@@ -51,6 +51,9 @@ pub struct RunConfig {
     pub max_review_bytes: usize,
     /// On SIGTERM: how long reviews are still answered while `/readyz` says not ready.
     pub shutdown_delay: Duration,
+    /// How long the replica may judge with state it cannot refresh before it is unready and
+    /// refuses agents' guarded writes.
+    pub max_staleness: Duration,
     /// Write PolicyReports (leader only).
     pub policy_reports: bool,
     /// How long a DeletionRequest stays Pending before it expires.
@@ -95,7 +98,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
     if matches!(config.tls, TlsSource::Secret(_)) {
         gates.push(certificates::CERTIFICATES_GATE);
     }
-    let readiness = Readiness::waiting_for(&gates);
+    let readiness = Readiness::waiting_for(&gates).with_max_staleness(config.max_staleness);
     let agents = AgentMatcher::new(&config.agents)?;
     let snapshot = SharedSnapshot::new(Snapshot::new(agents.clone(), Default::default(), vec![]));
     let ledger = BlockLedger::default();
@@ -261,9 +264,16 @@ pub async fn run(config: RunConfig) -> Result<()> {
             ));
         }
     }
+    tokio::spawn(index::run_freshness(
+        client.clone(),
+        readiness.clone(),
+        objects.clone(),
+        metrics.clone(),
+    ));
     tokio::spawn(index::watch_handles::run_snapshot_handles(
         client.clone(),
         objects.clone(),
+        readiness.clone(),
     ));
     tokio::spawn(operator::pin_volumes(
         client.clone(),

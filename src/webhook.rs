@@ -227,6 +227,7 @@ async fn validate(
         .unwrap_or_default();
     let (decision, labels) = state.with_view(|snapshot, objects| {
         let decision = policy::decide(&request, snapshot, objects, jiff::Timestamp::now());
+        let decision = refuse_if_stale(&request, snapshot, objects, decision);
         let labels = Labels::of(&decision, &uid, snapshot, objects);
         (decision, labels)
     });
@@ -272,6 +273,45 @@ async fn validate(
         state.ledger.submit(block, &index);
     }
     json_review(response)
+}
+
+/// Invariant 5 in time: while the policies, agents or the API connection are older than the
+/// staleness bound (`--max-staleness`), a restricted identity's write that agentguard would
+/// let through is refused instead, with a reason that says so. Denials stand (refusing is
+/// safe whatever changed unseen); everyone else, humans and the cluster's controllers, keeps
+/// being judged as before.
+fn refuse_if_stale(
+    request: &AdmissionRequest<DynamicObject>,
+    snapshot: &policy::Snapshot,
+    objects: &ObjectIndex,
+    mut decision: Decision,
+) -> Decision {
+    if decision.verdict == Verdict::Deny {
+        return decision;
+    }
+    let Some(stale) = objects.stale() else {
+        return decision;
+    };
+    let username = request.user_info.username.as_deref().unwrap_or_default();
+    let groups = request.user_info.groups.as_deref().unwrap_or_default();
+    let Some(restriction) = snapshot.restricted_anywhere(username, groups) else {
+        return decision;
+    };
+    let object = &decision.object;
+    let operation = format!("{:?}", request.operation).to_lowercase();
+    decision.message = Some(format!(
+        "agentguard: DENIED {operation} of {} {} by {username}: agentguard's view of policies and protected \
+         objects is stale ({stale}), so it cannot tell whether this is safe. Retry in a minute; if it is \
+         refused again, stop and ask a human.",
+        object.kind,
+        object.qualified_name()
+    ));
+    decision.verdict = Verdict::Deny;
+    decision.reason = format!("{}; stale state", restriction.reason);
+    decision.warning = None;
+    decision.approval = None;
+    decision.decided_by = None;
+    decision
 }
 
 /// Kinds agentguard judges whatever the policies say: cascade roots, the kinds it always
@@ -506,9 +546,11 @@ async fn metrics_handler(State(state): State<OpsState>) -> Response {
 }
 
 async fn readyz(State(state): State<OpsState>) -> Response {
-    if state.readiness.is_ready() {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    match state.readiness.not_ready() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(why) => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("not ready: {why}"),
+        ),
     }
 }

@@ -623,3 +623,78 @@ async fn annotate_answers_and_records_nothing_it_cannot_confirm() {
     assert!(review["response"]["warnings"].is_null(), "{review}");
     assert!(kinds.snapshot().is_empty());
 }
+
+/// Past the staleness bound, a restricted identity's write that would pass is refused with a
+/// reason naming the staleness; humans are judged as before; fresh again, agents too.
+#[tokio::test]
+async fn stale_state_refuses_agents_but_not_humans() {
+    let state = state();
+    let stale = "state older than the 10s staleness bound: watch of api failing for 11s (timeout)";
+    state
+        .objects
+        .write()
+        .unwrap()
+        .set_stale(Some(stale.to_owned()));
+    let agent = "system:serviceaccount:agents:cursor";
+    let out = post_review(
+        webhook::admission_router(state.clone(), LIMIT),
+        &review(agent, false, false),
+    )
+    .await;
+    let r = &out["response"];
+    assert_eq!(r["uid"], UID);
+    assert_eq!(r["allowed"], false);
+    assert_eq!(r["status"]["code"], 403);
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "agentguard: DENIED delete of PersistentVolumeClaim prod/data by {agent}: agentguard's view of policies and protected objects is stale ({stale})"
+        )),
+        "{message}"
+    );
+    assert!(!message.contains("not found"), "{message}");
+    // A protected object's denial stands as it was.
+    let out = post_review(
+        webhook::admission_router(state.clone(), LIMIT),
+        &review(agent, true, false),
+    )
+    .await;
+    let message = out["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "agentguard: DENIED delete of PersistentVolumeClaim prod/data by {agent}."
+        )) && !message.contains("stale"),
+        "{message}"
+    );
+    // A human is judged as before.
+    let out = post_review(
+        webhook::admission_router(state.clone(), LIMIT),
+        &review("alice", true, false),
+    )
+    .await;
+    assert_eq!(out["response"]["allowed"], true);
+    // Fresh again.
+    state.objects.write().unwrap().set_stale(None);
+    let out = post_review(
+        webhook::admission_router(state.clone(), LIMIT),
+        &review(agent, false, false),
+    )
+    .await;
+    assert_eq!(out["response"]["allowed"], true);
+}
+
+#[tokio::test]
+async fn readyz_says_why_it_is_not_ready() {
+    let readiness = Readiness::waiting_for(&["policies", "objects"]);
+    let router = webhook::ops_router(Metrics::new(), readiness.clone());
+    let resp = router
+        .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "not ready: caches not synced yet: objects, policies\n"
+    );
+}

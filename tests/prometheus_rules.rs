@@ -214,6 +214,24 @@ fn unit_tests_catch_webhook_down_missing_the_absent_case() {
     );
 }
 
+/// The newest sync of a resource across replicas says nothing about each replica: one replica
+/// judging with stale state hides behind a healthy one.
+#[test]
+fn unit_tests_catch_a_watch_alert_hiding_one_stale_replica() {
+    let mut rules = yaml_file(RULES);
+    for rule in alert_rules_mut(&mut rules, "AgentguardWatchStale") {
+        let expr = rule["expr"].as_str().unwrap();
+        let weakened = expr.replace("max by (namespace, pod, resource)", "max by (resource)");
+        assert_ne!(weakened, expr, "the aggregation moved; update this test");
+        rule["expr"] = weakened.into();
+    }
+    assert_caught(
+        &rules,
+        "AgentguardWatchStale takes the newest sync across replicas",
+        "a watch not healthy for 2 minutes fires; quiet but healthy watches do not",
+    );
+}
+
 /// Every alert is tested both firing (with its labels and annotations) and silent.
 #[test]
 fn every_alert_is_tested_firing_and_silent() {

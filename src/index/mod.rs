@@ -51,7 +51,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PartialObjectMeta, ResourceExt};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use tokio::sync::watch;
 
 use crate::api::{AGENT_LABEL, ClusterProtectedResource, ProtectedResource, ProtectionSpec};
@@ -155,6 +155,13 @@ pub const POLICIES_GATE: &str = "policies";
 /// Readiness gate of the protected-object watches.
 pub const OBJECTS_GATE: &str = "objects";
 
+/// The health names of the policy and labelled-ServiceAccount watches (global state).
+pub const POLICY_WATCHES: [&str; 3] = [
+    "protectedresources.agentguard.dev",
+    "clusterprotectedresources.agentguard.dev",
+    "serviceaccounts",
+];
+
 /// Watches policies and labelled ServiceAccounts and keeps `shared` current. `readiness` turns
 /// true only after every watch has listed once, so a replica never judges with an empty view.
 /// Never returns; watch errors are retried with backoff.
@@ -178,33 +185,58 @@ pub async fn run(
     // may come from a lagging API server's cache and miss a policy created just before, and
     // readiness must mean "judging with state at least as new as our start".
     let cfg = watcher::Config::default();
-    let s1 = reflector::reflector(
-        w1,
-        watcher(Api::<ProtectedResource>::all(client.clone()), cfg.clone()),
-    )
-    .default_backoff()
-    .map(|e| init_done(0, e))
-    .boxed();
-    let s2 = reflector::reflector(
-        w2,
-        watcher(
+    // Each watch starts over after an error and when the API server comes back, and records
+    // its health: these hold global state, so a stale one makes the replica unready.
+    let watch = |name: &str| (name.to_owned(), true, readiness.clone());
+    let s1 = {
+        let (api, cfg) = (Api::<ProtectedResource>::all(client.clone()), cfg.clone());
+        let (name, global, readiness) = watch(POLICY_WATCHES[0]);
+        reflector::reflector(
+            w1,
+            supervised(
+                move || watcher(api.clone(), cfg.clone()),
+                name,
+                global,
+                readiness,
+            ),
+        )
+        .map(|e| init_done(0, e))
+        .boxed()
+    };
+    let s2 = {
+        let (api, cfg) = (
             Api::<ClusterProtectedResource>::all(client.clone()),
             cfg.clone(),
-        ),
-    )
-    .default_backoff()
-    .map(|e| init_done(1, e))
-    .boxed();
-    let s3 = reflector::reflector(
-        w3,
-        watcher(
-            Api::<PartialObjectMeta<ServiceAccount>>::all(client),
-            cfg.labels(&format!("{AGENT_LABEL}=true")),
-        ),
-    )
-    .default_backoff()
-    .map(|e| init_done(2, e))
-    .boxed();
+        );
+        let (name, global, readiness) = watch(POLICY_WATCHES[1]);
+        reflector::reflector(
+            w2,
+            supervised(
+                move || watcher(api.clone(), cfg.clone()),
+                name,
+                global,
+                readiness,
+            ),
+        )
+        .map(|e| init_done(1, e))
+        .boxed()
+    };
+    let s3 = {
+        let api = Api::<PartialObjectMeta<ServiceAccount>>::all(client);
+        let cfg = cfg.labels(&format!("{AGENT_LABEL}=true"));
+        let (name, global, readiness) = watch(POLICY_WATCHES[2]);
+        reflector::reflector(
+            w3,
+            supervised(
+                move || watcher(api.clone(), cfg.clone()),
+                name,
+                global,
+                readiness,
+            ),
+        )
+        .map(|e| init_done(2, e))
+        .boxed()
+    };
     let stores = Stores {
         protected,
         cluster_protected,
@@ -277,8 +309,10 @@ fn init_done<K>(
 /// Reads take a read lock for the length of one lookup; writes are single watch events.
 pub type SharedObjects = Arc<std::sync::RwLock<objects::ObjectIndex>>;
 
-/// Readiness: false until every named cache has synced once, and false again on shutdown.
-/// `/readyz` reports it, so a replica never judges with an empty view.
+/// Readiness: false until every named cache has synced once, false while the state the
+/// webhook judges with may be stale (a watch that holds global state, or the API connection
+/// itself, has been failing for longer than the staleness bound), and false for good on
+/// shutdown. `/readyz` reports it, so a replica never judges with an empty or stale view.
 #[derive(Debug, Default, Clone)]
 pub struct Readiness(Arc<ReadinessInner>);
 
@@ -288,6 +322,175 @@ struct ReadinessInner {
     ready: std::sync::atomic::AtomicBool,
     /// Shutting down: never ready again.
     stopped: std::sync::atomic::AtomicBool,
+    fresh: std::sync::Mutex<Freshness>,
+    /// Bumped when the API server is reachable again after an outage: every watch starts
+    /// over (a connection that went silent may never say so).
+    epoch: EpochSender,
+}
+
+#[derive(Debug)]
+struct EpochSender(watch::Sender<u64>);
+
+impl Default for EpochSender {
+    fn default() -> Self {
+        Self(watch::channel(0).0)
+    }
+}
+
+/// Default bound on how long a replica may judge with state it cannot refresh.
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(60);
+
+/// The health entry of the API connection itself (a periodic request), which holds global
+/// state like the policy watches do.
+pub const API_HEALTH: &str = "api";
+
+/// Health of the watches, for readiness: pure bookkeeping, time given by the caller.
+///
+/// A watch is healthy while its connection works; a quiet watch (no event for minutes) is
+/// healthy. It is failing from its first error until it delivers again (an event or a
+/// completed list). It is stale once failing continuously for longer than the bound.
+#[derive(Debug, Clone)]
+pub struct Freshness {
+    pub max_staleness: Duration,
+    watches: std::collections::BTreeMap<String, WatchHealth>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct WatchHealth {
+    /// Its state is global (policies, agents, the API connection): stale means the whole
+    /// replica is not ready. Otherwise one kind's objects: stale means that kind is unknown.
+    global: bool,
+    failing_since: Option<Instant>,
+    error: String,
+    /// Ever delivered (listed once).
+    synced: bool,
+}
+
+/// A watch failing for longer than the bound.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stale {
+    pub watch: String,
+    pub global: bool,
+    pub failing_for: Duration,
+    pub error: String,
+}
+
+impl std::fmt::Display for Stale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "watch of {} failing for {}s ({})",
+            self.watch,
+            self.failing_for.as_secs(),
+            self.error
+        )
+    }
+}
+
+impl Default for Freshness {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_STALENESS)
+    }
+}
+
+impl Freshness {
+    pub fn new(max_staleness: Duration) -> Self {
+        Self {
+            max_staleness,
+            watches: Default::default(),
+        }
+    }
+
+    /// `watch` delivered at `now`: healthy.
+    pub fn ok(&mut self, watch: &str, global: bool, now: Instant) {
+        let _ = now;
+        let entry = self.entry(watch, global);
+        entry.failing_since = None;
+        entry.error.clear();
+        entry.synced = true;
+    }
+
+    /// `watch` failed at `now`; failing since its first error in a row.
+    pub fn failing(&mut self, watch: &str, global: bool, error: &str, now: Instant) {
+        let entry = self.entry(watch, global);
+        entry.failing_since.get_or_insert(now);
+        entry.error = error.lines().next().unwrap_or_default().to_owned();
+    }
+
+    /// Every watch is unverified since `since` (the API server was unreachable): failing
+    /// until each delivers again.
+    pub fn unverified_since(&mut self, since: Instant, why: &str) {
+        for (name, entry) in &mut self.watches {
+            if name != API_HEALTH && entry.failing_since.is_none_or(|s| s > since) {
+                entry.failing_since = Some(since);
+                entry.error = why.to_owned();
+            }
+        }
+    }
+
+    /// The watch is gone (its kind no longer watched).
+    pub fn forget(&mut self, watch: &str) {
+        self.watches.remove(watch);
+    }
+
+    /// Since when `watch` has been failing, if it is.
+    pub fn failing_since(&self, watch: &str) -> Option<Instant> {
+        self.watches.get(watch).and_then(|w| w.failing_since)
+    }
+
+    /// Watches failing for longer than the bound at `now`.
+    pub fn stale(&self, now: Instant) -> Vec<Stale> {
+        self.watches
+            .iter()
+            .filter_map(|(name, w)| {
+                let failing_for = now.saturating_duration_since(w.failing_since?);
+                (failing_for > self.max_staleness).then(|| Stale {
+                    watch: name.clone(),
+                    global: w.global,
+                    failing_for,
+                    error: w.error.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Why the replica's global state is stale at `now`, if it is.
+    pub fn global_staleness(&self, now: Instant) -> Option<String> {
+        let stale: Vec<String> = self
+            .stale(now)
+            .iter()
+            .filter(|s| s.global)
+            .map(Stale::to_string)
+            .collect();
+        (!stale.is_empty()).then(|| {
+            format!(
+                "state older than the {}s staleness bound: {}",
+                self.max_staleness.as_secs(),
+                stale.join("; ")
+            )
+        })
+    }
+
+    /// Each watch that has synced once and whether it is healthy now (for metrics).
+    pub fn health(&self) -> Vec<(String, bool)> {
+        let api_ok = self.failing_since(API_HEALTH).is_none();
+        self.watches
+            .iter()
+            .filter(|(name, w)| *name != API_HEALTH && w.synced)
+            .map(|(name, w)| (name.clone(), api_ok && w.failing_since.is_none()))
+            .collect()
+    }
+
+    fn entry(&mut self, watch: &str, global: bool) -> &mut WatchHealth {
+        self.watches
+            .entry(watch.to_owned())
+            .or_insert_with(|| WatchHealth {
+                global,
+                failing_since: None,
+                error: String::new(),
+                synced: false,
+            })
+    }
 }
 
 impl Readiness {
@@ -298,13 +501,27 @@ impl Readiness {
         r
     }
 
+    /// Sets the staleness bound (default [`DEFAULT_MAX_STALENESS`]).
+    pub fn with_max_staleness(self, bound: Duration) -> Self {
+        self.fresh().max_staleness = bound;
+        self
+    }
+
+    pub fn max_staleness(&self) -> Duration {
+        self.fresh().max_staleness
+    }
+
+    fn fresh(&self) -> std::sync::MutexGuard<'_, Freshness> {
+        self.0.fresh.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Marks one cache synced; ready once none is pending.
     pub fn synced(&self, gate: &'static str) {
         let mut pending = self.0.pending.lock().unwrap_or_else(|e| e.into_inner());
         if pending.remove(gate) {
             tracing::info!(cache = gate, "cache synced");
         }
-        if pending.is_empty() && !self.is_ready() {
+        if pending.is_empty() && !self.0.ready.load(std::sync::atomic::Ordering::Acquire) {
             tracing::info!("all caches synced; ready");
             self.set(true);
         }
@@ -325,9 +542,235 @@ impl Readiness {
         self.set(false);
     }
 
+    /// Synced, not stopping, and judging with fresh state.
     pub fn is_ready(&self) -> bool {
-        self.0.ready.load(std::sync::atomic::Ordering::Acquire)
+        self.not_ready().is_none()
     }
+
+    /// Why the replica is not ready, or None when it is.
+    pub fn not_ready(&self) -> Option<String> {
+        if self.0.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            return Some("shutting down".to_owned());
+        }
+        if !self.0.ready.load(std::sync::atomic::Ordering::Acquire) {
+            let mut pending: Vec<&str> = self
+                .0
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .copied()
+                .collect();
+            pending.sort();
+            return Some(format!("caches not synced yet: {}", pending.join(", ")));
+        }
+        self.staleness()
+    }
+
+    /// Why the global state (policies, agents, the API connection) is stale now, if it is.
+    pub fn staleness(&self) -> Option<String> {
+        self.fresh().global_staleness(Instant::now())
+    }
+
+    /// `watch` delivered: healthy.
+    pub fn watch_ok(&self, watch: &str, global: bool) {
+        let mut fresh = self.fresh();
+        if fresh.failing_since(watch).is_some() {
+            tracing::info!(watch, "watch healthy again");
+        }
+        fresh.ok(watch, global, Instant::now());
+    }
+
+    /// `watch` failed.
+    pub fn watch_failing(&self, watch: &str, global: bool, error: &str) {
+        self.fresh().failing(watch, global, error, Instant::now());
+    }
+
+    /// How long `watch` has been failing, if it is.
+    pub fn failing_for(&self, watch: &str) -> Option<Duration> {
+        self.fresh()
+            .failing_since(watch)
+            .map(|s| Instant::now().saturating_duration_since(s))
+    }
+
+    pub fn forget_watch(&self, watch: &str) {
+        self.fresh().forget(watch);
+    }
+
+    /// Each watch that has synced once and whether it is healthy now.
+    pub fn watch_health(&self) -> Vec<(String, bool)> {
+        self.fresh().health()
+    }
+
+    /// Bumped when every watch must start over.
+    pub fn epoch(&self) -> watch::Receiver<u64> {
+        self.0.epoch.0.subscribe()
+    }
+
+    /// One check of the API connection at `started`: when it recovers after failing, every
+    /// watch is unverified since the outage began and starts over.
+    fn api_checked(&self, result: Result<(), String>, started: Instant) {
+        let mut fresh = self.fresh();
+        match result {
+            Ok(()) => {
+                if let Some(since) = fresh.failing_since(API_HEALTH) {
+                    tracing::info!(
+                        down_for_secs = started.saturating_duration_since(since).as_secs(),
+                        "API server reachable again; restarting every watch"
+                    );
+                    fresh
+                        .unverified_since(since, "restarting after the API server was unreachable");
+                    fresh.ok(API_HEALTH, true, started);
+                    drop(fresh);
+                    self.0.epoch.0.send_modify(|e| *e += 1);
+                } else {
+                    fresh.ok(API_HEALTH, true, started);
+                }
+            }
+            Err(error) => {
+                if fresh.failing_since(API_HEALTH).is_none() {
+                    tracing::warn!(%error, "API server unreachable");
+                }
+                fresh.failing(API_HEALTH, true, &error, started);
+            }
+        }
+    }
+}
+
+/// Checks the API connection periodically (a watch on a quiet kind says nothing for
+/// minutes, even over a dead connection), publishes staleness to the index and watch health
+/// to the metrics. Never returns.
+pub async fn run_freshness(
+    client: kube::Client,
+    readiness: Readiness,
+    objects: SharedObjects,
+    metrics: crate::metrics::Metrics,
+) {
+    let bound = readiness.max_staleness();
+    let every = (bound / 6).clamp(Duration::from_millis(250), Duration::from_secs(5));
+    let timeout = (bound / 3).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stale_before: Option<String> = None;
+    loop {
+        tick.tick().await;
+        let started = Instant::now();
+        let result = match tokio::time::timeout(timeout, client.apiserver_version()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err(format!(
+                "no answer from the API server within {} ms",
+                timeout.as_millis()
+            )),
+        };
+        readiness.api_checked(result, started);
+        let stale = readiness.staleness();
+        if stale != stale_before {
+            match &stale {
+                Some(why) => {
+                    tracing::warn!(%why, "judging agents' guarded writes refused: stale state")
+                }
+                None => tracing::info!("state fresh again"),
+            }
+            objects
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_stale(stale.clone());
+            stale_before = stale;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        metrics.set_watch_health(&readiness.watch_health(), now);
+    }
+}
+
+/// Runs the watcher streams `make` builds, recording their health as `watch` in `readiness`:
+/// after an error it waits (backoff) and starts over with a fresh list, so a recovered watch
+/// says so even on a quiet kind; it also starts over when the readiness epoch changes (the
+/// API server was unreachable: connections may be dead without an error). Never ends.
+pub fn supervised<K, S, F>(
+    make: F,
+    watch: String,
+    global: bool,
+    readiness: Readiness,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Send + 'static,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    F: Fn() -> S + Send + 'static,
+{
+    const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+    const MAX_BACKOFF: Duration = Duration::from_secs(10);
+    struct State<S, F> {
+        make: F,
+        stream: Option<std::pin::Pin<Box<S>>>,
+        epoch: watch::Receiver<u64>,
+        epoch_open: bool,
+        wait: Option<Duration>,
+        backoff: Duration,
+        watch: String,
+        global: bool,
+        readiness: Readiness,
+    }
+    let mut epoch = readiness.epoch();
+    epoch.mark_unchanged();
+    let state = State {
+        make,
+        stream: None,
+        epoch,
+        epoch_open: true,
+        wait: None,
+        backoff: FIRST_BACKOFF,
+        watch,
+        global,
+        readiness,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(wait) = st.wait.take() {
+                tokio::time::sleep(wait).await;
+            }
+            let State {
+                make,
+                stream,
+                epoch,
+                epoch_open,
+                ..
+            } = &mut st;
+            let current = stream.get_or_insert_with(|| Box::pin(make()));
+            tokio::select! {
+                biased;
+                changed = epoch.changed(), if *epoch_open => {
+                    if changed.is_ok() {
+                        tracing::info!(watch = %st.watch, "starting the watch over");
+                        st.stream = None;
+                    } else {
+                        st.epoch_open = false;
+                    }
+                }
+                item = current.next() => match item {
+                    None => st.stream = None,
+                    Some(Ok(event)) => {
+                        if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
+                            st.readiness.watch_ok(&st.watch, st.global);
+                            st.backoff = FIRST_BACKOFF;
+                        }
+                        return Some((Ok(event), st));
+                    }
+                    Some(Err(err)) => {
+                        st.readiness
+                            .watch_failing(&st.watch, st.global, &err.to_string());
+                        st.stream = None;
+                        st.wait = Some(st.backoff);
+                        st.backoff = (st.backoff * 2).min(MAX_BACKOFF);
+                        return Some((Err(err), st));
+                    }
+                },
+            }
+        }
+    })
 }
 
 /// Blocked deletions per policy not yet written into the policy's status, and attempts not yet
@@ -726,5 +1169,121 @@ mod tests {
         ledger.verify_pending(&index(), Instant::now() + VERIFY_WINDOW);
         assert_eq!(ledger.unverified(), 0);
         assert!(ledger.drain_attempts().is_empty());
+    }
+
+    const BOUND: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_quiet_watch_is_never_stale_and_a_failing_one_only_past_the_bound() {
+        let t0 = Instant::now();
+        let mut fresh = Freshness::new(BOUND);
+        fresh.ok("serviceaccounts", true, t0);
+        // No event for an hour: a quiet kind, not a stale one.
+        assert_eq!(fresh.stale(t0 + Duration::from_secs(3600)), vec![]);
+        assert_eq!(fresh.global_staleness(t0 + Duration::from_secs(3600)), None);
+        // Failing, repeatedly: stale only once the first error in a row is older than the bound.
+        let t1 = t0 + Duration::from_secs(100);
+        fresh.failing("serviceaccounts", true, "connection refused", t1);
+        fresh.failing(
+            "serviceaccounts",
+            true,
+            "connection refused",
+            t1 + BOUND / 2,
+        );
+        assert_eq!(fresh.global_staleness(t1 + BOUND), None);
+        let why = fresh
+            .global_staleness(t1 + BOUND + Duration::from_secs(1))
+            .expect("stale");
+        assert!(why.contains("10s staleness bound"), "{why}");
+        assert!(
+            why.contains("watch of serviceaccounts failing for 11s (connection refused)"),
+            "{why}"
+        );
+        // Delivering again (an event, or a completed relist): fresh at once.
+        fresh.ok("serviceaccounts", true, t1 + BOUND * 2);
+        assert_eq!(fresh.global_staleness(t1 + BOUND * 3), None);
+        // A new error starts a new count.
+        fresh.failing("serviceaccounts", true, "again", t1 + BOUND * 3);
+        assert_eq!(fresh.global_staleness(t1 + BOUND * 4), None);
+    }
+
+    #[test]
+    fn a_stale_kind_does_not_make_the_replica_stale() {
+        let t0 = Instant::now();
+        let mut fresh = Freshness::new(BOUND);
+        fresh.ok("protectedresources.agentguard.dev", true, t0);
+        fresh.failing("databases.example.com", false, "403 forbidden", t0);
+        let later = t0 + BOUND * 2;
+        assert_eq!(fresh.global_staleness(later), None);
+        let stale = fresh.stale(later);
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].watch, "databases.example.com");
+        assert!(!stale[0].global);
+        // A watch no longer running is forgotten.
+        fresh.forget("databases.example.com");
+        assert_eq!(fresh.stale(later), vec![]);
+    }
+
+    #[test]
+    fn after_an_outage_every_watch_is_unverified_until_it_delivers() {
+        let t0 = Instant::now();
+        let mut fresh = Freshness::new(BOUND);
+        fresh.ok("serviceaccounts", true, t0);
+        fresh.ok("persistentvolumeclaims", false, t0);
+        let down = t0 + Duration::from_secs(5);
+        fresh.failing(API_HEALTH, true, "no answer", down);
+        assert!(fresh.global_staleness(down + BOUND * 2).is_some());
+        assert_eq!(
+            fresh.health(),
+            vec![
+                ("persistentvolumeclaims".to_owned(), false),
+                ("serviceaccounts".to_owned(), false)
+            ]
+        );
+        // Back: the API answers, but the watches' connections may be dead without an error.
+        let back = down + BOUND * 2;
+        fresh.unverified_since(down, "restarting");
+        fresh.ok(API_HEALTH, true, back);
+        assert!(
+            fresh
+                .global_staleness(back)
+                .is_some_and(|w| w.contains("serviceaccounts")),
+            "{:?}",
+            fresh.global_staleness(back)
+        );
+        fresh.ok("serviceaccounts", true, back);
+        assert_eq!(fresh.global_staleness(back), None);
+        assert_eq!(
+            fresh.health(),
+            vec![
+                ("persistentvolumeclaims".to_owned(), false),
+                ("serviceaccounts".to_owned(), true)
+            ]
+        );
+    }
+
+    #[test]
+    fn readiness_reports_why_it_is_not_ready() {
+        let readiness = Readiness::waiting_for(&[POLICIES_GATE]).with_max_staleness(BOUND);
+        assert_eq!(
+            readiness.not_ready().as_deref(),
+            Some("caches not synced yet: policies")
+        );
+        readiness.synced(POLICIES_GATE);
+        assert!(readiness.is_ready());
+        // Failing since long ago (time is injected through the bookkeeping).
+        readiness
+            .fresh()
+            .failing(API_HEALTH, true, "no answer", Instant::now() - BOUND * 2);
+        assert!(!readiness.is_ready());
+        assert!(
+            readiness
+                .not_ready()
+                .is_some_and(|w| w.contains("watch of api failing"))
+        );
+        readiness.api_checked(Ok(()), Instant::now());
+        assert!(readiness.is_ready());
+        readiness.stop();
+        assert_eq!(readiness.not_ready().as_deref(), Some("shutting down"));
     }
 }

@@ -256,6 +256,8 @@ pub struct ObjectIndex {
     handles_loading: BTreeSet<&'static str>,
     /// Kinds agentguard should watch but may not, with why.
     blind: BTreeMap<(String, String), String>,
+    /// Why the policies, agents or the API connection are older than the staleness bound.
+    stale: Option<String>,
     /// The label keys entries keep (those policies' selectors read), and whether an entry
     /// indexed before the last policy change may lack one a policy now reads.
     label_keys: Arc<BTreeSet<String>>,
@@ -567,6 +569,16 @@ impl ObjectIndex {
                 self.blind.remove(&kind);
             }
         }
+    }
+
+    /// Marks the global state stale (`Some(why)`) or fresh again.
+    pub fn set_stale(&mut self, why: Option<String>) {
+        self.stale = why;
+    }
+
+    /// Why the global state is stale, when it is.
+    pub fn stale(&self) -> Option<&str> {
+        self.stale.as_deref()
     }
 
     pub fn blind_kinds(&self) -> impl Iterator<Item = (&(String, String), &String)> {

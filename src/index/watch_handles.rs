@@ -9,10 +9,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::{Api, DynamicObject, ResourceExt};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 
 use super::objects::{Handle, ObjectKey};
-use super::{KindResolver, Lookup, SharedObjects};
+use super::{KindResolver, Lookup, Readiness, SharedObjects};
 use crate::policy::handles::{snapshot_identity, volume_identity};
 
 pub const VOLUMES: &str = "PersistentVolume";
@@ -111,8 +111,15 @@ pub fn apply<K: ResourceExt>(
     }
 }
 
-/// Watches VolumeSnapshotContents while the snapshot API is served. Never returns.
-pub async fn run_snapshot_handles(client: kube::Client, objects: SharedObjects) {
+/// Watches VolumeSnapshotContents while the snapshot API is served, recording the watch's
+/// health in `readiness`; while it has been failing for longer than the staleness bound, the
+/// handles count as loading (second snapshots of protected data are refused). Never returns.
+pub async fn run_snapshot_handles(
+    client: kube::Client,
+    objects: SharedObjects,
+    readiness: Readiness,
+) {
+    let bound = readiness.max_staleness();
     objects
         .write()
         .unwrap_or_else(|e| e.into_inner())
@@ -142,9 +149,14 @@ pub async fn run_snapshot_handles(client: kube::Client, objects: SharedObjects) 
             }
         };
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        let mut stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
+        let name = super::watch_objects::watch_name(&resource.group, &resource.plural);
+        let mut stream = super::supervised(
+            move || watcher(api.clone(), watcher::Config::default()),
+            name.clone(),
+            false,
+            readiness.clone(),
+        )
+        .boxed();
         let mut seen = HashSet::new();
         while let Some(event) = stream.next().await {
             match event {
@@ -156,7 +168,13 @@ pub async fn run_snapshot_handles(client: kube::Client, objects: SharedObjects) 
                     snapshot_handle,
                 ),
                 Err(err) => {
-                    tracing::warn!(error = %err, "VolumeSnapshotContent watch error; retrying")
+                    tracing::warn!(error = %err, "VolumeSnapshotContent watch error; retrying");
+                    if readiness.failing_for(&name).is_some_and(|f| f > bound) {
+                        objects
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .handles_listed(SNAPSHOT_CONTENTS, false);
+                    }
                 }
             }
         }

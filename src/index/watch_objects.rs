@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta, ResourceExt};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -23,6 +23,25 @@ const RETRY_UNRESOLVED: Duration = Duration::from_secs(5);
 /// How often the owner kinds above protected objects are checked for new ones to watch.
 const ANCESTOR_CHECK: Duration = Duration::from_secs(1);
 
+/// What a kind's watch tells [`run_objects`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Settled {
+    /// Listed: every object of the kind is in the index.
+    Listed,
+    /// agentguard may not list it: the kind is blind (agents' deletions its objects might
+    /// reach are refused) and does not hold readiness.
+    Forbidden,
+}
+
+/// The name a kind's watch health and metrics go by: its plural, with its group if any.
+pub fn watch_name(group: &str, plural: &str) -> String {
+    if group.is_empty() {
+        plural.to_owned()
+    } else {
+        format!("{plural}.{group}")
+    }
+}
+
 /// Whether a watch error says agentguard may not list or watch the kind.
 fn forbidden(err: &watcher::Error) -> bool {
     match err {
@@ -34,22 +53,30 @@ fn forbidden(err: &watcher::Error) -> bool {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn watch_kind(
     client: kube::Client,
     resource: ApiResource,
     kind: Kind,
     objects: SharedObjects,
     snapshot: SharedSnapshot,
-    synced: mpsc::UnboundedSender<(Kind, u64)>,
+    synced: mpsc::UnboundedSender<(Kind, u64, Settled)>,
     serial: u64,
+    readiness: Readiness,
 ) {
     let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client, &resource);
+    let name = watch_name(&resource.group, &resource.plural);
     // A consistent list in pages of 500 (kube's default), not `any_semantic`: a
     // resourceVersion=0 list may be served stale from a lagging API server's cache, and
     // readiness must mean the index is at least as new as our start.
-    let mut stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
+    let mut stream = super::supervised(
+        move || watcher(api.clone(), watcher::Config::default()),
+        name.clone(),
+        false,
+        readiness.clone(),
+    )
+    .boxed();
+    let bound = readiness.max_staleness();
     let (group, kind_name) = (&kind.0, &kind.1);
     let mut seen: HashSet<Uid> = HashSet::new();
     while let Some(event) = stream.next().await {
@@ -64,12 +91,23 @@ async fn watch_kind(
                     index.set_blind(
                         kind.clone(),
                         Some(format!(
-                            "agentguard may not list {}{} (grant list and watch on it, e.g. with the chart's rbac.extraWatchedResources)",
-                            resource.plural,
-                            if group.is_empty() { String::new() } else { format!(".{group}") }
+                            "agentguard may not list {} (grant list and watch on it, e.g. with the chart's rbac.extraWatchedResources: {})",
+                            watch_name(group, &resource.plural),
+                            super::rbac_rule(group, &resource.plural)
                         )),
                     );
                     index.unwatched(&kind);
+                    drop(index);
+                    let _ = synced.send((kind.clone(), serial, Settled::Forbidden));
+                } else if readiness.failing_for(&name).is_some_and(|f| f > bound) {
+                    // Its objects may have changed unseen for longer than the bound: as while
+                    // it first loaded, agents' deletions that might reach them are refused
+                    // until it lists again.
+                    let mut index = objects.write().unwrap_or_else(|e| e.into_inner());
+                    if index.has_listed(group, kind_name) {
+                        tracing::warn!(kind = %kind_name, bound_secs = bound.as_secs(), "object watch failing for longer than the staleness bound; refusing agents' deletions that might reach its objects until it lists again");
+                        index.watching(kind.clone());
+                    }
                 }
                 continue;
             }
@@ -93,7 +131,7 @@ async fn watch_kind(
                 drop(index);
                 // Only a relist needs it: give back its memory (one UID per object) until then.
                 seen = HashSet::new();
-                let _ = synced.send((kind.clone(), serial));
+                let _ = synced.send((kind.clone(), serial, Settled::Listed));
             }
             watcher::Event::Apply(meta) => {
                 if let Some(e) = ObjectEntry::of_meta(group, kind_name, &meta.metadata) {
@@ -113,8 +151,10 @@ async fn watch_kind(
 /// the policies first synced), `annotation_kinds`, and the kinds of every owner above a
 /// protected object (so a chain of any kinds, a Deployment's ReplicaSet's Pod's claim, is
 /// followed to its top). Marks the objects gate synced once every served policy and annotation
-/// kind has listed; owner kinds do not hold readiness (while one loads, agents' deletions that
-/// might reach protected data are refused instead).
+/// kind has listed or turned out forbidden (a kind agentguard may not list is blind: agents'
+/// deletions it might hide are refused, and its policies say which RBAC rule is missing, but
+/// it does not hold the whole replica unready); owner kinds do not hold readiness (while one
+/// loads, agents' deletions that might reach protected data are refused instead).
 /// Also the guarded kinds learned from the annotation (`recorded_rx`, `None` until their
 /// record was read; readiness waits for it), which hold readiness like annotation kinds.
 #[allow(clippy::too_many_arguments)]
@@ -134,7 +174,9 @@ pub async fn run_objects(
     let mut running: HashMap<Kind, (u64, JoinHandle<()>)> = HashMap::new();
     let mut serial = 0u64;
     let mut listed: HashSet<Kind> = HashSet::new();
-    let (synced_tx, mut synced_rx) = mpsc::unbounded_channel::<(Kind, u64)>();
+    // Kinds agentguard may not list: blind, and not holding readiness.
+    let mut forbidden: HashSet<Kind> = HashSet::new();
+    let (synced_tx, mut synced_rx) = mpsc::unbounded_channel::<(Kind, u64, Settled)>();
     let mut retry = tokio::time::interval(RETRY_UNRESOLVED);
     let mut ancestors = tokio::time::interval(ANCESTOR_CHECK);
     // The label keys the running watches' objects were indexed with.
@@ -151,6 +193,10 @@ pub async fn run_objects(
             for (kind, (_, task)) in running.drain() {
                 task.abort();
                 listed.remove(&kind);
+                forbidden.remove(&kind);
+                if let Some(plural) = plurals.get(&kind) {
+                    readiness.forget_watch(&watch_name(&kind.0, plural));
+                }
             }
             label_keys = wants.label_keys.clone();
         }
@@ -175,6 +221,10 @@ pub async fn run_objects(
         {
             running.remove(&kind).expect("present").1.abort();
             listed.remove(&kind);
+            forbidden.remove(&kind);
+            if let Some(plural) = plurals.get(&kind) {
+                readiness.forget_watch(&watch_name(&kind.0, plural));
+            }
             let mut index = objects.write().unwrap_or_else(|e| e.into_inner());
             index.retain(|e| *e.key.group != *kind.0 || *e.key.kind != *kind.1);
             index.unwatched(&kind);
@@ -225,6 +275,7 @@ pub async fn run_objects(
                 snapshot.clone(),
                 synced_tx.clone(),
                 serial,
+                readiness.clone(),
             ));
             running.insert(kind.clone(), (serial, task));
         }
@@ -241,7 +292,7 @@ pub async fn run_objects(
             && running
                 .keys()
                 .filter(|k| gating.contains(*k))
-                .all(|k| listed.contains(k))
+                .all(|k| listed.contains(k) || forbidden.contains(k))
         {
             readiness.synced(OBJECTS_GATE);
         }
@@ -254,15 +305,23 @@ pub async fn run_objects(
                         return;
                     }
                 }
-                Some((kind, from)) = synced_rx.recv() => {
+                Some((kind, from, settled)) = synced_rx.recv() => {
                     if running.get(&kind).is_none_or(|(s, _)| *s != from) {
                         continue;
                     }
-                    objects
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .listed(kind.clone());
-                    listed.insert(kind);
+                    match settled {
+                        Settled::Listed => {
+                            objects
+                                .write()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .listed(kind.clone());
+                            forbidden.remove(&kind);
+                            listed.insert(kind);
+                        }
+                        // Already known: nothing changes for readiness.
+                        Settled::Forbidden if !forbidden.insert(kind) => continue,
+                        Settled::Forbidden => {}
+                    }
                 }
                 Ok(()) = recorded_rx.changed() => {}
                 _ = retry.tick() => {}
