@@ -87,68 +87,33 @@ pub fn build(
     versions: &HashMap<String, String>,
     now_seconds: i64,
 ) -> BTreeMap<Option<String>, Value> {
-    let mut results: BTreeMap<Option<String>, Vec<Value>> = BTreeMap::new();
+    // Every protected object is counted in its report's summary; the first
+    // MAX_PROTECTED_RESULTS by name are listed (a report is one object: 100,000 results would
+    // not fit in etcd, nor be read by anyone).
+    let mut by_scope: BTreeMap<Option<&str>, Vec<&ProtectedItem>> = BTreeMap::new();
     for item in protected {
-        let key = &item.key;
-        let mut policies: Vec<String> = item.by.policies.iter().map(|p| p.label()).collect();
-        if item.by.annotation {
-            policies.push(crate::api::ANNOTATION_POLICY.to_owned());
-        }
-        let mut properties = BTreeMap::from([
-            ("protectedBy".to_owned(), policies.join(", ")),
-            ("mode".to_owned(), format!("{:?}", item.by.mode)),
-        ]);
-        let (mut result, mut message) = match item.by.mode {
-            Mode::Enforce => (
-                "pass",
-                "protected: agents' deletions are refused without a human's approval".to_owned(),
-            ),
-            Mode::Warn => (
-                "warn",
-                "Warn mode: agents' deletions are allowed with a warning".to_owned(),
-            ),
-            Mode::Audit => (
-                "warn",
-                "Audit mode: agents' deletions are allowed and recorded".to_owned(),
-            ),
-        };
-        if key.group.is_empty() && &*key.kind == "PersistentVolumeClaim" {
-            let claim = (
-                key.namespace.as_deref().unwrap_or_default().to_owned(),
-                key.name.to_string(),
-            );
-            if let Some(volume) = volumes.get(&claim) {
-                properties.insert("volume".into(), volume.name.clone());
-                properties.insert("reclaimPolicy".into(), volume.reclaim_policy.clone());
-                if volume.reclaim_policy != "Retain" {
-                    result = "warn";
-                    message = format!(
-                        "{message}; its volume {} has reclaimPolicy {}: the volume goes with the claim (not pinned to Retain)",
-                        volume.name, volume.reclaim_policy
-                    );
-                } else {
-                    message = format!("{message}; its volume {} is pinned to Retain", volume.name);
-                }
+        by_scope
+            .entry(item.key.namespace.as_deref())
+            .or_default()
+            .push(item);
+    }
+    let mut results: BTreeMap<Option<String>, (Vec<Value>, Summary)> = BTreeMap::new();
+    for (scope, mut items) in by_scope {
+        items.sort_by(|a, b| a.key.name.cmp(&b.key.name));
+        let (listed, summary) = results.entry(scope.map(str::to_owned)).or_default();
+        for (n, item) in items.into_iter().enumerate() {
+            let judged = judge(item, volumes);
+            summary.add(judged.result);
+            if n < MAX_PROTECTED_RESULTS {
+                listed.push(judged.into_result(item, versions, now_seconds));
             }
         }
-        results
-            .entry(key.namespace.as_deref().map(str::to_owned))
-            .or_default().push(json!({
-            "source": "agentguard",
-            "policy": policies.first().cloned().unwrap_or_default(),
-            "rule": "protected",
-            "category": "data protection",
-            "severity": "info",
-            "result": result,
-            "scored": true,
-            "message": message,
-            "timestamp": {"seconds": now_seconds, "nanos": 0},
-            "resources": [resource_ref(&api_version(key, versions), &key.kind, key.namespace.as_deref(), &key.name, Some(&item.uid))],
-            "properties": properties,
-        }));
+        summary.omitted = listed.len().abs_diff(summary.total());
     }
     for a in audited {
-        results.entry(a.namespace.clone()).or_default().push(json!({
+        let (listed, summary) = results.entry(a.namespace.clone()).or_default();
+        summary.add("fail");
+        listed.push(json!({
             "source": "agentguard",
             "policy": "audit-mode",
             "rule": "would-have-blocked",
@@ -163,21 +128,139 @@ pub fn build(
     }
     results
         .into_iter()
-        .map(|(scope, mut results)| {
-            results.sort_by_key(|r| {
+        .map(|(scope, (mut listed, summary))| {
+            listed.sort_by_key(|r| {
                 r["resources"][0]["name"]
                     .as_str()
                     .unwrap_or_default()
                     .to_owned()
             });
-            let count = |what: &str| results.iter().filter(|r| r["result"] == what).count();
-            let summary = json!({
-                "pass": count("pass"), "fail": count("fail"), "warn": count("warn"),
-                "error": count("error"), "skip": count("skip"),
+            let mut report = json!({
+                "results": listed,
+                "summary": {
+                    "pass": summary.pass, "fail": summary.fail, "warn": summary.warn,
+                    "error": 0, "skip": 0,
+                },
             });
-            (scope, json!({"results": results, "summary": summary}))
+            if summary.omitted > 0 {
+                report["metadata"] =
+                    json!({"annotations": {OMITTED_ANNOTATION: summary.omitted.to_string()}});
+            }
+            (scope, report)
         })
         .collect()
+}
+
+/// At most this many protected objects are listed per report (all are counted).
+pub const MAX_PROTECTED_RESULTS: usize = 1000;
+/// On a report listing fewer protected objects than it counts: how many are not listed.
+pub const OMITTED_ANNOTATION: &str = "agentguard.dev/omitted-results";
+
+/// A report's summary counts.
+#[derive(Debug, Default)]
+struct Summary {
+    pass: usize,
+    warn: usize,
+    fail: usize,
+    /// Protected objects counted but not listed.
+    omitted: usize,
+}
+
+impl Summary {
+    fn add(&mut self, result: &str) {
+        match result {
+            "pass" => self.pass += 1,
+            "warn" => self.warn += 1,
+            _ => self.fail += 1,
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.pass + self.warn + self.fail
+    }
+}
+
+/// What a protected object's result says, before it is written out.
+struct Judged {
+    result: &'static str,
+    message: String,
+    policies: Vec<String>,
+    properties: BTreeMap<String, String>,
+}
+
+fn judge(item: &ProtectedItem, volumes: &HashMap<(String, String), Volume>) -> Judged {
+    let key = &item.key;
+    let mut policies: Vec<String> = item.by.policies.iter().map(|p| p.label()).collect();
+    if item.by.annotation {
+        policies.push(crate::api::ANNOTATION_POLICY.to_owned());
+    }
+    let mut properties = BTreeMap::from([
+        ("protectedBy".to_owned(), policies.join(", ")),
+        ("mode".to_owned(), format!("{:?}", item.by.mode)),
+    ]);
+    let (mut result, mut message) = match item.by.mode {
+        Mode::Enforce => (
+            "pass",
+            "protected: agents' deletions are refused without a human's approval".to_owned(),
+        ),
+        Mode::Warn => (
+            "warn",
+            "Warn mode: agents' deletions are allowed with a warning".to_owned(),
+        ),
+        Mode::Audit => (
+            "warn",
+            "Audit mode: agents' deletions are allowed and recorded".to_owned(),
+        ),
+    };
+    if key.group.is_empty() && &*key.kind == "PersistentVolumeClaim" {
+        let claim = (
+            key.namespace.as_deref().unwrap_or_default().to_owned(),
+            key.name.to_string(),
+        );
+        if let Some(volume) = volumes.get(&claim) {
+            properties.insert("volume".into(), volume.name.clone());
+            properties.insert("reclaimPolicy".into(), volume.reclaim_policy.clone());
+            if volume.reclaim_policy != "Retain" {
+                result = "warn";
+                message = format!(
+                    "{message}; its volume {} has reclaimPolicy {}: the volume goes with the claim (not pinned to Retain)",
+                    volume.name, volume.reclaim_policy
+                );
+            } else {
+                message = format!("{message}; its volume {} is pinned to Retain", volume.name);
+            }
+        }
+    }
+    Judged {
+        result,
+        message,
+        policies,
+        properties,
+    }
+}
+
+impl Judged {
+    fn into_result(
+        self,
+        item: &ProtectedItem,
+        versions: &HashMap<String, String>,
+        now_seconds: i64,
+    ) -> Value {
+        let key = &item.key;
+        json!({
+            "source": "agentguard",
+            "policy": self.policies.first().cloned().unwrap_or_default(),
+            "rule": "protected",
+            "category": "data protection",
+            "severity": "info",
+            "result": self.result,
+            "scored": true,
+            "message": self.message,
+            "timestamp": {"seconds": now_seconds, "nanos": 0},
+            "resources": [resource_ref(&api_version(key, versions), &key.kind, key.namespace.as_deref(), &key.name, Some(&item.uid))],
+            "properties": self.properties,
+        })
+    }
 }
 
 /// Writes the reports while `leader` says this replica leads. Never returns.
@@ -294,6 +377,9 @@ async fn write_reports(client: &kube::Client, objects: &SharedObjects) -> Result
         if let Some(ns) = scope {
             report["metadata"]["namespace"] = json!(ns);
         }
+        if let Some(annotations) = body.pointer("/metadata/annotations") {
+            report["metadata"]["annotations"] = annotations.clone();
+        }
         if let Err(err) = api
             .patch(REPORT_NAME, &params, &Patch::Apply(&report))
             .await
@@ -397,6 +483,40 @@ mod tests {
                 mode,
             },
         }
+    }
+
+    #[test]
+    fn a_report_lists_the_first_thousand_by_name_and_counts_them_all() {
+        let protected: Vec<ProtectedItem> = (0..2500)
+            .map(|i| {
+                let mode = if i % 2 == 0 {
+                    Mode::Enforce
+                } else {
+                    Mode::Warn
+                };
+                item(
+                    Some("prod"),
+                    "PersistentVolumeClaim",
+                    &format!("data-{i:05}"),
+                    mode,
+                    false,
+                )
+            })
+            .collect();
+        let reports = build(&protected, &HashMap::new(), &[], &HashMap::new(), 100);
+        let prod = &reports[&Some("prod".to_owned())];
+        assert_eq!(
+            prod["summary"],
+            json!({"pass": 1250, "fail": 0, "warn": 1250, "error": 0, "skip": 0})
+        );
+        let results = prod["results"].as_array().unwrap();
+        assert_eq!(results.len(), MAX_PROTECTED_RESULTS);
+        assert_eq!(results[0]["resources"][0]["name"], "data-00000");
+        assert_eq!(results[999]["resources"][0]["name"], "data-00999");
+        assert_eq!(prod["metadata"]["annotations"][OMITTED_ANNOTATION], "1500");
+        // Within the cap nothing is omitted, and no annotation says so.
+        let reports = build(&protected[..10], &HashMap::new(), &[], &HashMap::new(), 100);
+        assert!(reports[&Some("prod".to_owned())].get("metadata").is_none());
     }
 
     #[test]
