@@ -52,8 +52,9 @@ impl ObjectKey {
 pub struct ObjectEntry {
     pub key: ObjectKey,
     pub uid: Uid,
-    /// Its labels; once in the index, only those a policy's selector reads.
-    pub labels: BTreeMap<String, String>,
+    /// Its labels; once in the index, only those a policy's selector reads, and one shared
+    /// copy of each distinct set (most objects share a handful of sets).
+    pub labels: Arc<BTreeMap<String, String>>,
     pub annotated: bool,
     /// From ownerReferences.
     pub owners: Box<[Owner]>,
@@ -100,7 +101,7 @@ impl ObjectEntry {
         Self {
             key,
             uid: uid.into(),
-            labels,
+            labels: Arc::new(labels),
             annotated,
             owners: owners.into(),
             managers,
@@ -262,6 +263,7 @@ pub struct ObjectIndex {
     /// indexed before the last policy change may lack one a policy now reads.
     label_keys: Arc<BTreeSet<String>>,
     strings: Interner,
+    label_sets: HashSet<Arc<BTreeMap<String, String>>>,
 }
 
 fn protection_of(entry: &ObjectEntry, snapshot: &Snapshot) -> Option<ProtectedBy> {
@@ -317,9 +319,20 @@ impl ObjectIndex {
         // The labels the index's policies read (every entry keeps them; see `reprotect`) and
         // those `snapshot`'s read.
         let wanted = snapshot.label_keys();
-        entry
+        let labels: BTreeMap<String, String> = entry
             .labels
-            .retain(|k, _| self.label_keys.contains(k) || wanted.contains(k));
+            .iter()
+            .filter(|(k, _)| self.label_keys.contains(*k) || wanted.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        entry.labels = match self.label_sets.get(&labels) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared = Arc::new(labels);
+                self.label_sets.insert(shared.clone());
+                shared
+            }
+        };
         let key = &mut entry.key;
         key.group = self.strings.get(&key.group);
         key.kind = self.strings.get(&key.kind);
@@ -437,7 +450,7 @@ impl ObjectIndex {
         for (key, uid, by) in judged {
             self.mark_protected(&key, &uid, by);
         }
-        self.strings.prune();
+        self.prune();
         relist
     }
 
@@ -452,7 +465,13 @@ impl ObjectIndex {
         for uid in gone {
             self.remove(&uid);
         }
+        self.prune();
+    }
+
+    /// Forgets shared strings and label sets no object uses any more.
+    fn prune(&mut self) {
         self.strings.prune();
+        self.label_sets.retain(|l| Arc::strong_count(l) > 1);
     }
 
     /// A served kind is being watched; until [`ObjectIndex::listed`] it is loading.
@@ -1243,6 +1262,14 @@ mod tests {
         index.upsert(labelled(), &snapshot(&["PersistentVolumeClaim"]));
         // No policy reads a label: none is kept.
         assert!(index.objects["pvc"].labels.is_empty());
+        let other = object(PVC, "wal", "pvc-2", &[], &[("tier", "gold")], &[]);
+        index.upsert(other, &snapshot(&["PersistentVolumeClaim"]));
+        // Equal label sets are one copy.
+        assert!(Arc::ptr_eq(
+            &index.objects["pvc"].labels,
+            &index.objects["pvc-2"].labels
+        ));
+        index.remove("pvc-2");
         // A policy that reads `tier` cannot be judged from what the index kept: the index
         // says so, and refuses cascades through the kind until it is listed again.
         assert!(index.reprotect(&tier_gold()));
@@ -1254,7 +1281,7 @@ mod tests {
         assert_eq!(index.loading(), None);
         // Only `tier` is kept; the same policies again need no new list.
         assert_eq!(
-            index.objects["pvc"].labels,
+            *index.objects["pvc"].labels,
             [("tier".to_owned(), "gold".to_owned())].into()
         );
         assert!(!index.reprotect(&tier_gold()));
