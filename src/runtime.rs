@@ -247,6 +247,29 @@ pub async fn run(config: RunConfig) -> Result<()> {
                     path: ca_file.clone(),
                     source,
                 })?;
+                // A restart in the middle of a CA rotation must not drop the CA that replicas
+                // whose volume is not updated yet still serve: keep the previous CA the live
+                // configuration carries beside the file's (as a rotation seen live does).
+                let published = match &trusted_by {
+                    Some(name) => certificates::live_trust(&client, name, &ca)
+                        .await
+                        .ok()
+                        .and_then(|(_, published)| published),
+                    None => None,
+                };
+                let ca = match published {
+                    Some(published) => {
+                        let merged =
+                            certs::merge_bundle(&String::from_utf8_lossy(&ca), &published, 1);
+                        // Only when the file's CA parsed (and so is in the merge).
+                        if certs::bundle_trusts(merged.as_bytes(), &ca) {
+                            merged.into_bytes()
+                        } else {
+                            ca
+                        }
+                    }
+                    None => ca,
+                };
                 ca_tx.send_replace(ca);
             }
             tokio::spawn(reload_certificates(

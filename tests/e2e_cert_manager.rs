@@ -405,5 +405,19 @@ fn cert_manager_ca_rotation_and_a_damaged_secret_fail_no_call() {
          changed, new certificate served after {served_after:?}",
         load.calls
     );
+
+    // 4. A restart keeps the previous CA beside the current one: replicas whose volume is not
+    //    updated yet may still serve a certificate it signed.
+    guard.respawn(&ns, &support::GuardOptions::default());
+    wait_until(Duration::from_secs(30), "agentguard ready again", || {
+        guard.http_get("/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        every_bundle_trusts(&cluster, &guard.webhook_name, &third.ca_pem)
+            && every_bundle_trusts(&cluster, &guard.webhook_name, &second.ca_pem),
+        "after a restart the caBundle carries the current and the previous CA; log:\n{}",
+        guard.log()
+    );
     guard.kill();
 }
