@@ -10,11 +10,12 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::danger::ServerCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::error::{Error, Result};
 
@@ -291,6 +292,137 @@ pub fn not_after(cert_pem: &[u8]) -> Result<jiff::Timestamp> {
         .map_err(|e| pem_error(e.to_string()))
 }
 
+/// The PEM CERTIFICATE blocks of `pem` with their DER, in order; blocks that do not parse are
+/// left out.
+fn certificate_blocks(pem: &str) -> Vec<(String, Vec<u8>)> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut blocks = Vec::new();
+    let mut rest = pem;
+    while let Some(start) = rest.find(BEGIN) {
+        let Some(len) = rest[start..].find(END) else {
+            break;
+        };
+        let block = &rest[start..start + len + END.len()];
+        if let Ok(der) = CertificateDer::from_pem_slice(block.as_bytes()) {
+            blocks.push((format!("{block}\n"), der.as_ref().to_vec()));
+        }
+        rest = &rest[start + len + END.len()..];
+    }
+    blocks
+}
+
+/// Checks that `ca_pem` is a usable CA bundle for the serving certificate `cert_pem`: at least
+/// one certificate, every block parses, and the certificate verifies against it for the first
+/// name it carries (signature, validity, usage), as the API server will verify it. Catches a
+/// half-written or mismatched Secret before anything of it is served or published.
+pub fn check_chain(cert_pem: &[u8], ca_pem: &[u8]) -> Result<()> {
+    let pem_error = |detail: String| Error::Pem {
+        what: "CA bundle".into(),
+        detail,
+    };
+    let cas = CertificateDer::pem_slice_iter(ca_pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(e.to_string()))?;
+    if cas.is_empty() {
+        return Err(pem_error("no CERTIFICATE block found".into()));
+    }
+    let mut chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(pem_error(
+            "the serving certificate has no CERTIFICATE block".into(),
+        ));
+    }
+    let leaf = chain.remove(0);
+    let name = {
+        let (_, parsed) =
+            x509_parser::parse_x509_certificate(&leaf).map_err(|e| pem_error(e.to_string()))?;
+        let mut name = None;
+        if let Ok(Some(san)) = parsed.subject_alternative_name() {
+            for general in &san.value.general_names {
+                use x509_parser::extensions::GeneralName;
+                let candidate = match general {
+                    GeneralName::DNSName(dns) => ServerName::try_from((*dns).to_owned()).ok(),
+                    GeneralName::IPAddress(ip) => match ip.len() {
+                        4 => Some(ServerName::IpAddress(
+                            std::net::IpAddr::from(<[u8; 4]>::try_from(*ip).unwrap_or_default())
+                                .into(),
+                        )),
+                        16 => Some(ServerName::IpAddress(
+                            std::net::IpAddr::from(<[u8; 16]>::try_from(*ip).unwrap_or_default())
+                                .into(),
+                        )),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                if candidate.is_some() {
+                    name = candidate;
+                    break;
+                }
+            }
+        }
+        name.ok_or_else(|| pem_error("the serving certificate names no DNS name or IP".into()))?
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots
+            .add(ca)
+            .map_err(|e| pem_error(format!("not a usable CA: {e}")))?;
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .map_err(|e| pem_error(e.to_string()))?;
+    verifier
+        .verify_server_cert(&leaf, &chain, &name, &[], UnixTime::now())
+        .map_err(|e| pem_error(format!("the serving certificate does not verify: {e}")))?;
+    Ok(())
+}
+
+/// Whether `bundle_pem` holds every certificate of `ca_pem` (compared as DER); false when
+/// `ca_pem` holds none.
+pub fn bundle_trusts(bundle_pem: &[u8], ca_pem: &[u8]) -> bool {
+    let bundle = certificate_blocks(&String::from_utf8_lossy(bundle_pem));
+    let cas = certificate_blocks(&String::from_utf8_lossy(ca_pem));
+    !cas.is_empty()
+        && cas
+            .iter()
+            .all(|(_, ca)| bundle.iter().any(|(_, b)| b == ca))
+}
+
+/// The CA bundle to publish when the CA in force becomes `current_pem`: its certificates first,
+/// then the certificates of `previous_pem` it lacks (deduplicated, expired ones dropped), at
+/// most `keep_previous` of them. Keeping the previous CA is what lets a replica still serving
+/// a certificate it signed be trusted while the new one reaches every replica.
+pub fn merge_bundle(current_pem: &str, previous_pem: &str, keep_previous: usize) -> String {
+    let current = certificate_blocks(current_pem);
+    let now = jiff::Timestamp::now();
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    for block in current {
+        if !out.iter().any(|(_, d)| *d == block.1) {
+            out.push(block);
+        }
+    }
+    let mut kept = 0;
+    for block in certificate_blocks(previous_pem) {
+        if kept == keep_previous {
+            break;
+        }
+        let expired = not_after(block.0.as_bytes()).is_ok_and(|t| t <= now);
+        if expired || out.iter().any(|(_, d)| *d == block.1) {
+            continue;
+        }
+        out.push(block);
+        kept += 1;
+    }
+    out.into_iter().map(|(pem, _)| pem).collect()
+}
+
 /// [`server_config_with`] from PEM files.
 pub fn server_config_from_files(
     cert: &Path,
@@ -338,5 +470,35 @@ mod tests {
     fn garbage_pem_is_a_clear_error() {
         let err = server_config(b"not a certificate", b"nor a key").unwrap_err();
         assert!(err.to_string().contains("certificate"), "{err}");
+    }
+
+    #[test]
+    fn bundles_merge_keep_one_previous_ca_and_check_chains() {
+        let hosts = ["127.0.0.1".to_owned()];
+        let hour = std::time::Duration::from_secs(3600);
+        let (a, b, c) = (
+            generate(&hosts, hour).unwrap(),
+            generate(&hosts, hour).unwrap(),
+            generate(&hosts, hour).unwrap(),
+        );
+        let ab = merge_bundle(&b.ca_pem, &a.ca_pem, 1);
+        assert!(bundle_trusts(ab.as_bytes(), a.ca_pem.as_bytes()));
+        assert!(bundle_trusts(ab.as_bytes(), b.ca_pem.as_bytes()));
+        assert!(ab.starts_with(&b.ca_pem));
+        // Same CA again: nothing doubles.
+        assert_eq!(merge_bundle(&b.ca_pem, &ab, 1), ab);
+        // A third CA drops the oldest.
+        let cb = merge_bundle(&c.ca_pem, &ab, 1);
+        assert!(bundle_trusts(cb.as_bytes(), c.ca_pem.as_bytes()));
+        assert!(bundle_trusts(cb.as_bytes(), b.ca_pem.as_bytes()));
+        assert!(!bundle_trusts(cb.as_bytes(), a.ca_pem.as_bytes()));
+        assert!(!bundle_trusts(cb.as_bytes(), b"garbage"));
+        // Chains: right CA, wrong CA, damaged CA.
+        check_chain(a.cert_pem.as_bytes(), a.ca_pem.as_bytes()).unwrap();
+        check_chain(a.cert_pem.as_bytes(), ab.as_bytes()).unwrap();
+        assert!(check_chain(a.cert_pem.as_bytes(), b.ca_pem.as_bytes()).is_err());
+        assert!(check_chain(a.cert_pem.as_bytes(), b"").is_err());
+        let cut = &a.ca_pem[..a.ca_pem.len() / 2];
+        assert!(check_chain(a.cert_pem.as_bytes(), cut.as_bytes()).is_err());
     }
 }

@@ -146,8 +146,10 @@ pub struct RunArgs {
     /// Start rotating when this much validity is left.
     #[arg(long, default_value = "720h", env = "AGENTGUARD_CERT_ROTATE_BEFORE")]
     pub cert_rotate_before: String,
-    /// How long the next CA is published in the webhook configuration before its certificate
-    /// is served.
+    /// Self-managed rotation: the next certificate is served once the webhook configuration
+    /// read back from the API server carries its CA. If it still does not after this long, a
+    /// warning is logged (the current certificate keeps being served). Only when no
+    /// configuration can be read (a static one) is this a fixed wait before promotion.
     #[arg(long, default_value = "30s", env = "AGENTGUARD_CERT_PROMOTE_AFTER")]
     pub cert_promote_after: String,
     /// Agent ServiceAccounts as namespace/name globs, comma separated (e.g. "ci/*,*/cursor-*").

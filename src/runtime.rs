@@ -25,8 +25,8 @@ use crate::policy::{AgentDefinition, AgentMatcher};
 use crate::webhook::{self, AdmissionState};
 
 /// How often the serving certificate files are checked for changes (Secret volume updates,
-/// cert-manager renewals).
-const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+/// cert-manager renewals), and a new certificate's CA is looked for in the live configuration.
+const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(3);
 /// A slow or silent client must send its headers within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// And finish the TLS handshake within this time.
@@ -234,6 +234,12 @@ pub async fn run(config: RunConfig) -> Result<()> {
         readiness.clone(),
     ));
     let (ca_tx, ca_rx) = tokio::sync::watch::channel(Vec::new());
+    // The configurations whose caBundle must carry a CA before a certificate it signed is
+    // served (None: someone else manages them, nothing to wait for).
+    let trusted_by = config
+        .webhook_configuration
+        .as_ref()
+        .map(|p| p.configuration_name.clone());
     match config.tls.clone() {
         TlsSource::Files { cert, key } => {
             if let Some(ca_file) = &config.ca_file {
@@ -241,12 +247,40 @@ pub async fn run(config: RunConfig) -> Result<()> {
                     path: ca_file.clone(),
                     source,
                 })?;
+                // A restart in the middle of a CA rotation must not drop the CA that replicas
+                // whose volume is not updated yet still serve: keep the previous CA the live
+                // configuration carries beside the file's (as a rotation seen live does).
+                let published = match &trusted_by {
+                    Some(name) => certificates::live_trust(&client, name, &ca)
+                        .await
+                        .ok()
+                        .and_then(|(_, published)| published),
+                    None => None,
+                };
+                let ca = match published {
+                    Some(published) => {
+                        let merged =
+                            certs::merge_bundle(&String::from_utf8_lossy(&ca), &published, 1);
+                        // Only when the file's CA parsed (and so is in the merge).
+                        if certs::bundle_trusts(merged.as_bytes(), &ca) {
+                            merged.into_bytes()
+                        } else {
+                            ca
+                        }
+                    }
+                    None => ca,
+                };
                 ca_tx.send_replace(ca);
             }
             tokio::spawn(reload_certificates(
+                ReloadFiles {
+                    cert,
+                    key,
+                    ca: config.ca_file.clone(),
+                },
                 tls,
-                cert,
-                key,
+                ca_tx,
+                trusted_by.map(|name| (client.clone(), name)),
                 config.client_auth.clone(),
                 metrics.clone(),
             ));
@@ -261,6 +295,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
                 readiness.clone(),
                 metrics.clone(),
                 config.client_auth.clone(),
+                trusted_by,
             ));
         }
     }
@@ -435,38 +470,151 @@ async fn shutdown_on_signal(
     handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
 }
 
-/// Swaps in the serving certificate when its files change. A broken pair (half-written files,
-/// a key that does not match) is logged and the previous certificate keeps serving.
-async fn reload_certificates(
-    tls: RustlsConfig,
+/// The files of cert-manager mode (a mounted Secret's `tls.crt`, `tls.key`, `ca.crt`).
+struct ReloadFiles {
     cert: PathBuf,
     key: PathBuf,
+    /// The CA bundle published as caBundle (`--ca-file`), if any.
+    ca: Option<PathBuf>,
+}
+
+/// A certificate read from the files, not served yet.
+struct Pending {
+    cert: Vec<u8>,
+    config: Arc<rustls::ServerConfig>,
+    ca: Option<Vec<u8>>,
+    since: std::time::Instant,
+}
+
+/// Follows the files when they change (cert-manager renewals, and rotations of its CA):
+///
+/// - a set that does not hold together (unparsable, a key that does not match, a certificate
+///   the CA file does not verify, a file missing) is logged and ignored: the certificate and
+///   the CA bundle in use stay;
+/// - a new CA is published at once as caBundle, with the previous CA kept beside it
+///   ([`certs::merge_bundle`]);
+/// - the new certificate is served only once the live webhook configurations (`trusted_by`)
+///   carry its CA in every webhook's caBundle, or when the certificate in use has expired.
+///   Until then the previous certificate keeps being served, which the API server still trusts.
+async fn reload_certificates(
+    files: ReloadFiles,
+    tls: RustlsConfig,
+    ca_tx: tokio::sync::watch::Sender<Vec<u8>>,
+    trusted_by: Option<(kube::Client, String)>,
     client_auth: Option<certs::ClientAuth>,
     metrics: Metrics,
 ) {
-    let stamp = |cert: &PathBuf, key: &PathBuf| -> Option<(SystemTime, SystemTime)> {
-        let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        Some((modified(cert)?, modified(key)?))
+    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let stamp = || -> Option<(SystemTime, SystemTime, Option<SystemTime>)> {
+        let ca = match &files.ca {
+            Some(ca) => Some(modified(ca)?),
+            None => None,
+        };
+        Some((modified(&files.cert)?, modified(&files.key)?, ca))
     };
-    let mut last = stamp(&cert, &key);
+    let read = |p: &PathBuf| {
+        std::fs::read(p).map_err(|source| Error::ReadFile {
+            path: p.clone(),
+            source,
+        })
+    };
+    let mut last = stamp();
+    let mut served_cert = read(&files.cert).unwrap_or_default();
+    let mut pending: Option<Pending> = None;
+    let mut warned: Option<std::time::Instant> = None;
     let mut tick = tokio::time::interval(CERT_RELOAD_INTERVAL);
     loop {
         tick.tick().await;
-        let now = stamp(&cert, &key);
-        if now.is_none() || now == last {
+        let now = stamp();
+        if now.is_some() && now != last {
+            last = now;
+            let loaded = (|| -> Result<Pending> {
+                let (cert, key) = (read(&files.cert)?, read(&files.key)?);
+                let config = certs::server_config_with(&cert, &key, client_auth.as_ref())?;
+                let ca = match &files.ca {
+                    Some(path) => {
+                        let ca = read(path)?;
+                        certs::check_chain(&cert, &ca)?;
+                        Some(ca)
+                    }
+                    None => None,
+                };
+                Ok(Pending {
+                    cert,
+                    config,
+                    ca,
+                    since: std::time::Instant::now(),
+                })
+            })();
+            match loaded {
+                Err(err) => tracing::warn!(
+                    error = %err,
+                    "new certificate files rejected; keeping the certificate and CA bundle in use"
+                ),
+                Ok(mut next) => {
+                    if let Some(ca) = &next.ca {
+                        ca_tx.send_if_modified(|published| {
+                            let merged = certs::merge_bundle(
+                                &String::from_utf8_lossy(ca),
+                                &String::from_utf8_lossy(published),
+                                1,
+                            )
+                            .into_bytes();
+                            let changed = *published != merged;
+                            if changed {
+                                tracing::info!(
+                                    "CA bundle changed: publishing the new CA beside the previous one"
+                                );
+                            }
+                            *published = merged;
+                            changed
+                        });
+                    }
+                    if next.cert == served_cert {
+                        pending = None;
+                    } else {
+                        if let Some(earlier) = &pending {
+                            next.since = earlier.since;
+                        }
+                        pending = Some(next);
+                    }
+                }
+            }
+        }
+        let Some(next) = &pending else { continue };
+        let trusted = match (&trusted_by, &next.ca) {
+            (Some((client, name)), Some(ca)) => {
+                match certificates::live_trust(client, name, ca).await {
+                    Ok((trusted, _)) => trusted != Some(false),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot read the webhook configurations");
+                        false
+                    }
+                }
+            }
+            _ => true,
+        };
+        let expired = certs::not_after(&served_cert)
+            .map(|t| t <= jiff::Timestamp::now())
+            .unwrap_or(true);
+        if !trusted && !expired {
+            if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                warned = Some(std::time::Instant::now());
+                tracing::warn!(
+                    waiting = ?next.since.elapsed(),
+                    "the webhook configuration does not carry the new CA yet; still serving the previous certificate"
+                );
+            }
             continue;
         }
-        match certs::server_config_from_files(&cert, &key, client_auth.as_ref()) {
-            Ok(config) => {
-                tls.reload_from_config(config);
-                record_expiry(&metrics, &cert);
-                last = now;
-                tracing::info!(cert = %cert.display(), "serving certificate reloaded");
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "new serving certificate rejected; keeping the old one")
-            }
+        let Some(next) = pending.take() else { continue };
+        tls.reload_from_config(next.config);
+        if let Ok(expiry) = certs::not_after(&next.cert) {
+            metrics.set_certificate_expiry(expiry.as_second());
         }
+        served_cert = next.cert;
+        warned = None;
+        tracing::info!(cert = %files.cert.display(), waited = ?next.since.elapsed(), "serving certificate reloaded");
     }
 }
 

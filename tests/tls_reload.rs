@@ -70,3 +70,48 @@ fn swapped_certificate_files_are_served_without_a_restart() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn certificate_files_that_do_not_hold_together_are_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let put = |name: &str, pem: &str| std::fs::write(dir.path().join(name), pem).unwrap();
+    let hosts = ["127.0.0.1".to_owned()];
+    let first = agentguard::certs::generate(&hosts, Duration::from_secs(600)).unwrap();
+    let second = agentguard::certs::generate(&hosts, Duration::from_secs(600)).unwrap();
+    put("tls.crt", &first.cert_pem);
+    put("tls.key", &first.key_pem);
+    put("ca.crt", &first.ca_pem);
+    let ca_file = format!("--ca-file={}", dir.path().join("ca.crt").display());
+    let (mut child, webhook) = support::serve_tls_files(dir.path(), &[ca_file]);
+    let served_first = served_certificate(webhook, &first.ca_pem).expect("the first certificate");
+    let still_first = |what: &str| {
+        // Two reload intervals.
+        std::thread::sleep(Duration::from_secs(7));
+        assert_eq!(
+            served_certificate(webhook, &first.ca_pem).as_ref(),
+            Some(&served_first),
+            "{what}: the first certificate is still served"
+        );
+    };
+    // A key that does not match the certificate.
+    put("tls.crt", &second.cert_pem);
+    still_first("mismatched key");
+    // A certificate and key that match, but a CA file that does not verify them: serving it
+    // would meet a caBundle that does not trust it.
+    put("tls.key", &second.key_pem);
+    still_first("CA file of another CA");
+    put("ca.crt", "garbage");
+    still_first("garbage CA file");
+    // The whole set: served.
+    put("ca.crt", &second.ca_pem);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while served_certificate(webhook, &second.ca_pem).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the complete set was never served"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
