@@ -130,13 +130,13 @@ pub fn build_snapshot(
     )
 }
 
-/// What the object watches must feed the index: the kinds policies target, and the label keys
-/// their selectors read (the only labels the index keeps; when one is added, every watched
-/// kind is listed again).
+/// What the object watches must feed the index: the kinds policies target, and how many times
+/// the index has needed every kind listed again (it keeps only the labels policies read; when
+/// they start reading another, see [`objects::ObjectIndex::reprotect`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Wanted {
     pub kinds: BTreeSet<(String, String)>,
-    pub label_keys: Arc<BTreeSet<String>>,
+    pub relists: u64,
 }
 
 /// What the policy index publishes and reads besides the snapshot.
@@ -265,17 +265,14 @@ pub async fn run(
         let snapshot = snapshot.with_keys(keys.borrow_and_update().clone());
         let kinds: BTreeSet<(String, String)> =
             snapshot.policies().iter().flat_map(|p| p.kinds()).collect();
-        let wanted = Wanted {
-            kinds,
-            label_keys: snapshot.label_keys().clone(),
+        let relists = {
+            let mut index = objects.write().unwrap_or_else(|e| e.into_inner());
+            if index.reprotect(&snapshot) {
+                tracing::info!(label_keys = ?snapshot.label_keys(), "policies read new labels; listing every watched kind again");
+            }
+            index.relists()
         };
-        if objects
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .reprotect(&snapshot)
-        {
-            tracing::info!(label_keys = ?wanted.label_keys, "policies read new labels; listing every watched kind again");
-        }
+        let wanted = Wanted { kinds, relists };
         shared.store(snapshot);
         // The object watches wait for the first value before they report synced, so a replica
         // is not ready before it knows which kinds to index.

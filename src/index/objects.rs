@@ -262,6 +262,8 @@ pub struct ObjectIndex {
     /// The label keys entries keep (those policies' selectors read), and whether an entry
     /// indexed before the last policy change may lack one a policy now reads.
     label_keys: Arc<BTreeSet<String>>,
+    /// How many times `reprotect` found entries lacking labels policies now read.
+    relists: u64,
     strings: Interner,
     label_sets: HashSet<Arc<BTreeMap<String, String>>>,
 }
@@ -437,6 +439,7 @@ impl ObjectIndex {
         if relist {
             let listed = std::mem::take(&mut self.listed);
             self.loading.extend(listed);
+            self.relists += 1;
         }
         self.protected.clear();
         self.protections.clear();
@@ -466,6 +469,12 @@ impl ObjectIndex {
             self.remove(&uid);
         }
         self.prune();
+    }
+
+    /// How many times every watched kind had to be listed again (see `reprotect`): the watches
+    /// start over whenever this grows.
+    pub fn relists(&self) -> u64 {
+        self.relists
     }
 
     /// Forgets shared strings and label sets no object uses any more.
@@ -1272,7 +1281,9 @@ mod tests {
         index.remove("pvc-2");
         // A policy that reads `tier` cannot be judged from what the index kept: the index
         // says so, and refuses cascades through the kind until it is listed again.
+        assert_eq!(index.relists(), 0);
         assert!(index.reprotect(&tier_gold()));
+        assert_eq!(index.relists(), 1);
         assert_eq!(index.protected_count(), 0);
         assert_eq!(index.loading().as_deref(), Some("PersistentVolumeClaim"));
         index.upsert(labelled(), &tier_gold());
@@ -1286,7 +1297,11 @@ mod tests {
         );
         assert!(!index.reprotect(&tier_gold()));
         assert_eq!(index.protected_count(), 1);
-        // Fewer labels read: nothing to list again.
+        // Fewer labels read: nothing to list again; reading `tier` again afterwards is a
+        // relist (entries indexed meanwhile kept no `tier`).
+        assert!(!index.reprotect(&snapshot(&[])));
+        assert!(index.reprotect(&tier_gold()));
+        assert_eq!(index.relists(), 2);
         assert!(!index.reprotect(&snapshot(&[])));
         // An index filled without ever re-judging (as `kubectl agentguard status` builds one)
         // keeps what the snapshot it is given reads.

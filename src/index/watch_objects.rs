@@ -179,14 +179,14 @@ pub async fn run_objects(
     let (synced_tx, mut synced_rx) = mpsc::unbounded_channel::<(Kind, u64, Settled)>();
     let mut retry = tokio::time::interval(RETRY_UNRESOLVED);
     let mut ancestors = tokio::time::interval(ANCESTOR_CHECK);
-    // The label keys the running watches' objects were indexed with.
-    let mut label_keys = std::sync::Arc::new(BTreeSet::new());
+    // The index's relist count when the running watches started.
+    let mut relists = 0;
     loop {
         // None until the policies have synced once: readiness waits for their kinds too.
         let policy_wants = kinds_rx.borrow_and_update().clone();
         let policies_seen = policy_wants.is_some();
         if let Some(wants) = &policy_wants
-            && !wants.label_keys.is_subset(&label_keys)
+            && wants.relists != relists
         {
             // The index dropped labels policies now read: list every kind again (the index
             // marked them loading when it re-judged).
@@ -198,7 +198,7 @@ pub async fn run_objects(
                     readiness.forget_watch(&watch_name(&kind.0, plural));
                 }
             }
-            label_keys = wants.label_keys.clone();
+            relists = wants.relists;
         }
         let mut gating: BTreeSet<Kind> = policy_wants.map(|w| w.kinds).unwrap_or_default();
         gating.extend(annotation_kinds.iter().cloned());
@@ -212,6 +212,11 @@ pub async fn run_objects(
                 .unwrap_or_else(|e| e.into_inner())
                 .ancestor_kinds_of_protected(),
         );
+        if !policies_seen {
+            // Nothing is listed before the policies are known: the index keeps only the labels
+            // they read, so an earlier list would have to be made again.
+            wanted.clear();
+        }
         let last_wanted = wanted.clone();
         for kind in running
             .keys()
