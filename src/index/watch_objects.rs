@@ -181,6 +181,8 @@ pub async fn run_objects(
     let mut ancestors = tokio::time::interval(ANCESTOR_CHECK);
     // The index's relist count when the running watches started.
     let mut relists = 0;
+    // Kinds whose discovery failed, and when to look them up again.
+    let mut unknown_until: HashMap<Kind, tokio::time::Instant> = HashMap::new();
     loop {
         // None until the policies have synced once: readiness waits for their kinds too.
         let policy_wants = kinds_rx.borrow_and_update().clone();
@@ -238,9 +240,14 @@ pub async fn run_objects(
             tracing::info!(group = %kind.0, kind = %kind.1, "stopped watching");
         }
         let mut resolver = KindResolver::default();
+        // A kind whose discovery failed is looked up again on the retry tick, not on every
+        // pass: each failed lookup can take the discovery timeout, and the passes that follow
+        // other kinds' lists must not wait for it.
+        let now = tokio::time::Instant::now();
+        unknown_until.retain(|k, until| wanted.contains(k) && *until > now);
         let missing: Vec<Kind> = wanted
             .iter()
-            .filter(|k| !running.contains_key(*k))
+            .filter(|k| !running.contains_key(*k) && !unknown_until.contains_key(*k))
             .cloned()
             .collect();
         for kind in &missing {
@@ -262,6 +269,8 @@ pub async fn run_objects(
                         .write()
                         .unwrap_or_else(|e| e.into_inner())
                         .watching(kind.clone());
+                    unknown_until
+                        .insert(kind.clone(), tokio::time::Instant::now() + RETRY_UNRESOLVED);
                     continue;
                 }
             };
