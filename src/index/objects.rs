@@ -1188,8 +1188,7 @@ mod tests {
 
     #[test]
     fn policy_changes_rejudge_every_object() {
-        let mut index = ObjectIndex::default();
-        index.upsert(
+        let claim = || {
             entry(
                 "",
                 "PersistentVolumeClaim",
@@ -1198,9 +1197,10 @@ mod tests {
                 "a",
                 &[],
                 false,
-            ),
-            &snapshot(&[]),
-        );
+            )
+        };
+        let mut index = ObjectIndex::default();
+        index.upsert(claim(), &snapshot(&[]));
         assert_eq!(index.protected_count(), 0);
         let policy = PolicyRef::cluster("p-PersistentVolumeClaim");
         index.reprotect(&snapshot(&["PersistentVolumeClaim"]));
@@ -1208,18 +1208,7 @@ mod tests {
         assert_eq!(index.protected_by_policy(&policy), 1);
         index.remove("a");
         assert_eq!(index.protected_by_policy(&policy), 0);
-        index.upsert(
-            entry(
-                "",
-                "PersistentVolumeClaim",
-                "prod",
-                "data-0",
-                "a",
-                &[],
-                false,
-            ),
-            &snapshot(&["PersistentVolumeClaim"]),
-        );
+        index.upsert(claim(), &snapshot(&["PersistentVolumeClaim"]));
         assert_eq!(index.protected_by_policy(&policy), 1);
         index.reprotect(&snapshot(&[]));
         assert_eq!(index.protected_by_policy(&policy), 0);
