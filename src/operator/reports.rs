@@ -6,10 +6,14 @@
 //! every [`REPORT_INTERVAL`]; when the API server does not serve the CRDs it does nothing.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures::StreamExt;
 
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
 use crate::api::Mode;
@@ -110,9 +114,19 @@ pub fn build(
         }
         summary.omitted = listed.len().abs_diff(summary.total());
     }
+    // Audited deletions: every one counted, the newest MAX_AUDITED_RESULTS per report listed.
+    let mut audited: Vec<&Audited> = audited.iter().collect();
+    audited.sort_by_key(|a| std::cmp::Reverse(a.seconds));
+    let mut audited_listed: HashMap<Option<&str>, usize> = HashMap::new();
     for a in audited {
         let (listed, summary) = results.entry(a.namespace.clone()).or_default();
         summary.add("fail");
+        let n = audited_listed.entry(a.namespace.as_deref()).or_default();
+        if *n >= MAX_AUDITED_RESULTS {
+            summary.omitted += 1;
+            continue;
+        }
+        *n += 1;
         listed.push(json!({
             "source": "agentguard",
             "policy": "audit-mode",
@@ -153,7 +167,9 @@ pub fn build(
 
 /// At most this many protected objects are listed per report (all are counted).
 pub const MAX_PROTECTED_RESULTS: usize = 1000;
-/// On a report listing fewer protected objects than it counts: how many are not listed.
+/// At most this many audited deletions (the newest) are listed per report (all are counted).
+pub const MAX_AUDITED_RESULTS: usize = 1000;
+/// On a report listing fewer results than it counts: how many are not listed.
 pub const OMITTED_ANNOTATION: &str = "agentguard.dev/omitted-results";
 
 /// A report's summary counts.
@@ -263,6 +279,69 @@ impl Judged {
     }
 }
 
+/// The deletions Audit-mode policies let through, from a watch of their Events (selected on
+/// the server by reason), keyed by the Event's uid. An Event expires (the API server's
+/// `--event-ttl`, one hour by default) and leaves the map with its watch event.
+#[derive(Default)]
+struct AuditLog {
+    by_uid: HashMap<String, Audited>,
+    /// The first list has been read: until then the reports are not written, since they would
+    /// drop every `fail` result.
+    synced: bool,
+}
+
+/// An audited deletion, from its Event; None when the Event lacks what a result needs.
+fn audited_of(e: Event) -> Option<(String, Audited)> {
+    let uid = e.metadata.uid?;
+    let object = e.involved_object;
+    let when = e
+        .series
+        .and_then(|s| s.last_observed_time)
+        .map(|t| t.0)
+        .or(e.event_time.map(|t| t.0))
+        .or(e.last_timestamp.map(|t| t.0))
+        .or(e.first_timestamp.map(|t| t.0))?;
+    Some((
+        uid,
+        Audited {
+            namespace: object.namespace.filter(|n| !n.is_empty()),
+            api_version: object.api_version?,
+            kind: object.kind?,
+            name: object.name?,
+            message: e.message.unwrap_or_default(),
+            seconds: when.as_second(),
+        },
+    ))
+}
+
+/// Keeps `log` equal to the audited deletions' Events. Never returns.
+async fn watch_audited(client: kube::Client, log: Arc<Mutex<AuditLog>>) {
+    let config = watcher::Config::default().fields(&format!("reason={AUDITED_REASON}"));
+    let mut events = watcher(Api::<Event>::all(client), config)
+        .default_backoff()
+        .boxed();
+    let mut listing = HashMap::new();
+    while let Some(event) = events.next().await {
+        let lock = || log.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Ok(watcher::Event::Init) => listing.clear(),
+            Ok(watcher::Event::InitApply(e)) => listing.extend(audited_of(e)),
+            Ok(watcher::Event::InitDone) => {
+                let mut log = lock();
+                log.by_uid = std::mem::take(&mut listing);
+                log.synced = true;
+            }
+            Ok(watcher::Event::Apply(e)) => lock().by_uid.extend(audited_of(e)),
+            Ok(watcher::Event::Delete(e)) => {
+                if let Some(uid) = e.metadata.uid {
+                    lock().by_uid.remove(&uid);
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "watching audited deletions' Events"),
+        }
+    }
+}
+
 /// Writes the reports while `leader` says this replica leads. Never returns.
 pub async fn run(
     client: kube::Client,
@@ -271,6 +350,10 @@ pub async fn run(
 ) {
     let mut tick = tokio::time::interval(REPORT_INTERVAL);
     let mut warned = false;
+    // Audited deletions come from a watch of their Events, started the first time this replica
+    // writes reports (followers never list them).
+    let audited = Arc::new(Mutex::new(AuditLog::default()));
+    let mut audit_watch = None;
     loop {
         tick.tick().await;
         if !*leader.borrow() {
@@ -289,13 +372,27 @@ pub async fn run(
             }
         }
         warned = false;
-        if let Err(err) = write_reports(&client, &objects).await {
+        if audit_watch.is_none() {
+            audit_watch = Some(tokio::spawn(watch_audited(client.clone(), audited.clone())));
+            // The first list of a few Events takes a moment; the first reports wait for it.
+            for _ in 0..50 {
+                if audited.lock().unwrap_or_else(|e| e.into_inner()).synced {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        if let Err(err) = write_reports(&client, &objects, &audited).await {
             tracing::warn!(error = %err, "cannot write PolicyReports; retrying");
         }
     }
 }
 
-async fn write_reports(client: &kube::Client, objects: &SharedObjects) -> Result<(), kube::Error> {
+async fn write_reports(
+    client: &kube::Client,
+    objects: &SharedObjects,
+    audited: &Mutex<AuditLog>,
+) -> Result<(), kube::Error> {
     let protected: Vec<ProtectedItem> = {
         let index = objects.read().unwrap_or_else(|e| e.into_inner());
         index
@@ -327,31 +424,14 @@ async fn write_reports(client: &kube::Client, objects: &SharedObjects) -> Result
             })
             .collect()
     };
-    let events = Api::<Event>::all(client.clone())
-        .list(&ListParams::default().fields(&format!("reason={AUDITED_REASON}")))
-        .await?;
-    let audited: Vec<Audited> = events
-        .items
-        .into_iter()
-        .filter_map(|e| {
-            let object = e.involved_object;
-            let when = e
-                .series
-                .and_then(|s| s.last_observed_time)
-                .map(|t| t.0)
-                .or(e.event_time.map(|t| t.0))
-                .or(e.last_timestamp.map(|t| t.0))
-                .or(e.first_timestamp.map(|t| t.0))?;
-            Some(Audited {
-                namespace: object.namespace.filter(|n| !n.is_empty()),
-                api_version: object.api_version?,
-                kind: object.kind?,
-                name: object.name?,
-                message: e.message.unwrap_or_default(),
-                seconds: when.as_second(),
-            })
-        })
-        .collect();
+    let audited: Vec<Audited> = {
+        let log = audited.lock().unwrap_or_else(|e| e.into_inner());
+        if !log.synced {
+            tracing::debug!("audited deletions not listed yet; the reports wait");
+            return Ok(());
+        }
+        log.by_uid.values().cloned().collect()
+    };
     let versions = preferred_versions(client, &protected).await;
     let reports = build(
         &protected,
@@ -517,6 +597,35 @@ mod tests {
         // Within the cap nothing is omitted, and no annotation says so.
         let reports = build(&protected[..10], &HashMap::new(), &[], &HashMap::new(), 100);
         assert!(reports[&Some("prod".to_owned())].get("metadata").is_none());
+    }
+
+    #[test]
+    fn audited_deletions_are_all_counted_and_the_newest_listed() {
+        let audited: Vec<Audited> = (0..1200)
+            .map(|i| Audited {
+                namespace: Some("staging".into()),
+                api_version: "v1".into(),
+                kind: "PersistentVolumeClaim".into(),
+                name: format!("cache-{i:04}"),
+                message: "agentguard would have blocked x".into(),
+                seconds: i,
+            })
+            .collect();
+        let reports = build(&[], &HashMap::new(), &audited, &HashMap::new(), 100);
+        let staging = &reports[&Some("staging".to_owned())];
+        assert_eq!(staging["summary"]["fail"], 1200);
+        let results = staging["results"].as_array().unwrap();
+        assert_eq!(results.len(), MAX_AUDITED_RESULTS);
+        // The 200 oldest (seconds 0..200) are the ones left out.
+        assert!(
+            results
+                .iter()
+                .all(|r| r["timestamp"]["seconds"].as_i64() >= Some(200))
+        );
+        assert_eq!(
+            staging["metadata"]["annotations"][OMITTED_ANNOTATION],
+            "200"
+        );
     }
 
     #[test]
