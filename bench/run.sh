@@ -35,6 +35,8 @@
 #   BENCH_KYVERNO       1: build Kyverno (once; needs ~6 GB free disk while building) and measure it [0]
 #   BENCH_SCALE_SIZES   objects for the in-process index scale [1000,10000,100000] (empty: skip)
 #   BENCH_READYZ_OBJECTS claims created through the API server before timing /readyz [10000] (0: skip)
+#   BENCH_READYZ_WATCH  seconds agentguard keeps running after /readyz with those claims, PolicyReports
+#                       on, while its RSS is sampled every 5 s (status every 15 s, reports every 20 s) [70]
 #   BENCH_PROFILE       1: perf-profile agentguard's /validate under load [1]
 #   BENCH_OUT           results directory [$CACHE/results/<UTC time>]
 #   BENCH_UPDATE_DOCS   1: copy the plot to docs/performance-latency.png [0]
@@ -58,6 +60,7 @@ ROUNDS="${BENCH_ROUNDS:-3}"
 CONCURRENCY="${BENCH_CONCURRENCY:-1,8,32}"
 SCALE_SIZES="${BENCH_SCALE_SIZES-1000,10000,100000}"
 READYZ_OBJECTS="${BENCH_READYZ_OBJECTS:-10000}"
+READYZ_WATCH="${BENCH_READYZ_WATCH:-70}"
 OUT="${BENCH_OUT:-$CACHE/results/$(date -u +%Y%m%dT%H%M%SZ)}"
 export AGENTGUARD_CLUSTER_DIR="${BENCH_CLUSTER_DIR:-$CACHE/cluster}"
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
@@ -442,7 +445,7 @@ start_agentguard() { # binary logname port metrics_port -> sets AG_PID
     --webhook-url "https://127.0.0.1:$3/validate" --ca-file "$OUT/pki/ca.crt" \
     --webhook-configuration-name bench-agentguard \
     --webhook-namespace-label kubernetes.io/metadata.name=bench \
-    --policy-reports=false --namespace agentguard --lease-namespace agentguard \
+    --policy-reports="${AG_POLICY_REPORTS:-false}" --namespace agentguard --lease-namespace agentguard \
     >"$OUT/logs/$2.log" 2>&1 &
   AG_PID=$!; PIDS+=("$AG_PID")
 }
@@ -544,20 +547,36 @@ if ((READYZ_OBJECTS > 0)); then
     -cert-file "$STATE/pki/admin.crt" -key-file "$STATE/pki/admin.key" \
     -namespace scale -count "$READYZ_OBJECTS" -concurrency 16 >"$OUT/create.json"
   log "timing agentguard from process start to /readyz with $READYZ_OBJECTS more claims"
+  # PolicyReports on, as the chart runs it: the reports over every protected claim are part of
+  # the memory measured after ready.
+  kubectl apply --server-side -f "$("$ROOT/hack/build-tools.sh" --print-crds)/wgpolicyk8s.io_policyreports.yaml" \
+    -f "$("$ROOT/hack/build-tools.sh" --print-crds)/wgpolicyk8s.io_clusterpolicyreports.yaml" >/dev/null
   port=$(free_port); metrics=$(free_port)
   started=$(now_ms)
-  POD_NAME=bench-readyz KUBECONFIG="$STATE/kubeconfig" RUST_LOG=warn \
+  AG_POLICY_REPORTS=true POD_NAME=bench-readyz KUBECONFIG="$STATE/kubeconfig" RUST_LOG=warn \
     start_agentguard "$AGENTGUARD" agentguard-readyz "$port" "$metrics"
   wait_http "http://127.0.0.1:$metrics/readyz" 600 || die "agentguard not ready with $READYZ_OBJECTS claims"
   ready=$(now_ms)
   sleep 2
   protected=$(curl -sf "http://127.0.0.1:$metrics/metrics" | awk '/^agentguard_protected_objects\{/ {s += $2} END {print s + 0}')
-  python3 - "$OUT/readyz.json" "$READYZ_OBJECTS" "$started" "$ready" "$(kib "$AG_PID" VmRSS)" "$(kib "$AG_PID" VmHWM)" "$protected" <<'PY'
+  rss_ready=$(kib "$AG_PID" VmRSS)
+  log "sampling agentguard's RSS for ${READYZ_WATCH}s of status and report passes"
+  rss_max=$rss_ready
+  for ((t = 0; t < READYZ_WATCH; t += 5)); do
+    sleep 5
+    rss=$(kib "$AG_PID" VmRSS)
+    ((rss > rss_max)) && rss_max=$rss
+  done
+  # The reports did run over every claim: the scale namespace's report counts them all.
+  reported=$(kubectl -n scale get policyreports.wgpolicyk8s.io agentguard -o jsonpath='{.summary.pass}{"+"}{.summary.warn}' 2>/dev/null || echo 0+0)
+  python3 - "$OUT/readyz.json" "$READYZ_OBJECTS" "$started" "$ready" "$rss_ready" "$(kib "$AG_PID" VmHWM)" "$protected" "$rss_max" "$READYZ_WATCH" "$reported" <<'PY'
 import json, sys
-out, n, started, ready, rss, hwm, protected = sys.argv[1:]
+out, n, started, ready, rss, hwm, protected, rss_max, watch, reported = sys.argv[1:]
 json.dump({"claims_created": int(n), "start_to_ready_ms": int(ready) - int(started),
            "rss_kib_after_ready": int(rss), "vmhwm_kib": int(hwm),
-           "protected_objects_metric": float(protected)}, open(out, "w"), indent=2)
+           "protected_objects_metric": float(protected),
+           "rss_kib_max_after_ready": int(rss_max), "watched_seconds": int(watch),
+           "scale_report_pass_plus_warn": sum(int(x or 0) for x in reported.split("+"))}, open(out, "w"), indent=2)
 PY
   stop_agentguard
 fi

@@ -483,6 +483,11 @@ pub struct GuardOptions {
     pub kubeconfig: Option<PathBuf>,
     /// Run without leader election (`--leader-election=false`): this one process always leads.
     pub no_lease: bool,
+    /// `--webhook-url` (e.g. a [`Balancer`] in front of several replicas). None: this
+    /// replica's own port.
+    pub webhook_url: Option<String>,
+    /// The (webhook, metrics) ports to listen on. None: free ports picked at start.
+    pub ports: Option<(u16, u16)>,
 }
 
 /// Starts one agentguard process for `ns`, logging to `<dir>/agentguard-<replica>.log`. It
@@ -537,7 +542,11 @@ pub fn spawn_agentguard(
             ns.name
         ))
         .arg(format!(
-            "--webhook-url=https://127.0.0.1:{webhook_port}/validate"
+            "--webhook-url={}",
+            options
+                .webhook_url
+                .clone()
+                .unwrap_or_else(|| format!("https://127.0.0.1:{webhook_port}/validate"))
         ))
         .arg(format!("--ca-file={}", dir.join("ca.crt").display()))
         .arg(format!(
@@ -591,8 +600,8 @@ impl<'c> Guard<'c> {
             &ns.name,
             &format!("agentguard-e2e={}", ns.name),
         ]);
-        let webhook_port = free_port();
-        let metrics_port = free_port();
+        let (webhook_port, metrics_port) =
+            options.ports.unwrap_or_else(|| (free_port(), free_port()));
         let child = spawn_agentguard(ns, options, dir.path(), webhook_port, metrics_port, "a");
         let mut guard = Self {
             cluster,
@@ -844,6 +853,92 @@ impl FaultProxy {
         assert_ne!(moved, text, "no 127.0.0.1 server in {}", source.display());
         std::fs::write(target, moved).unwrap();
         target.to_path_buf()
+    }
+}
+
+/// A TCP load balancer on loopback in front of webhook replicas, as a Service with kube-proxy
+/// is: a new connection goes to the next backend in rotation (round robin), an open one stays
+/// with its backend until either side closes it. A backend is in rotation while its `/readyz`
+/// answers 200, checked every second (a terminating Pod leaves its Service's endpoints about
+/// that fast). With no backend in rotation a connection is closed at once.
+pub struct Balancer {
+    pub port: u16,
+    backends: std::sync::Arc<std::sync::Mutex<Vec<(u16, u16, bool)>>>,
+}
+
+impl Balancer {
+    /// Starts the balancer with no backends; its threads live as long as the test process.
+    pub fn start() -> Self {
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let backends: Arc<Mutex<Vec<(u16, u16, bool)>>> = Arc::default();
+        let checked = backends.clone();
+        std::thread::spawn(move || {
+            loop {
+                let ports: Vec<u16> = checked.lock().unwrap().iter().map(|b| b.1).collect();
+                let ready: Vec<bool> = ports
+                    .iter()
+                    .map(|&m| http_status(m, "/readyz") == Some(200))
+                    .collect();
+                for (b, r) in checked.lock().unwrap().iter_mut().zip(ready) {
+                    b.2 = r;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        let routed = backends.clone();
+        std::thread::spawn(move || {
+            let mut next = 0usize;
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let in_rotation = || -> Vec<u16> {
+                    let backends = routed.lock().unwrap();
+                    backends.iter().filter(|b| b.2).map(|b| b.0).collect()
+                };
+                let mut ready = in_rotation();
+                if ready.is_empty() {
+                    // None yet (the first replica has just started): ask them now rather than
+                    // at the next check, so a test's first request does not race the checker.
+                    let ports: Vec<(u16, u16)> =
+                        routed.lock().unwrap().iter().map(|b| (b.0, b.1)).collect();
+                    ready = ports
+                        .into_iter()
+                        .filter(|&(_, m)| http_status(m, "/readyz") == Some(200))
+                        .map(|(w, _)| w)
+                        .collect();
+                }
+                if ready.is_empty() {
+                    continue;
+                }
+                next = next.wrapping_add(1);
+                let Ok(server) =
+                    std::net::TcpStream::connect(("127.0.0.1", ready[next % ready.len()]))
+                else {
+                    continue;
+                };
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut client, mut server) = (client, server);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client, &mut s2);
+                    let _ = s2.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut server, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Self { port, backends }
+    }
+
+    /// Adds a replica listening on `webhook` with its probes on `metrics`; it takes
+    /// connections once its `/readyz` answers 200.
+    pub fn add(&self, webhook: u16, metrics: u16) {
+        self.backends
+            .lock()
+            .unwrap()
+            .push((webhook, metrics, false));
     }
 }
 
