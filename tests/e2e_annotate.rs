@@ -129,27 +129,6 @@ fn annotating_an_unwatched_kind_guards_it_within_seconds() {
     );
 }
 
-/// A ClusterRole granting every verb on every API group the API server serves but
-/// `excluded`: all agentguard needs, but no list or watch of that group's kinds.
-fn all_groups_but(cluster: &Cluster, excluded: &str) -> String {
-    let versions = cluster.kubectl_ok(&["api-versions"]);
-    let mut groups: Vec<String> = versions
-        .lines()
-        .map(|gv| match gv.rsplit_once('/') {
-            Some((group, _)) => group.to_owned(),
-            None => String::new(),
-        })
-        .filter(|g| g != excluded)
-        .collect();
-    groups.sort();
-    groups.dedup();
-    let groups: Vec<String> = groups.iter().map(|g| format!("\"{g}\"")).collect();
-    format!(
-        "rules:\n  - apiGroups: [{}]\n    resources: [\"*\"]\n    verbs: [\"*\"]\n",
-        groups.join(", ")
-    )
-}
-
 #[test]
 fn a_kind_agentguard_cannot_watch_is_reported_unguarded_with_the_rule_to_add() {
     let cluster = Cluster::connect();
@@ -158,24 +137,8 @@ fn a_kind_agentguard_cannot_watch_is_reported_unguarded_with_the_rule_to_add() {
     // does the CRD's group, which that identity may not read.
     let home = TestNamespace::create(&cluster, "unguarded-op");
     let group = home.crd("lockedvaults", "LockedVault");
-    let role = format!("{}-operator", home.name);
-    cluster.apply(&format!(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {role}\n{}",
-        all_groups_but(&cluster, &group)
-    ));
-    home.owns_cluster_object(&format!("clusterrole/{role}"));
-    home.kubectl_ok(&["create", "serviceaccount", "operator"]);
-    cluster.kubectl_ok(&[
-        "create",
-        "clusterrolebinding",
-        &role,
-        &format!("--clusterrole={role}"),
-        &format!("--serviceaccount={}:operator", home.name),
-    ]);
-    home.owns_cluster_object(&format!("clusterrolebinding/{role}"));
-    let token = home.kubectl_ok(&["create", "token", "operator", "--duration=1h"]);
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = cluster.token_kubeconfig(dir.path(), token.trim());
+    let kubeconfig = home.operator_blind_to(&group, dir.path());
     let agent = ns.agent("cursor-agent");
     ns.grant("cursor-agent", &format!("lockedvaults.{group}"));
     let guard = Guard::start_with(

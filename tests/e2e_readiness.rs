@@ -14,25 +14,6 @@ use support::{
     Cluster, FaultProxy, Guard, GuardOptions, TestNamespace, stderr, stdout, wait_until,
 };
 
-/// A ClusterRole body granting everything on every served API group except `excluded`.
-fn all_groups_but(cluster: &Cluster, excluded: &str) -> String {
-    let mut groups: Vec<String> = stdout(&cluster.kubectl(&["api-versions"]))
-        .lines()
-        .map(|v| match v.rsplit_once('/') {
-            Some((g, _)) => g.to_owned(),
-            None => String::new(),
-        })
-        .filter(|g| g != excluded)
-        .collect();
-    groups.sort();
-    groups.dedup();
-    let groups: Vec<String> = groups.iter().map(|g| format!("\"{g}\"")).collect();
-    format!(
-        "rules:\n  - apiGroups: [{}]\n    resources: [\"*\"]\n    verbs: [\"*\"]\n",
-        groups.join(", ")
-    )
-}
-
 fn ready_condition(ns: &TestNamespace<'_>, policy: &str) -> (String, String) {
     let get = |field: &str| {
         stdout(&ns.kubectl(&[
@@ -54,24 +35,8 @@ fn a_policy_naming_an_unlistable_kind_is_not_ready_but_the_replica_is() {
     // but the CRD's.
     let home = TestNamespace::create(&cluster, "unlistable-op");
     let group = home.crd("vaults", "Vault");
-    let role = format!("{}-operator", home.name);
-    cluster.apply(&format!(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {role}\n{}",
-        all_groups_but(&cluster, &group)
-    ));
-    home.owns_cluster_object(&format!("clusterrole/{role}"));
-    home.kubectl_ok(&["create", "serviceaccount", "operator"]);
-    cluster.kubectl_ok(&[
-        "create",
-        "clusterrolebinding",
-        &role,
-        &format!("--clusterrole={role}"),
-        &format!("--serviceaccount={}:operator", home.name),
-    ]);
-    home.owns_cluster_object(&format!("clusterrolebinding/{role}"));
-    let token = home.kubectl_ok(&["create", "token", "operator", "--duration=1h"]);
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = cluster.token_kubeconfig(dir.path(), token.trim());
+    let kubeconfig = home.operator_blind_to(&group, dir.path());
     let agent = ns.agent("cursor-agent");
     ns.grant("cursor-agent", &format!("vaults.{group}"));
     // The policy exists before the replica starts, as it does at a rollout or a restart.

@@ -431,6 +431,40 @@ impl TestNamespace<'_> {
     }
 }
 
+impl TestNamespace<'_> {
+    /// A kubeconfig, written into `dir`, for the ServiceAccount `operator` of this namespace,
+    /// which may do anything on every API group the API server serves except `excluded`:
+    /// agentguard's identity when a test needs a kind it may not list or watch.
+    pub fn operator_blind_to(&self, excluded: &str, dir: &Path) -> PathBuf {
+        let mut groups: Vec<String> = stdout(&self.cluster.kubectl(&["api-versions"]))
+            .lines()
+            .map(|v| v.rsplit_once('/').map_or("", |(g, _)| g).to_owned())
+            .filter(|g| g != excluded)
+            .collect();
+        groups.sort();
+        groups.dedup();
+        let groups: Vec<String> = groups.iter().map(|g| format!("\"{g}\"")).collect();
+        let role = format!("{}-operator", self.name);
+        self.cluster.apply(&format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {role}\n\
+             rules:\n  - apiGroups: [{}]\n    resources: [\"*\"]\n    verbs: [\"*\"]\n",
+            groups.join(", ")
+        ));
+        self.owns_cluster_object(&format!("clusterrole/{role}"));
+        self.kubectl_ok(&["create", "serviceaccount", "operator"]);
+        self.cluster.kubectl_ok(&[
+            "create",
+            "clusterrolebinding",
+            &role,
+            &format!("--clusterrole={role}"),
+            &format!("--serviceaccount={}:operator", self.name),
+        ]);
+        self.owns_cluster_object(&format!("clusterrolebinding/{role}"));
+        let token = self.kubectl_ok(&["create", "token", "operator", "--duration=1h"]);
+        self.cluster.token_kubeconfig(dir, token.trim())
+    }
+}
+
 impl Drop for TestNamespace<'_> {
     fn drop(&mut self) {
         for object in self.cluster_scoped.borrow().iter() {
