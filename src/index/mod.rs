@@ -5,6 +5,7 @@
 mod annotated;
 mod kinds;
 pub mod objects;
+mod slim;
 pub mod watch_handles;
 mod watch_objects;
 

@@ -1,4 +1,5 @@
-//! Feeds the protected-object index: one metadata-only watch per kind that policies target,
+//! Feeds the protected-object index: one watch per kind that policies target (decoding only
+//! the metadata the index reads, see [`super::slim`]),
 //! plus the kinds the `agentguard.dev/protected` annotation is honoured on. Watches start and
 //! stop as policies change; kinds the API server does not serve are retried periodically.
 
@@ -6,12 +7,13 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta, ResourceExt};
+use kube::api::{Api, ApiResource, ResourceExt};
 use kube::runtime::watcher;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::objects::{ObjectEntry, Uid};
+use super::slim::SlimObject;
 use super::{KindResolver, Lookup, OBJECTS_GATE, Readiness, SharedObjects, SharedSnapshot};
 
 type Kind = (String, String);
@@ -64,7 +66,7 @@ async fn watch_kind(
     serial: u64,
     readiness: Readiness,
 ) {
-    let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client, &resource);
+    let api = Api::<SlimObject>::all_with(client, &resource);
     let name = watch_name(&resource.group, &resource.plural);
     // A consistent list in pages of 500 (kube's default), not `any_semantic`: a
     // resourceVersion=0 list may be served stale from a lagging API server's cache, and
