@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds the pinned control-plane tools (etcd, kube-apiserver, kube-controller-manager,
-# kubectl, helm) from their Go modules into a versioned cache outside the repository, and
-# copies third-party CRDs out of those projects' Go modules: the ones the chart's optional
-# objects are checked against (prometheus-operator's ServiceMonitor and PrometheusRule,
-# cert-manager's Certificate and Issuer) and the ones deletion-by-proxy rules act on (CSI
+# kubectl, helm) and cert-manager's controllers (hack/cert-manager-controller, for
+# tests/e2e_cert_manager.rs) from their Go modules into a versioned cache outside the
+# repository, and copies third-party CRDs out of those projects' Go modules: the ones the
+# chart's optional objects are checked against (prometheus-operator's ServiceMonitor and
+# PrometheusRule, cert-manager's Certificate and Issuer, with the ClusterIssuer and
+# CertificateRequest its controller watches) and the ones deletion-by-proxy rules act on (CSI
 # VolumeSnapshot, VolumeSnapshotContent, VolumeSnapshotClass; Velero Backup and
 # DeleteBackupRequest), and the wgpolicyk8s.io PolicyReport CRDs agentguard writes (as Kyverno
 # ships them). Reuses what is already there; rebuilds what is
@@ -114,6 +116,32 @@ GO
   mv "$BIN/etcd.tmp" "$BIN/etcd"
 }
 
+# cert-manager's controller binary lives in its cmd/controller module, which the Go module proxy
+# does not serve; hack/cert-manager-controller/main.go starts the same controllers from the main
+# module's packages. It is built in a wrapper module pinned to CERT_MANAGER_VERSION.
+build_cert_manager() {
+  local src="$CACHE/src/cert-manager-$CERT_MANAGER_VERSION"
+  mkdir -p "$src"
+  log "preparing wrapper module for github.com/cert-manager/cert-manager $CERT_MANAGER_VERSION in $src"
+  local gomod
+  gomod=$(cd "$src" && go mod download -json "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION" \
+    | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
+  [[ -f "$gomod" ]] || { log "cannot download github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION"; exit 1; }
+  {
+    echo "module agentguard.dev/hack/cert-manager-controller"
+    echo
+    echo "go $(sed -n 's/^go //p' "$gomod")"
+    echo
+    echo "require github.com/cert-manager/cert-manager $CERT_MANAGER_VERSION"
+  } >"$src/go.mod"
+  cp "$(dirname "${BASH_SOURCE[0]}")/cert-manager-controller/main.go" "$src/main.go"
+  log "building cert-manager-controller $CERT_MANAGER_VERSION (cold build takes a few minutes)"
+  (cd "$src" && go mod tidy && go build -trimpath \
+    -ldflags "-s -w -X github.com/cert-manager/cert-manager/pkg/util.AppVersion=$CERT_MANAGER_VERSION" \
+    -o "$BIN/cert-manager-controller.tmp.$$" .)
+  mv "$BIN/cert-manager-controller.tmp.$$" "$BIN/cert-manager-controller"
+}
+
 build_helm() {
   log "building helm $HELM_VERSION"
   GOBIN="$BIN" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
@@ -133,7 +161,7 @@ fetch_crds() {
   done
   dir=$(cd "$tmp" && go mod download -json "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION" \
     | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
-  for kind in certificates issuers; do
+  for kind in certificates issuers clusterissuers certificaterequests; do
     cp "$dir/deploy/crds/cert-manager.io_$kind.yaml" "$tmp/"
   done
   dir=$(cd "$tmp" && go mod download -json \
@@ -159,8 +187,8 @@ fetch_crds() {
 # Compiling Kubernetes fills a Go build cache of 4-5 GB that is never needed again once the
 # binaries exist; keep it in a scratch directory and drop it after, so a fresh machine (and CI)
 # does not carry it. AGENTGUARD_KEEP_GOCACHE=1 keeps Go's usual cache instead.
-if ! { have etcd && have kube-apiserver && have kube-controller-manager && have kubectl && have helm; } \
-  && [[ -z "${AGENTGUARD_KEEP_GOCACHE:-}" ]]; then
+if ! { have etcd && have kube-apiserver && have kube-controller-manager && have kubectl && have helm \
+  && have cert-manager-controller; } && [[ -z "${AGENTGUARD_KEEP_GOCACHE:-}" ]]; then
   GOCACHE=$(mktemp -d "${TMPDIR:-/tmp}/agentguard-gocache.XXXXXX")
   export GOCACHE
   trap 'rm -rf "$GOCACHE"' EXIT
@@ -168,6 +196,9 @@ fi
 have etcd || build_etcd
 { have kube-apiserver && have kube-controller-manager && have kubectl; } || build_kubernetes
 have helm || build_helm
-[[ -f "$CRDS/wgpolicyk8s.io_clusterpolicyreports.yaml" ]] || fetch_crds
+have cert-manager-controller || build_cert_manager
+# The last files each version of fetch_crds added: a cache filled before them is refetched.
+{ [[ -f "$CRDS/wgpolicyk8s.io_clusterpolicyreports.yaml" ]] \
+  && [[ -f "$CRDS/cert-manager.io_certificaterequests.yaml" ]]; } || fetch_crds
 log "tools ready in $BIN"
 echo "$BIN"

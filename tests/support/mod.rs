@@ -92,7 +92,8 @@ impl Cluster {
 
     /// Installs the third-party CRDs `hack/build-tools.sh` copies from those projects' Go
     /// modules: prometheus-operator's ServiceMonitor and PrometheusRule, cert-manager's
-    /// Certificate and Issuer (the chart's optional objects), CSI snapshots and Velero's Backup
+    /// Certificate and Issuer (the chart's optional objects) with the ClusterIssuer and
+    /// CertificateRequest its controller also watches, CSI snapshots and Velero's Backup
     /// and DeleteBackupRequest (deletion by proxy), and wgpolicyk8s.io PolicyReports.
     pub fn install_third_party_crds(&self) {
         let out = Command::new(repo_root().join("hack/build-tools.sh"))
@@ -102,7 +103,10 @@ impl Cluster {
         let dir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
         assert!(
             dir.join("wgpolicyk8s.io_clusterpolicyreports.yaml")
-                .exists(),
+                .exists()
+                && dir
+                    .join("cert-manager.io_certificaterequests.yaml")
+                    .exists(),
             "no third-party CRDs in {}: run hack/build-tools.sh",
             dir.display()
         );
@@ -118,6 +122,8 @@ impl Cluster {
             "crd/prometheusrules.monitoring.coreos.com",
             "crd/certificates.cert-manager.io",
             "crd/issuers.cert-manager.io",
+            "crd/clusterissuers.cert-manager.io",
+            "crd/certificaterequests.cert-manager.io",
             "crd/volumesnapshots.snapshot.storage.k8s.io",
             "crd/volumesnapshotcontents.snapshot.storage.k8s.io",
             "crd/volumesnapshotclasses.snapshot.storage.k8s.io",
@@ -522,6 +528,9 @@ pub struct GuardOptions {
     pub webhook_url: Option<String>,
     /// The (webhook, metrics) ports to listen on. None: free ports picked at start.
     pub ports: Option<(u16, u16)>,
+    /// The certificate, key and CA files agentguard starts on (cert-manager's Secret, say).
+    /// None: a CA and a certificate made by the harness.
+    pub tls_files: Option<agentguard::certs::CertificateBundle>,
 }
 
 /// Starts one agentguard process for `ns`, logging to `<dir>/agentguard-<replica>.log`. It
@@ -623,8 +632,10 @@ impl<'c> Guard<'c> {
     pub fn start_with(ns: &TestNamespace<'c>, probe_agent: &str, options: &GuardOptions) -> Self {
         let cluster = ns.cluster;
         let dir = tempfile::tempdir().unwrap();
-        let bundle = agentguard::certs::generate(&["127.0.0.1".into()], Duration::from_secs(3600))
-            .expect("generate certificates");
+        let bundle = options.tls_files.clone().unwrap_or_else(|| {
+            agentguard::certs::generate(&["127.0.0.1".into()], Duration::from_secs(3600))
+                .expect("generate certificates")
+        });
         std::fs::write(dir.path().join("tls.crt"), &bundle.cert_pem).unwrap();
         std::fs::write(dir.path().join("tls.key"), &bundle.key_pem).unwrap();
         std::fs::write(dir.path().join("ca.crt"), &bundle.ca_pem).unwrap();
