@@ -2,10 +2,15 @@
 //! API server hangs steps down by itself within the renew deadline, another replica takes
 //! over, and the API server's audit log shows the two never acted as leader at once. A leader
 //! that gets SIGTERM hands the lease back, so another replica takes over within seconds.
-//! Requires `hack/cluster.sh up`; fails (never skips) without a control plane.
+//! A replica whose clocks run 40 s ahead of or behind the others' (libfaketime) neither takes a
+//! live lease nor takes longer than a lease duration and two retry periods to replace a dead
+//! leader.
+//! Requires `hack/cluster.sh up` and libfaketime (`apt-get install faketime`); fails (never
+//! skips) without either.
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -191,4 +196,283 @@ fn on_sigterm_the_leader_releases_the_lease_and_another_takes_over_at_once() {
     let exited = replica_b.wait().unwrap();
     assert!(exited.success(), "b exited with {exited}");
     assert_eq!(holder(&ns), "", "the lease still names b after it exited");
+}
+
+/// How often a replica reads (and the leader renews) the lease (src/operator/leader.rs).
+const RETRY_PERIOD: Duration = Duration::from_secs(2);
+
+/// A replica process killed when the test ends, however it ends.
+struct Replica(std::process::Child);
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Every (apiGroup, resource) the webhook configuration `name` routes.
+fn routed(cluster: &support::Cluster, name: &str) -> BTreeSet<String> {
+    let out = cluster.kubectl(&["get", "validatingwebhookconfiguration", name, "-o", "json"]);
+    if !out.status.success() {
+        return BTreeSet::new();
+    }
+    let config: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let mut kinds = BTreeSet::new();
+    for webhook in config["webhooks"].as_array().into_iter().flatten() {
+        for rule in webhook["rules"].as_array().into_iter().flatten() {
+            for group in rule["apiGroups"].as_array().into_iter().flatten() {
+                for resource in rule["resources"].as_array().into_iter().flatten() {
+                    kinds.insert(format!(
+                        "{}/{}",
+                        group.as_str().unwrap_or_default(),
+                        resource.as_str().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+    kinds
+}
+
+/// The wall clock a replica's newest log line carries, minus the real time now.
+fn logged_clock_offset(dir: &Path, replica: &str) -> jiff::SignedDuration {
+    let log = log_of(dir, replica);
+    let logged: jiff::Timestamp = log
+        .lines()
+        .rev()
+        .find_map(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no timestamped line in {replica}'s log: {log}"));
+    logged.duration_since(jiff::Timestamp::now())
+}
+
+/// Two replicas share a lease; b's clocks (wall and monotonic, through libfaketime) are
+/// `offset_secs` away from a's and the API server's. a leads; b starts after it. For several
+/// lease durations b never takes the live lease, and the API server's audit log shows that
+/// only a writes the lease or the webhook configuration, the configuration never stops routing
+/// a kind it routed, and an agent's delete of a protected claim is refused. Then a is killed
+/// (no release): b takes over within a lease duration and two retry periods of a's last
+/// renewal, never sooner than a lease duration after it, and the holder changes exactly once.
+///
+/// A follower judging expiry by the holder's renew time against its own wall clock fails
+/// both: ahead, it takes the live lease at its first read (two leaders); behind, it waits the
+/// offset on top of the lease duration before taking over from a dead leader.
+fn a_follower_with_its_clock_offset(prefix: &str, offset_secs: i64) {
+    let started = Instant::now();
+    let cluster = support::Cluster::connect();
+    let _ = support::libfaketime();
+    let offset = jiff::SignedDuration::from_secs(offset_secs);
+    if offset_secs < 0 {
+        // b checks the API server's certificate against its own clock: one issued (by
+        // `hack/cluster.sh up`) less than the offset ago is not yet valid for it.
+        let cert = cluster
+            .kubeconfig
+            .parent()
+            .unwrap()
+            .join("pki/apiserver.crt");
+        let issued = std::fs::metadata(&cert)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|e| panic!("{}: {e}", cert.display()));
+        let age = issued.elapsed().unwrap_or_default();
+        let needed = offset.unsigned_abs() + Duration::from_secs(2);
+        if age < needed {
+            eprintln!(
+                "waiting {:?} until the API server's certificate is valid on b's clock",
+                needed - age
+            );
+            std::thread::sleep(needed - age);
+        }
+    }
+    let ns = TestNamespace::create(&cluster, prefix);
+    let agent = ns.agent("cursor-agent");
+    let dir = tempfile::tempdir().unwrap();
+    let user_a = format!("system:serviceaccount:{}:replica-a", ns.name);
+    let user_b = format!("system:serviceaccount:{}:replica-b", ns.name);
+    let agents = Some(format!("{}/cursor-*", ns.name));
+    let options_a = GuardOptions {
+        agent_service_accounts: agents.clone(),
+        kubeconfig: Some(support::replica_kubeconfig(&ns, dir.path(), "replica-a")),
+        ..Default::default()
+    };
+    let options_b = GuardOptions {
+        agent_service_accounts: agents,
+        kubeconfig: Some(support::replica_kubeconfig(&ns, dir.path(), "replica-b")),
+        clock_offset: Some(format!("{offset_secs:+}s")),
+        ..Default::default()
+    };
+    let mut guard = Guard::start_with(&ns, &agent, &options_a);
+    let (a, b) = (format!("a-{}", ns.name), format!("b-{}", ns.name));
+    assert_eq!(holder(&ns), a);
+    let webhook_name = guard.webhook_name.clone();
+    let kinds = routed(&cluster, &webhook_name);
+    assert!(
+        kinds.contains("/persistentvolumeclaims"),
+        "claims not routed: {kinds:?}"
+    );
+    let (webhook_b, metrics_b) = (support::free_port(), support::free_port());
+    let _replica_b = Replica(support::spawn_agentguard(
+        &ns,
+        &options_b,
+        guard.dir.path(),
+        webhook_b,
+        metrics_b,
+        "b",
+    ));
+    wait_until(Duration::from_secs(30), "replica b to be ready", || {
+        support::http_status(metrics_b, "/readyz") == Some(200)
+    });
+    // The offset is in force: b's log carries its own wall clock.
+    let logged = logged_clock_offset(guard.dir.path(), "b");
+    eprintln!("b's wall clock is {logged:?} from the real one (offset {offset:?})");
+    assert!(
+        (logged - offset).unsigned_abs() < Duration::from_secs(5),
+        "libfaketime did not move b's clock by {offset:?}: its log is {logged:?} off"
+    );
+
+    // Several lease durations with both running: a keeps the lease, the rules keep every kind,
+    // the agent's delete of the protected claim is refused.
+    let checks = |phase: &str| {
+        let now = routed(&cluster, &webhook_name);
+        let lost = kinds.difference(&now).collect::<Vec<_>>();
+        assert!(lost.is_empty(), "{phase}: the rules lost {lost:?}");
+        let delete = ns.kubectl_as(
+            &agent,
+            &["delete", "pvc", "agentguard-probe", "--dry-run=server"],
+        );
+        assert!(
+            !delete.status.success(),
+            "{phase}: the agent's delete of a protected claim was allowed"
+        );
+        support::stderr(&delete)
+    };
+    let window = Instant::now();
+    while window.elapsed() < 2 * LEASE_DURATION {
+        assert_eq!(holder(&ns), a, "b took a live lease");
+        assert!(
+            checks("both running").contains("agentguard: DENIED"),
+            "not judged while both run"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    // a dies without releasing: b waits out the lease on its own clock, then leads.
+    let killed_at = jiff::Timestamp::now();
+    let killed = Instant::now();
+    guard.kill();
+    let bound = LEASE_DURATION + 2 * RETRY_PERIOD + Duration::from_secs(1);
+    let deadline = killed + bound + Duration::from_secs(10);
+    while holder(&ns) != b {
+        assert!(
+            Instant::now() < deadline,
+            "b did not take over within {:?} of a's death (bound {bound:?}); holder {:?}",
+            killed.elapsed(),
+            holder(&ns)
+        );
+        // No webhook answers now (failurePolicy Fail): the delete is still refused.
+        checks("no leader");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let takeover = killed.elapsed();
+    eprintln!("b led {takeover:?} after a was killed (offset {offset:?})");
+    assert!(takeover <= bound, "b took {takeover:?} to take over");
+    // b now writes the configuration (its own URL) and judges.
+    wait_until(Duration::from_secs(20), "b to judge", || {
+        checks("b leading").contains("agentguard: DENIED")
+    });
+    checks("b leading");
+
+    // b's renew times are written on its own (offset) wall clock; nobody compares them.
+    let renewed = stdout(&ns.kubectl(&[
+        "get",
+        "lease",
+        &format!("agentguard-{}", ns.name),
+        "-o",
+        "jsonpath={.spec.renewTime} {.spec.leaseTransitions}",
+    ]));
+    let (renew_time, transitions) = renewed.split_once(' ').unwrap();
+    let renew_time: jiff::Timestamp = renew_time.parse().unwrap();
+    let written = renew_time.duration_since(jiff::Timestamp::now());
+    assert!(
+        (written - offset).unsigned_abs() < Duration::from_secs(5),
+        "b's renew time is {written:?} from the real clock, not {offset:?}"
+    );
+    assert_eq!(transitions, "1", "the lease changed hands more than once");
+
+    // From what the API server recorded: the lease's writers change exactly once, from a to
+    // b, after a died; b waited a lease duration after a's last renewal, and took it within
+    // two retry periods more; each wrote the webhook configuration only while it led.
+    let lease = format!("agentguard-{}", ns.name);
+    let writes = support::audit_writes(&cluster);
+    let lease_writes = writes
+        .iter()
+        .filter(|w| w.resource == "leases" && w.name == lease && w.namespace == ns.name)
+        .collect::<Vec<_>>();
+    let b_early = lease_writes
+        .iter()
+        .filter(|w| w.user == user_b && w.at < killed_at)
+        .collect::<Vec<_>>();
+    assert!(b_early.is_empty(), "b wrote the live lease: {b_early:#?}");
+    let holders = lease_writes
+        .iter()
+        .filter(|w| (200..300).contains(&w.code))
+        .map(|w| w.user.as_str())
+        .collect::<Vec<_>>();
+    let mut changes = holders.clone();
+    changes.dedup();
+    assert_eq!(
+        changes,
+        [user_a.as_str(), user_b.as_str()],
+        "the lease's writers, in order: {holders:?}"
+    );
+    let ok_at = |user: &str| {
+        lease_writes
+            .iter()
+            .filter(|w| w.user == user && (200..300).contains(&w.code))
+            .map(|w| w.at)
+            .collect::<Vec<_>>()
+    };
+    let a_last = *ok_at(&user_a).last().unwrap();
+    let b_first = ok_at(&user_b)[0];
+    let gap = b_first.duration_since(a_last).unsigned_abs();
+    eprintln!("a's last renewal to b's first lease write: {gap:?} (offset {offset:?})");
+    assert!(
+        gap >= LEASE_DURATION,
+        "b took the lease {gap:?} after a's last renewal, before it could expire"
+    );
+    assert!(
+        gap <= LEASE_DURATION + 2 * RETRY_PERIOD + Duration::from_secs(1),
+        "b took the lease {gap:?} after a's last renewal"
+    );
+    let a_until = a_last + RENEW_DEADLINE;
+    for w in writes.iter().filter(|w| {
+        (200..300).contains(&w.code)
+            && w.resource.ends_with("webhookconfigurations")
+            && w.name == webhook_name
+    }) {
+        if w.user == user_a {
+            assert!(w.at <= a_until, "a wrote after its leadership: {w:?}");
+        } else if w.user == user_b {
+            assert!(w.at >= b_first, "b wrote before its leadership: {w:?}");
+        }
+    }
+    // No protected object was deleted: the claim is there, and no delete of a claim in the
+    // namespace succeeded.
+    assert!(ns.pvc_intact("agentguard-probe"));
+    let deleted = writes
+        .iter()
+        .filter(|w| w.verb == "delete" && w.resource == "persistentvolumeclaims")
+        .filter(|w| w.namespace == ns.name && (200..300).contains(&w.code))
+        .collect::<Vec<_>>();
+    assert!(deleted.is_empty(), "claims deleted: {deleted:#?}");
+    eprintln!("offset {offset:?}: passed in {:?}", started.elapsed());
+}
+
+#[test]
+fn a_follower_whose_clock_runs_ahead_never_takes_a_live_lease_and_takes_over_in_time() {
+    a_follower_with_its_clock_offset("leader-ahead", 40);
+}
+
+#[test]
+fn a_follower_whose_clock_runs_behind_takes_over_from_a_dead_leader_in_time() {
+    a_follower_with_its_clock_offset("leader-behind", -40);
 }

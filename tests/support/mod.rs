@@ -531,6 +531,33 @@ pub struct GuardOptions {
     /// The certificate, key and CA files agentguard starts on (cert-manager's Secret, say).
     /// None: a CA and a certificate made by the harness.
     pub tls_files: Option<agentguard::certs::CertificateBundle>,
+    /// Run with the process's clocks (wall and monotonic) offset by libfaketime, e.g. `+40s`
+    /// or `-40s` (libfaketime's `FAKETIME` syntax). None: the machine's clocks.
+    pub clock_offset: Option<String>,
+}
+
+/// libfaketime's preload library (Debian package `faketime`, which pulls in `libfaketime`).
+/// Panics with the package to install when it is absent: the clock-offset tests never skip.
+pub fn libfaketime() -> PathBuf {
+    let mut candidates = vec![
+        PathBuf::from("/usr/lib/faketime/libfaketime.so.1"),
+        PathBuf::from("/usr/local/lib/faketime/libfaketime.so.1"),
+    ];
+    // Debian and Ubuntu install it under the multiarch directory (/usr/lib/x86_64-linux-gnu).
+    if let Ok(dirs) = std::fs::read_dir("/usr/lib") {
+        for dir in dirs.flatten() {
+            candidates.push(dir.path().join("faketime/libfaketime.so.1"));
+        }
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "libfaketime.so.1 not found under /usr/lib/*/faketime or /usr/local/lib/faketime: \
+                 install it with `apt-get install faketime` (Debian package faketime)"
+            )
+        })
 }
 
 /// Starts one agentguard process for `ns`, logging to `<dir>/agentguard-<replica>.log`. It
@@ -614,6 +641,14 @@ pub fn spawn_agentguard(
                 .unwrap_or(&ns.cluster.kubeconfig),
         )
         .env("RUST_LOG", "info,agentguard=debug")
+        .envs(options.clock_offset.iter().flat_map(|offset| {
+            // libfaketime's default moves both clocks: CLOCK_REALTIME (what the process writes
+            // as renew times and logs) and CLOCK_MONOTONIC (what its timers and Instants read).
+            [
+                ("LD_PRELOAD", libfaketime().into_os_string()),
+                ("FAKETIME", offset.into()),
+            ]
+        }))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
