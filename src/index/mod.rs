@@ -23,6 +23,18 @@ use arc_swap::ArcSwap;
 
 use crate::policy::Snapshot;
 
+/// Objects per page when a watch lists. With kube's default of 500, listing 100,000 claims
+/// through the API server took about three times as long as in pages of 5,000 (each request
+/// has a fixed cost); client-go's informers list without pages at all. One page is held and
+/// decoded at a time.
+pub const LIST_PAGE_SIZE: u32 = 5000;
+
+/// The configuration every watch lists with: consistent lists (kube's default semantic, not
+/// `any_semantic`) in pages of [`LIST_PAGE_SIZE`].
+pub fn list_config() -> watcher::Config {
+    watcher::Config::default().page_size(LIST_PAGE_SIZE)
+}
+
 /// The current snapshot, shared between the watchers (writers) and the webhook (readers).
 #[derive(Debug, Clone)]
 pub struct SharedSnapshot(Arc<ArcSwap<Snapshot>>);
@@ -185,7 +197,7 @@ pub async fn run(
     // Consistent lists (kube's default semantic), not `any_semantic`: a resourceVersion=0 list
     // may come from a lagging API server's cache and miss a policy created just before, and
     // readiness must mean "judging with state at least as new as our start".
-    let cfg = watcher::Config::default();
+    let cfg = list_config();
     // Each watch starts over after an error and when the API server comes back, and records
     // its health: these hold global state, so a stale one makes the replica unready.
     let watch = |name: &str| (name.to_owned(), true, readiness.clone());

@@ -151,7 +151,7 @@ pub async fn run_snapshot_handles(
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
         let name = super::watch_objects::watch_name(&resource.group, &resource.plural);
         let mut stream = super::supervised(
-            move || watcher(api.clone(), watcher::Config::default()),
+            move || watcher(api.clone(), super::list_config()),
             name.clone(),
             false,
             readiness.clone(),

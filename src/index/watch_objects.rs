@@ -68,11 +68,11 @@ async fn watch_kind(
 ) {
     let api = Api::<SlimObject>::all_with(client, &resource);
     let name = watch_name(&resource.group, &resource.plural);
-    // A consistent list in pages of 500 (kube's default), not `any_semantic`: a
+    // A consistent list in pages of LIST_PAGE_SIZE, not `any_semantic`: a
     // resourceVersion=0 list may be served stale from a lagging API server's cache, and
     // readiness must mean the index is at least as new as our start.
     let mut stream = super::supervised(
-        move || watcher(api.clone(), watcher::Config::default()),
+        move || watcher(api.clone(), super::list_config()),
         name.clone(),
         false,
         readiness.clone(),

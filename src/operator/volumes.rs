@@ -36,7 +36,7 @@ pub async fn pin_volumes(
 ) {
     let api: Api<PersistentVolume> = Api::all(client);
     // No store of whole volumes: the index keeps each one's claim and reclaimPolicy.
-    let mut events = watcher(api.clone(), watcher::Config::default())
+    let mut events = watcher(api.clone(), crate::index::list_config())
         .default_backoff()
         .boxed();
     let mut tick = tokio::time::interval(PIN_INTERVAL);
