@@ -33,11 +33,15 @@ fi
 # Prometheus and promtool (alert rule tests, the dashboard's queries against a real Prometheus)
 # come from Debian's package; matplotlib draws the dashboard; the schema check installs its
 # npm packages into the cache itself.
-if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
-  log "installing Prometheus and promtool (Debian package prometheus)"
+# libfaketime offsets one replica's clocks in tests/e2e_leader.rs (Debian package faketime).
+debs=()
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || debs+=(prometheus)
+command -v faketime >/dev/null 2>&1 || debs+=(faketime)
+if ((${#debs[@]})); then
+  log "installing Debian packages: ${debs[*]}"
   SUDO=""; [[ $(id -u) == 0 ]] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${debs[@]}" >/dev/null
 fi
 if ! python3 -c 'import matplotlib' 2>/dev/null; then
   log "installing matplotlib from PyPI"
