@@ -16,6 +16,12 @@
 //!   leadership ends, rather than at the top of its next pass;
 //! - on shutdown the leader releases the lease (holder emptied), so another replica takes
 //!   over within one retry period instead of a lease duration.
+//!
+//! Why not a library's lease: kube-runtime 5 has no leader election, and kubert's
+//! `LeaseManager` judges a claim current by comparing the expiry the holder wrote
+//! (`renewTime + leaseDuration`) with the local wall clock (`Claim::is_current`), so a follower
+//! whose clock runs ahead takes a live lease, which is the failure this module exists to prevent
+//! (`tests/e2e_leader.rs` runs a follower 40 s ahead).
 
 use std::future::Future;
 use std::time::Duration;
