@@ -6,6 +6,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod api;
+pub mod catalog;
 pub mod certs;
 pub mod cli;
 pub mod error;
