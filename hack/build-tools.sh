@@ -7,13 +7,15 @@
 # PrometheusRule, cert-manager's Certificate and Issuer, with the ClusterIssuer and
 # CertificateRequest its controller watches) and the ones deletion-by-proxy rules act on (CSI
 # VolumeSnapshot, VolumeSnapshotContent, VolumeSnapshotClass; Velero Backup and
-# DeleteBackupRequest), and the wgpolicyk8s.io PolicyReport CRDs agentguard writes (as Kyverno
-# ships them). Reuses what is already there; rebuilds what is
+# DeleteBackupRequest), the wgpolicyk8s.io PolicyReport CRDs agentguard writes (as Kyverno
+# ships them), and published CRDs of data-holding kinds from catalog/data-kinds.yaml
+# (CloudNativePG's Cluster, ACK's S3 Bucket). Reuses what is already there; rebuilds what is
 # missing. Prints the bin directory last.
 #
 #   hack/build-tools.sh               build what is missing, print the bin directory
 #   hack/build-tools.sh --print       only print the bin directory (no build)
 #   hack/build-tools.sh --print-crds  only print the third-party CRD directory (no build)
+#   hack/build-tools.sh --print-catalog-crds  only print the catalog kinds' CRD directory
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.36.3}"
@@ -25,10 +27,14 @@ CERT_MANAGER_VERSION="${CERT_MANAGER_VERSION:-v1.21.2}"
 SNAPSHOTTER_VERSION="${SNAPSHOTTER_VERSION:-v8.7.0}"
 VELERO_VERSION="${VELERO_VERSION:-v1.18.3}"
 KYVERNO_VERSION="${KYVERNO_VERSION:-v1.19.1}"
+# Published CRDs of data-holding kinds (catalog/data-kinds.yaml names the same module@version).
+CNPG_VERSION="${CNPG_VERSION:-v1.27.0}"
+ACK_S3_VERSION="${ACK_S3_VERSION:-v1.14.0}"
 
 CACHE="${AGENTGUARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentguard}"
 BIN="$CACHE/tools/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"
 
+CATALOG_CRDS="$CACHE/tools/crds-catalog-cloudnative-pg-$CNPG_VERSION-ack-s3-$ACK_S3_VERSION"
 CRDS="$CACHE/tools/crds-prometheus-operator-$PROMETHEUS_OPERATOR_VERSION-cert-manager-$CERT_MANAGER_VERSION-snapshotter-$SNAPSHOTTER_VERSION-velero-$VELERO_VERSION-kyverno-$KYVERNO_VERSION"
 
 if [[ "${1:-}" == "--print" ]]; then
@@ -37,6 +43,10 @@ if [[ "${1:-}" == "--print" ]]; then
 fi
 if [[ "${1:-}" == "--print-crds" ]]; then
   echo "$CRDS"
+  exit 0
+fi
+if [[ "${1:-}" == "--print-catalog-crds" ]]; then
+  echo "$CATALOG_CRDS"
   exit 0
 fi
 
@@ -197,8 +207,25 @@ have etcd || build_etcd
 { have kube-apiserver && have kube-controller-manager && have kubectl; } || build_kubernetes
 have helm || build_helm
 have cert-manager-controller || build_cert_manager
+# Copies the published CRDs of the catalog kinds the end-to-end tests install, exactly as
+# each project ships them in its Go module, into $CATALOG_CRDS.
+fetch_catalog_crds() {
+  log "fetching published CRDs of data-holding kinds (CloudNativePG, ACK S3)"
+  local tmp="$CATALOG_CRDS.tmp" dir
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  dir=$(cd "$tmp" && go mod download -json "github.com/cloudnative-pg/cloudnative-pg@$CNPG_VERSION" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  cp "$dir/config/crd/bases/postgresql.cnpg.io_clusters.yaml" "$tmp/"
+  dir=$(cd "$tmp" && go mod download -json "github.com/aws-controllers-k8s/s3-controller@$ACK_S3_VERSION" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  cp "$dir/config/crd/bases/s3.services.k8s.aws_buckets.yaml" "$tmp/"
+  chmod 0644 "$tmp"/*.yaml
+  rm -rf "$CATALOG_CRDS" && mv "$tmp" "$CATALOG_CRDS"
+}
+
 # The last files each version of fetch_crds added: a cache filled before them is refetched.
 { [[ -f "$CRDS/wgpolicyk8s.io_clusterpolicyreports.yaml" ]] \
   && [[ -f "$CRDS/cert-manager.io_certificaterequests.yaml" ]]; } || fetch_crds
+[[ -f "$CATALOG_CRDS/s3.services.k8s.aws_buckets.yaml" ]] || fetch_catalog_crds
 log "tools ready in $BIN"
 echo "$BIN"

@@ -111,11 +111,116 @@ impl Switch {
     }
 }
 
+/// One value a switch can have, as the catalog writes it: quotes and case do not count.
+fn token(text: &str) -> String {
+    text.trim().trim_matches('"').to_ascii_lowercase()
+}
+
+/// The values a catalog entry lists (a scalar or a list of scalars), as tokens; None when one
+/// of them is a description rather than a value ("smaller value", "shortened ...").
+fn tokens(value: &Value) -> Option<Vec<String>> {
+    let one = |v: &Value| match v {
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) if s.trim() == ANY_OTHER => Some(ANY_OTHER.to_owned()),
+        Value::String(s)
+            if !s.trim().is_empty() && !s.contains(char::is_whitespace) && !s.contains('(') =>
+        {
+            Some(token(s))
+        }
+        _ => None,
+    };
+    match value {
+        Value::Array(items) => items.iter().map(one).collect(),
+        scalar => one(scalar).map(|t| vec![t]),
+    }
+}
+
+/// In `dangerous`: every value `safe` does not list.
+const ANY_OTHER: &str = "any other value";
+/// In `safe` or `dangerous`: the field or annotation is not set (or, with `contains`, the
+/// entry is not in the list).
+const ABSENT: &str = "absent";
+/// With `contains`: the entry is in the list.
+const PRESENT: &str = "present";
+
+impl Switch {
+    /// Whether a value (None: absent) is dangerous, or None when the catalog describes the
+    /// danger in words (a comparison of old and new that no rule makes yet).
+    pub fn is_dangerous(&self, value: Option<&str>) -> Option<bool> {
+        let dangerous = tokens(&self.dangerous)?;
+        let value = value.map(token);
+        let listed = |t: &str| dangerous.iter().any(|d| d == t);
+        Some(match value {
+            None => listed(ABSENT),
+            Some(v) => {
+                listed(&v)
+                    || (listed(ANY_OTHER)
+                        && v != ABSENT
+                        && tokens(&self.safe).is_some_and(|safe| !safe.contains(&v)))
+            }
+        })
+    }
+
+    /// Whether rules can read this switch (its dangerous values are values, not words).
+    pub fn checkable(&self) -> bool {
+        tokens(&self.dangerous).is_some()
+            && self
+                .path
+                .as_deref()
+                .is_none_or(|p| !p.contains(['[', '<', ' ', '/']))
+            && self
+                .annotation
+                .as_deref()
+                .is_none_or(|a| !a.contains(['<', ' ']))
+    }
+
+    /// The switch's value on an object (its metadata and the rest of its body), as the
+    /// catalog's tokens name it: a field's or annotation's value, `present` for a list entry;
+    /// None when absent.
+    pub fn value_on(
+        &self,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        body: &Value,
+    ) -> Option<String> {
+        if let Some(key) = &self.annotation {
+            return meta.annotations.as_ref()?.get(key).cloned();
+        }
+        let path = self.path.as_deref()?;
+        if let Some(entry) = &self.contains {
+            let present = if path == "metadata.finalizers" {
+                meta.finalizers.iter().flatten().any(|f| f == entry)
+            } else {
+                let pointer = format!("/{}", path.replace('.', "/"));
+                body.pointer(&pointer)
+                    .and_then(Value::as_array)
+                    .is_some_and(|l| l.iter().any(|v| v.as_str() == Some(entry)))
+            };
+            return present.then(|| PRESENT.to_owned());
+        }
+        let pointer = format!("/{}", path.replace('.', "/"));
+        match body.pointer(&pointer)? {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        }
+    }
+}
+
 /// The compiled-in catalog. Checked by the unit tests, so parsing cannot fail at run time.
 pub fn catalog() -> &'static Catalog {
     static CATALOG: LazyLock<Catalog> =
         LazyLock::new(|| parse(SOURCE).expect("catalog/data-kinds.yaml is checked by its tests"));
     &CATALOG
+}
+
+impl Catalog {
+    /// The catalog's entry for (group, kind), if any.
+    pub fn kind(&self, group: &str, kind: &str) -> Option<&DataKind> {
+        self.kinds
+            .iter()
+            .find(|k| k.group == group && k.kind == kind)
+    }
 }
 
 /// Parses and checks a catalog: every kind once, versions given, every switch names exactly
@@ -160,17 +265,24 @@ pub fn parse(text: &str) -> Result<Catalog, String> {
     Ok(catalog)
 }
 
-/// The README's catalog table: one row per kind.
+/// The README's catalog table: one row per kind. A switch is guarded when its dangerous values
+/// are values a rule can read (an agent turning it needs an approval); the others are described
+/// in the file (a comparison of old and new no rule makes yet).
 pub fn markdown_table(catalog: &Catalog) -> String {
     let mut out = String::from(
-        "| family | kind | versions | switches | CRD for tests | confidence |\n| --- | --- | --- | --- | --- | --- |\n",
+        "| family | kind | versions | switches guarded | switches described only | CRD for tests | confidence |\n| --- | --- | --- | --- | --- | --- | --- |\n",
     );
+    let list = |switches: Vec<&Switch>| {
+        if switches.is_empty() {
+            "none".to_owned()
+        } else {
+            let names: Vec<String> = switches.iter().map(|s| format!("`{}`", s.name())).collect();
+            names.join(", ")
+        }
+    };
     for k in &catalog.kinds {
-        let switches: Vec<String> = k
-            .switches
-            .iter()
-            .map(|s| format!("`{}`", s.name()))
-            .collect();
+        let (guarded, described): (Vec<&Switch>, Vec<&Switch>) =
+            k.switches.iter().partition(|s| s.checkable());
         let crd = if k.crd.published {
             format!(
                 "published ({}@{})",
@@ -181,16 +293,13 @@ pub fn markdown_table(catalog: &Catalog) -> String {
             "hand-written".to_owned()
         };
         out.push_str(&format!(
-            "| {} | `{}.{}` | {} | {} | {} | {:?} |\n",
+            "| {} | `{}.{}` | {} | {} | {} | {} | {:?} |\n",
             k.family,
             k.kind,
             k.group,
             k.versions.join(", "),
-            if switches.is_empty() {
-                "none".to_owned()
-            } else {
-                switches.join(", ")
-            },
+            list(guarded),
+            list(described),
             crd,
             k.confidence
         ));
@@ -227,6 +336,54 @@ mod tests {
         ] {
             assert!(families.contains(family), "{family} missing");
         }
+    }
+
+    #[test]
+    fn switch_values_are_read_as_the_catalog_writes_them() {
+        let switch = |safe: Value, dangerous: Value| Switch {
+            path: Some("spec.x".into()),
+            annotation: None,
+            contains: None,
+            effect: Effect::ProtectionOff,
+            safe,
+            dangerous,
+            default: None,
+            meaning: None,
+        };
+        let s = switch(
+            serde_json::json!("\"false\""),
+            serde_json::json!(["\"true\"", "absent"]),
+        );
+        assert!(s.checkable());
+        assert_eq!(s.is_dangerous(Some("true")), Some(true));
+        assert_eq!(s.is_dangerous(Some("True")), Some(true));
+        assert_eq!(s.is_dangerous(None), Some(true));
+        assert_eq!(s.is_dangerous(Some("false")), Some(false));
+        let s = switch(
+            serde_json::json!("abandon"),
+            serde_json::json!(["absent", "any other value"]),
+        );
+        assert_eq!(s.is_dangerous(Some("abandon")), Some(false));
+        assert_eq!(s.is_dangerous(Some("delete")), Some(true));
+        assert_eq!(s.is_dangerous(None), Some(true));
+        let s = switch(serde_json::json!(false), serde_json::json!(true));
+        assert_eq!(s.is_dangerous(Some("true")), Some(true));
+        assert_eq!(s.is_dangerous(None), Some(false));
+        // Words, not values: no rule reads it.
+        let s = switch(
+            serde_json::json!("(unchanged or longer)"),
+            serde_json::json!("shortened value"),
+        );
+        assert!(!s.checkable());
+        assert_eq!(s.is_dangerous(Some("1d")), None);
+        // A field inside a list is not a path a rule reads yet.
+        let mut s = switch(serde_json::json!(false), serde_json::json!(true));
+        s.path = Some("spec.backup.schedule[].keep".into());
+        assert!(!s.checkable());
+        // Most of the catalog's switches are guarded.
+        let all: Vec<&Switch> = catalog().kinds.iter().flat_map(|k| &k.switches).collect();
+        let guarded = all.iter().filter(|s| s.checkable()).count();
+        assert!(guarded * 4 >= all.len() * 3, "{guarded} of {}", all.len());
     }
 
     #[test]

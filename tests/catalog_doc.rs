@@ -1,6 +1,7 @@
 //! The README's catalog table is rendered from `catalog/data-kinds.yaml` (compiled in): every
 //! kind once, with its switches, where its CRD in the tests comes from, and how sure the
-//! research is. On a mismatch the test prints the table to paste.
+//! research is. On a mismatch the test prints the table to paste. The published CRDs the
+//! end-to-end tests install come from the module versions the catalog names.
 
 const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
 const START: &str = "<!-- catalog:start -->\n";
@@ -19,4 +20,33 @@ fn readme_catalog_table_matches_the_catalog() {
         readme[start..end] == want,
         "README's catalog table is out of date; paste between the markers:\n{want}"
     );
+}
+
+#[test]
+fn build_tools_fetch_the_crds_the_catalog_names() {
+    let script =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/build-tools.sh"))
+            .unwrap();
+    let catalog = agentguard::catalog::catalog();
+    for (group, kind, variable) in [
+        ("postgresql.cnpg.io", "Cluster", "CNPG_VERSION"),
+        ("s3.services.k8s.aws", "Bucket", "ACK_S3_VERSION"),
+    ] {
+        let crd = &catalog.kind(group, kind).expect("in the catalog").crd;
+        assert!(crd.published, "{kind}.{group}");
+        let (module, version, file) = (
+            crd.module.as_deref().unwrap(),
+            crd.version.as_deref().unwrap(),
+            crd.file.as_deref().unwrap(),
+        );
+        assert!(
+            script.contains(&format!("{variable}=\"${{{variable}:-{version}}}\"")),
+            "hack/build-tools.sh does not pin {variable} to {version}"
+        );
+        assert!(
+            script.contains(&format!("{module}@${variable}")),
+            "{module}"
+        );
+        assert!(script.contains(&format!("$dir/{file}")), "{file}");
+    }
 }

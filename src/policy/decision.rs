@@ -1139,7 +1139,8 @@ fn judge(j: Judged<'_, '_>) -> Decision {
 }
 
 /// A write after which another component deletes protected data (a row of
-/// [`super::proxy::RULES`]), judged like a deletion of the data it reaches. The approval that
+/// [`super::proxy::RULES`], or a switch of the data-holding catalog turned dangerous), judged
+/// like a deletion of the data it reaches. The approval that
 /// counts is the one already stored on the object: one written in the same request has not
 /// been checked, and a new object (a Velero DeleteBackupRequest) carries none.
 fn deletion_by_proxy(
@@ -1163,9 +1164,20 @@ fn deletion_by_proxy(
         subresource: req.sub_resource.as_deref().unwrap_or_default(),
     };
     let mut first = None;
-    for (rule, reach) in super::proxy::matching_all(&target, old, new) {
+    let rules = super::proxy::matching_all(&target, old, new)
+        .map(|(rule, reach)| (rule.id.to_owned(), rule.action.to_owned(), reach));
+    // The catalog's switches: a database's own protection turned off, or its deletion made to
+    // take its backups or final snapshot too, is judged like deleting it.
+    let switches = super::proxy::catalog_switches_turned(&target, old, new)
+        .into_iter()
+        .map(|turned| {
+            let value = turned.value.as_deref().unwrap_or("removed");
+            let action = format!("update ({}: {value})", turned.switch.name());
+            ("catalog-switch".to_owned(), action, Reach::Itself)
+        });
+    for (id, action, reach) in rules.chain(switches) {
         let decision = judge_proxy(
-            req, snapshot, objects, now, object, username, groups, rule, &reach,
+            req, snapshot, objects, now, object, username, groups, &id, &action, &reach,
         );
         match decision {
             Some(d) if d.verdict == Verdict::Deny => return Some(d),
@@ -1186,7 +1198,8 @@ fn judge_proxy(
     object: &ObjectRef,
     username: &str,
     groups: &[String],
-    rule: &super::proxy::ProxyRule,
+    id: &str,
+    rule_action: &str,
     reach: &Reach,
 ) -> Option<Decision> {
     let new = req.object.as_ref()?;
@@ -1253,11 +1266,11 @@ fn judge_proxy(
     };
     // The same change made when the object is created sets up the same deletion: the verb
     // says which it was.
-    let action = match rule.action.split_once(" (") {
+    let action = match rule_action.split_once(" (") {
         Some(("update" | "write", rest)) => {
             format!("{} ({rest}", if creating { "create" } else { "update" })
         }
-        _ => rule.action.to_owned(),
+        _ => rule_action.to_owned(),
     };
     let mut decision = judge(Judged {
         snapshot,
@@ -1270,7 +1283,7 @@ fn judge_proxy(
         approval_on: if creating { &unapproved } else { current },
         action: &action,
     });
-    decision.reason = format!("{} (by proxy: {})", decision.reason, rule.id);
+    decision.reason = format!("{} (by proxy: {id})", decision.reason);
     Some(decision)
 }
 
@@ -2212,6 +2225,120 @@ pub(crate) mod tests {
         assert_eq!(
             decide(&human.build(), &snap, &OneClaim, now()).verdict,
             Verdict::Allow
+        );
+    }
+
+    /// The data-holding catalog's switches: an agent turning a protected database's own
+    /// protection off, or making its deletion take its final snapshot, is refused like deleting
+    /// it; turning it back on, an unchanged switch, a human, an unprotected database: allowed.
+    #[test]
+    fn catalog_switches_turned_dangerous_on_a_protected_database_are_refused() {
+        let snap = snapshot(vec![], &[]);
+        let db = |annotations: Value| {
+            let mut a = json!({"agentguard.dev/protected": "true"});
+            a.as_object_mut()
+                .unwrap()
+                .extend(annotations.as_object().unwrap().clone());
+            json!({"apiVersion": "rds.services.k8s.aws/v1alpha1", "kind": "DBInstance",
+                "metadata": {"name": "orders", "namespace": "prod", "uid": "uid-db", "annotations": a},
+                "spec": {"dbInstanceIdentifier": "orders"}})
+        };
+        let kind = ("rds.services.k8s.aws", "DBInstance", "dbinstances");
+        let keep = json!({"rds.services.k8s.aws/skip-final-snapshot": "false", "services.k8s.aws/deletion-policy": "retain"});
+        let req = |user: &str, old: Value, new: Value| Req {
+            kind,
+            name: "orders".into(),
+            ..Req::update(user, old, new)
+        };
+        // The final snapshot skipped.
+        let skip = json!({"rds.services.k8s.aws/skip-final-snapshot": "true", "services.k8s.aws/deletion-policy": "retain"});
+        let d = req(AGENT, db(keep.clone()), db(skip.clone())).decide(&snap);
+        assert_eq!(d.verdict, Verdict::Deny, "{}", d.reason);
+        assert!(
+            d.reason.contains("by proxy: catalog-switch"),
+            "{}",
+            d.reason
+        );
+        assert!(
+            d.message.as_deref().unwrap().starts_with(&format!(
+                "agentguard: DENIED update (annotation rds.services.k8s.aws/skip-final-snapshot: true) of DBInstance prod/orders by {AGENT}."
+            )),
+            "{:?}",
+            d.message
+        );
+        // The annotation that skips nothing removed: absent means skip for ACK's RDS.
+        let removed = json!({"services.k8s.aws/deletion-policy": "retain"});
+        let d = req(AGENT, db(keep.clone()), db(removed)).decide(&snap);
+        assert_eq!(d.verdict, Verdict::Deny, "{}", d.reason);
+        // Retain switched to delete.
+        let delete = json!({"rds.services.k8s.aws/skip-final-snapshot": "false", "services.k8s.aws/deletion-policy": "delete"});
+        assert_eq!(
+            req(AGENT, db(keep.clone()), db(delete))
+                .decide(&snap)
+                .verdict,
+            Verdict::Deny
+        );
+        // Made safer, or left as it was: not a deletion by proxy.
+        assert_eq!(
+            req(AGENT, db(skip.clone()), db(keep.clone()))
+                .decide(&snap)
+                .verdict,
+            Verdict::Allow
+        );
+        assert_eq!(
+            req(AGENT, db(skip.clone()), db(skip.clone()))
+                .decide(&snap)
+                .verdict,
+            Verdict::Allow
+        );
+        // A human may.
+        assert_eq!(
+            req("alice", db(keep.clone()), db(skip.clone()))
+                .decide(&snap)
+                .verdict,
+            Verdict::Allow
+        );
+        // An unprotected database: not agentguard's to guard.
+        let unprotected = |a: Value| {
+            let mut o = db(a);
+            o["metadata"]["annotations"]
+                .as_object_mut()
+                .unwrap()
+                .remove("agentguard.dev/protected");
+            o
+        };
+        assert_eq!(
+            req(AGENT, unprotected(keep.clone()), unprotected(skip))
+                .decide(&snap)
+                .verdict,
+            Verdict::Allow
+        );
+        // A finalizer that makes the operator delete the claims with the cluster.
+        let pxc = |finalizers: Value| {
+            json!({"apiVersion": "pxc.percona.com/v1", "kind": "PerconaXtraDBCluster",
+                "metadata": {"name": "orders", "namespace": "prod", "uid": "uid-pxc",
+                    "annotations": {"agentguard.dev/protected": "true"}, "finalizers": finalizers},
+                "spec": {}})
+        };
+        let d = Req {
+            kind: (
+                "pxc.percona.com",
+                "PerconaXtraDBCluster",
+                "perconaxtradbclusters",
+            ),
+            name: "orders".into(),
+            ..Req::update(
+                AGENT,
+                pxc(json!([])),
+                pxc(json!(["percona.com/delete-pxc-pvc"])),
+            )
+        }
+        .decide(&snap);
+        assert_eq!(d.verdict, Verdict::Deny, "{}", d.reason);
+        assert!(
+            d.message
+                .unwrap()
+                .contains("update (finalizer percona.com/delete-pxc-pvc: present)")
         );
     }
 

@@ -374,6 +374,47 @@ pub fn matching_all<'r>(
         .filter_map(move |rule| Some((rule, rule.reach(target, old, new)?)))
 }
 
+/// A switch of the data-holding catalog (`catalog/data-kinds.yaml`) that an UPDATE turns
+/// dangerous, with its new value (None: removed).
+#[derive(Debug)]
+pub struct SwitchTurned {
+    pub switch: &'static crate::catalog::Switch,
+    pub value: Option<String>,
+}
+
+/// The catalog switches of the request's kind that this UPDATE turns from safe to dangerous:
+/// deleting the object would then destroy more (its final snapshot, its backups, its claims),
+/// or the provider's own deletion protection is now off. A switch that was dangerous already
+/// is not this request's doing. A write to a subresource (`status`) cannot change them.
+pub fn catalog_switches_turned(
+    target: &Target<'_>,
+    old: Option<&DynamicObject>,
+    new: &DynamicObject,
+) -> Vec<SwitchTurned> {
+    let Some(old) = old else { return Vec::new() };
+    if target.creating || !target.subresource.is_empty() {
+        return Vec::new();
+    }
+    let Some(entry) = crate::catalog::catalog().kind(target.group, target.kind) else {
+        return Vec::new();
+    };
+    entry
+        .switches
+        .iter()
+        .filter(|s| s.checkable())
+        .filter_map(|switch| {
+            let before = switch.value_on(&old.metadata, &old.data);
+            let after = switch.value_on(&new.metadata, &new.data);
+            let turned = switch.is_dangerous(after.as_deref()) == Some(true)
+                && switch.is_dangerous(before.as_deref()) == Some(false);
+            turned.then_some(SwitchTurned {
+                switch,
+                value: after,
+            })
+        })
+        .collect()
+}
+
 fn str_at<'o>(obj: &'o DynamicObject, pointer: &str) -> Option<&'o str> {
     obj.data.pointer(pointer).and_then(Value::as_str)
 }

@@ -1,0 +1,134 @@
+//! End-to-end: the switches of the data-holding catalog (`catalog/data-kinds.yaml`), on the
+//! published CRDs of CloudNativePG's `Cluster` and ACK's S3 `Bucket` (hack/build-tools.sh copies
+//! them from the projects' Go modules). An agent with `edit` on those kinds may not turn a
+//! protected database's switches dangerous (the Cluster's volume snapshots made its own, so they
+//! go with it; the bucket's deletion policy moved from retain to delete), through the
+//! configuration agentguard writes. A harmless change goes through, a human may make the
+//! change, and a human's approval lets the agent make it. Requires `hack/cluster.sh up`; fails
+//! (never skips) without a control plane.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use support::{Cluster, Guard, TestNamespace, stderr};
+
+fn install_catalog_crds(cluster: &Cluster) {
+    let out = Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("hack/build-tools.sh"))
+        .arg("--print-catalog-crds")
+        .output()
+        .expect("run hack/build-tools.sh --print-catalog-crds");
+    let dir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert!(
+        dir.join("s3.services.k8s.aws_buckets.yaml").exists(),
+        "no catalog CRDs in {}: run hack/build-tools.sh",
+        dir.display()
+    );
+    cluster.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        dir.to_str().unwrap(),
+    ]);
+    cluster.wait_established(&[
+        "crd/clusters.postgresql.cnpg.io",
+        "crd/buckets.s3.services.k8s.aws",
+    ]);
+}
+
+#[test]
+fn an_agent_cannot_turn_a_protected_databases_switches_dangerous() {
+    let cluster = Cluster::connect();
+    install_catalog_crds(&cluster);
+    let ns = TestNamespace::create(&cluster, "catalog");
+    let agent = ns.agent("cursor-agent");
+    ns.grant("cursor-agent", "clusters.postgresql.cnpg.io");
+    ns.grant("cursor-agent", "buckets.s3.services.k8s.aws");
+    cluster.apply(&format!(
+        "apiVersion: agentguard.dev/v1alpha1\nkind: ProtectedResource\nmetadata:\n  name: databases\n  namespace: {ns}\nspec:\n  targets:\n\
+         \x20   - {{apiGroups: [postgresql.cnpg.io], kinds: [Cluster]}}\n\
+         \x20   - {{apiGroups: [s3.services.k8s.aws], kinds: [Bucket]}}\n---\n\
+         apiVersion: postgresql.cnpg.io/v1\nkind: Cluster\nmetadata:\n  name: orders\n  namespace: {ns}\nspec:\n  instances: 1\n  storage: {{size: 1Gi}}\n---\n\
+         apiVersion: s3.services.k8s.aws/v1alpha1\nkind: Bucket\nmetadata:\n  name: assets\n  namespace: {ns}\n  annotations:\n    services.k8s.aws/deletion-policy: retain\nspec:\n  name: assets\n",
+        ns = ns.name
+    ));
+    let _guard = Guard::start(&ns, &agent);
+    ns.wait_policy_ready("databases");
+
+    // The Cluster's volume snapshots owned by the Cluster: deleting it would take them too.
+    let owned_snapshots = [
+        "patch",
+        "clusters.postgresql.cnpg.io",
+        "orders",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"backup":{"volumeSnapshot":{"snapshotOwnerReference":"cluster"}}}}"#,
+    ];
+    let out = ns.kubectl_as(&agent, &owned_snapshots);
+    assert!(!out.status.success(), "the agent's patch went through");
+    assert!(
+        stderr(&out).contains(&format!(
+            "agentguard: DENIED update (spec.backup.volumeSnapshot.snapshotOwnerReference: cluster) of Cluster {}/orders by {agent}.",
+            ns.name
+        )),
+        "{}",
+        stderr(&out)
+    );
+    // The bucket's deletion policy from retain to delete: ACK would delete the bucket itself.
+    let delete_policy = [
+        "annotate",
+        "--overwrite",
+        "buckets.s3.services.k8s.aws",
+        "assets",
+        "services.k8s.aws/deletion-policy=delete",
+    ];
+    let out = ns.kubectl_as(&agent, &delete_policy);
+    assert!(!out.status.success(), "the agent's annotation went through");
+    assert!(
+        stderr(&out).contains("agentguard: DENIED update (annotation services.k8s.aws/deletion-policy: delete) of Bucket"),
+        "{}",
+        stderr(&out)
+    );
+    // A change that leaves every switch as it was goes through.
+    let out = ns.kubectl_as(
+        &agent,
+        &[
+            "label",
+            "clusters.postgresql.cnpg.io",
+            "orders",
+            "team=payments",
+        ],
+    );
+    assert!(out.status.success(), "a harmless label: {}", stderr(&out));
+
+    // A human's approval of the bucket lets the agent change it.
+    let approve = Command::new(env!("CARGO_BIN_EXE_kubectl-agentguard"))
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args([
+            "-n",
+            &ns.name,
+            "approve",
+            "buckets.s3.services.k8s.aws/assets",
+            "--for",
+            "10m",
+        ])
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("run kubectl-agentguard");
+    assert!(approve.status.success(), "approve: {}", stderr(&approve));
+    let out = ns.kubectl_as(&agent, &delete_policy);
+    assert!(out.status.success(), "approved: {}", stderr(&out));
+    // A human may make the change without one.
+    let out = ns.kubectl(&owned_snapshots);
+    assert!(out.status.success(), "the human's patch: {}", stderr(&out));
+    // The protected objects are still there.
+    for object in [
+        "clusters.postgresql.cnpg.io/orders",
+        "buckets.s3.services.k8s.aws/assets",
+    ] {
+        ns.kubectl_ok(&["get", object]);
+    }
+}
