@@ -307,6 +307,24 @@ pub fn markdown_table(catalog: &Catalog) -> String {
     out
 }
 
+/// The chart's ClusterRole rules that let agentguard list and watch every catalog kind, one per
+/// group (`charts/agentguard/templates/rbac.yaml` holds them between markers; a test checks).
+pub fn rbac_rules(catalog: &Catalog) -> String {
+    let mut by_group: std::collections::BTreeMap<&str, BTreeSet<&str>> = Default::default();
+    for k in &catalog.kinds {
+        by_group.entry(&k.group).or_default().insert(&k.plural);
+    }
+    let mut out = String::new();
+    for (group, plurals) in by_group {
+        let plurals: Vec<&str> = plurals.into_iter().collect();
+        out.push_str(&format!(
+            "  - apiGroups: [{group}]\n    resources: [{}]\n    verbs: [list, watch]\n",
+            plurals.join(", ")
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,3 +50,20 @@ fn build_tools_fetch_the_crds_the_catalog_names() {
         assert!(script.contains(&format!("$dir/{file}")), "{file}");
     }
 }
+
+#[test]
+fn the_charts_role_may_watch_every_catalog_kind() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/agentguard/templates/rbac.yaml"
+    );
+    let rbac = std::fs::read_to_string(path).unwrap();
+    let (start, end) = ("  # catalog:start\n", "  # catalog:end");
+    let from = rbac.find(start).expect("rbac.yaml has # catalog:start") + start.len();
+    let to = rbac.find(end).expect("rbac.yaml has # catalog:end");
+    let want = agentguard::catalog::rbac_rules(agentguard::catalog::catalog());
+    assert!(
+        rbac[from..to] == want,
+        "charts/agentguard/templates/rbac.yaml's catalog rules are out of date; paste between the markers:\n{want}"
+    );
+}

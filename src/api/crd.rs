@@ -36,16 +36,25 @@ pub enum Mode {
     Enforce,
 }
 
-/// Objects a policy protects: a kind in one of the API groups, narrowed by optional filters.
+/// Objects a policy protects: a kind in one of the API groups (or every kind of the
+/// data-holding catalog), narrowed by optional filters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.catalog) || (has(self.apiGroups) && size(self.apiGroups) > 0)").message("apiGroups must list at least one group (\"\" is the core group), unless the target names catalog").field_path(".apiGroups"))]
+#[x_kube(validation = Rule::new("has(self.catalog) || (has(self.kinds) && size(self.kinds) > 0)").message("kinds must list at least one kind, unless the target names catalog").field_path(".kinds"))]
+#[x_kube(validation = Rule::new("!has(self.catalog) || (!has(self.apiGroups) && !has(self.kinds))").message("a target names catalog or apiGroups and kinds, not both"))]
 pub struct Target {
-    /// API groups; "" is the core group.
-    #[schemars(length(min = 1))]
+    /// API groups; "" is the core group. Required unless `catalog` is set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub api_groups: Vec<String>,
-    /// Kinds, e.g. PersistentVolumeClaim.
-    #[schemars(length(min = 1))]
+    /// Kinds, e.g. PersistentVolumeClaim. Required unless `catalog` is set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kinds: Vec<String>,
+    /// Every kind of agentguard's catalog of data-holding kinds (databases, buckets, backups:
+    /// `catalog/data-kinds.yaml`) that the API server serves, instead of `apiGroups` and
+    /// `kinds`. A kind whose CRD is installed later is protected within seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<CatalogTarget>,
     /// Object name globs; empty means every name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<String>,
@@ -55,6 +64,18 @@ pub struct Target {
     /// Namespace globs (ClusterProtectedResource only); empty means every namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
+}
+
+/// Which families of the data-holding catalog a target covers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogTarget {
+    /// Families to cover (e.g. `cloudnative-pg`, `ack-rds`); empty means every family.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub families: Vec<String>,
+    /// Families left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_families: Vec<String>,
 }
 
 /// Who a policy restricts, instead of the global agent definition.
@@ -230,9 +251,21 @@ impl Target {
         Self {
             api_groups: api_groups.iter().map(|s| s.to_string()).collect(),
             kinds: kinds.iter().map(|s| s.to_string()).collect(),
+            catalog: None,
             names: vec![],
             selector: None,
             namespaces: vec![],
+        }
+    }
+
+    /// Every kind of the data-holding catalog's families (all when empty).
+    pub fn catalog(families: &[&str], exclude_families: &[&str]) -> Self {
+        Self {
+            catalog: Some(CatalogTarget {
+                families: families.iter().map(|s| s.to_string()).collect(),
+                exclude_families: exclude_families.iter().map(|s| s.to_string()).collect(),
+            }),
+            ..Self::kinds(&[], &[])
         }
     }
 }

@@ -32,7 +32,7 @@ pub const ANNOTATION_POLICY: &str = "annotation";
 mod crd;
 
 pub use crd::{
-    ApprovalSpec, Approvers, ClusterProtectedResource, ClusterProtectedResourceSpec,
+    ApprovalSpec, Approvers, CatalogTarget, ClusterProtectedResource, ClusterProtectedResourceSpec,
     DeletionRequest, DeletionRequestSpec, DeletionRequestStatus, LastBlocked, Mode,
     ProtectedResource, ProtectedResourceSpec, ProtectionSpec, ProtectionStatus, RequestState,
     RequestTarget, Subjects, Target, crd_yaml,

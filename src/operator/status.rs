@@ -92,8 +92,14 @@ async fn count_protected(
 ) -> Result<Count, Vec<String>> {
     let mut problems = Vec::new();
     let mut not_yet = Vec::new();
+    // Catalog kinds the API server does not serve: their CRDs are simply not installed.
+    let mut catalog_unserved = 0;
     for (group, kind) in policy.kinds() {
         let Some((resource, _)) = resolver.resolve(client, &group, &kind).await else {
+            if policy.from_catalog_only(&group, &kind) {
+                catalog_unserved += 1;
+                continue;
+            }
             let shown = if group.is_empty() {
                 "the core group".to_owned()
             } else {
@@ -139,10 +145,18 @@ async fn count_protected(
     // Some targeted kinds served: the policy protects those, and says which are missing (the
     // default policy names VolumeSnapshots, which many clusters do not serve). None served:
     // it protects nothing, and is not Ready.
-    if problems.len() < policy.kinds().count() {
+    // A catalog target is in force even while none of its kinds is served: each is protected
+    // as soon as its CRD is installed.
+    if problems.len() < policy.kinds().count() - catalog_unserved || catalog_unserved > 0 {
+        let mut unserved = problems;
+        if catalog_unserved > 0 {
+            unserved.push(format!(
+                "{catalog_unserved} catalog kinds not served (each is protected once its CRD is installed)"
+            ));
+        }
         Ok(Count {
             total,
-            unserved: problems,
+            unserved,
             not_yet,
         })
     } else {

@@ -75,6 +75,9 @@ struct CompiledTarget {
     /// The label keys the selector reads: all an index needs to keep of an object's labels.
     label_keys: BTreeSet<String>,
     namespaces: GlobList,
+    /// From a `catalog` target: its kinds are protected where the API server serves them, and
+    /// one not served is no problem (its CRD is simply not installed).
+    from_catalog: bool,
 }
 
 /// Who may approve for a policy that names its approvers.
@@ -137,6 +140,16 @@ impl CompiledPolicy {
             .flat_map(|t| t.label_keys.iter().map(String::as_str))
     }
 
+    /// Whether (group, kind) comes only from `catalog` targets: not served is then no problem.
+    pub fn from_catalog_only(&self, group: &str, kind: &str) -> bool {
+        let mut naming = self
+            .targets
+            .iter()
+            .filter(|t| t.groups.contains(group) && t.kinds.contains(kind))
+            .peekable();
+        naming.peek().is_some() && naming.all(|t| t.from_catalog)
+    }
+
     pub fn kinds(&self) -> impl Iterator<Item = (String, String)> + '_ {
         self.targets.iter().flat_map(|t| {
             t.groups
@@ -156,13 +169,35 @@ pub fn compile(id: PolicyRef, spec: &ProtectionSpec) -> Result<CompiledPolicy, V
     let mut targets = Vec::new();
     for (i, t) in spec.targets.iter().enumerate() {
         let at = format!("spec.targets[{i}]");
-        if t.api_groups.is_empty() {
-            errors.push(format!(
-                "{at}.apiGroups must list at least one group (\"\" is the core group)"
+        // (groups, kinds) pairs to match: the target's own, or one per group of the catalog.
+        let mut kind_sets: Vec<(HashSet<String>, HashSet<String>)> = Vec::new();
+        if let Some(catalog) = &t.catalog {
+            if !t.api_groups.is_empty() || !t.kinds.is_empty() {
+                errors.push(format!(
+                    "{at}: a target names catalog or apiGroups and kinds, not both"
+                ));
+            }
+            match catalog_kinds(catalog) {
+                Ok(by_group) => kind_sets.extend(
+                    by_group
+                        .into_iter()
+                        .map(|(group, kinds)| (HashSet::from([group]), kinds)),
+                ),
+                Err(e) => errors.push(format!("{at}.catalog: {e}")),
+            }
+        } else {
+            if t.api_groups.is_empty() {
+                errors.push(format!(
+                    "{at}.apiGroups must list at least one group (\"\" is the core group)"
+                ));
+            }
+            if t.kinds.is_empty() {
+                errors.push(format!("{at}.kinds must list at least one kind"));
+            }
+            kind_sets.push((
+                t.api_groups.iter().cloned().collect(),
+                t.kinds.iter().cloned().collect(),
             ));
-        }
-        if t.kinds.is_empty() {
-            errors.push(format!("{at}.kinds must list at least one kind"));
         }
         for kind in &t.kinds {
             if !is_kind_name(kind) {
@@ -189,7 +224,7 @@ pub fn compile(id: PolicyRef, spec: &ProtectionSpec) -> Result<CompiledPolicy, V
                 .map_err(|e| errors.push(format!("{at}.selector: {e}")))
                 .ok(),
         };
-        let label_keys = t
+        let label_keys: BTreeSet<String> = t
             .selector
             .iter()
             .flat_map(|s| {
@@ -199,14 +234,17 @@ pub fn compile(id: PolicyRef, spec: &ProtectionSpec) -> Result<CompiledPolicy, V
             })
             .collect();
         if let (Some(names), Some(namespaces), Some(selector)) = (names, namespaces, selector) {
-            targets.push(CompiledTarget {
-                groups: t.api_groups.iter().cloned().collect(),
-                kinds: t.kinds.iter().cloned().collect(),
-                names,
-                selector,
-                label_keys,
-                namespaces,
-            });
+            for (groups, kinds) in kind_sets {
+                targets.push(CompiledTarget {
+                    groups,
+                    kinds,
+                    names: names.clone(),
+                    selector: selector.clone(),
+                    label_keys: label_keys.clone(),
+                    namespaces: namespaces.clone(),
+                    from_catalog: t.catalog.is_some(),
+                });
+            }
         }
     }
     let subjects = match &spec.subjects {
@@ -253,6 +291,38 @@ pub fn compile(id: PolicyRef, spec: &ProtectionSpec) -> Result<CompiledPolicy, V
         message: spec.message.clone().filter(|m| !m.trim().is_empty()),
         retain_volumes: spec.retain_volumes.unwrap_or(true),
     })
+}
+
+/// The catalog's kinds of the families a `catalog` target selects, by group; an error names
+/// the families the catalog has when one is unknown.
+fn catalog_kinds(
+    target: &crate::api::CatalogTarget,
+) -> Result<BTreeMap<String, HashSet<String>>, String> {
+    let catalog = crate::catalog::catalog();
+    let known: BTreeSet<&str> = catalog.kinds.iter().map(|k| k.family.as_str()).collect();
+    let unknown: Vec<&String> = target
+        .families
+        .iter()
+        .chain(&target.exclude_families)
+        .filter(|f| !known.contains(f.as_str()))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!(
+            "unknown families {unknown:?}; the catalog's families are {}",
+            known.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let mut by_group: BTreeMap<String, HashSet<String>> = BTreeMap::new();
+    for k in &catalog.kinds {
+        let chosen = target.families.is_empty() || target.families.contains(&k.family);
+        if chosen && !target.exclude_families.contains(&k.family) {
+            by_group
+                .entry(k.group.clone())
+                .or_default()
+                .insert(k.kind.clone());
+        }
+    }
+    Ok(by_group)
 }
 
 fn is_kind_name(kind: &str) -> bool {
@@ -426,6 +496,71 @@ mod tests {
 
     fn target(kind: &str) -> Target {
         Target::kinds(&[""], &[kind])
+    }
+
+    #[test]
+    fn a_catalog_target_covers_the_catalogs_kinds_and_families_narrow_it() {
+        let facts = |group: &'static str, kind: &'static str| ObjectFacts {
+            group,
+            kind,
+            namespace: Some("prod"),
+            name: "orders",
+            labels: Box::leak(Box::new(BTreeMap::new())),
+        };
+        let all = compile(
+            PolicyRef::cluster("default-databases"),
+            &spec(vec![Target::catalog(&[], &[])]),
+        )
+        .unwrap();
+        assert!(all.protects(&facts("postgresql.cnpg.io", "Cluster")));
+        assert!(all.protects(&facts("rds.services.k8s.aws", "DBInstance")));
+        assert!(all.protects(&facts("velero.io", "Backup")));
+        // Only the catalog's kinds, each in its own group.
+        assert!(!all.protects(&facts("postgresql.cnpg.io", "Pooler")));
+        assert!(!all.protects(&facts("rds.services.k8s.aws", "Cluster")));
+        assert!(!all.protects(&facts("", "ConfigMap")));
+        assert_eq!(all.kinds().count(), crate::catalog::catalog().kinds.len());
+        assert!(all.from_catalog_only("postgresql.cnpg.io", "Cluster"));
+        // A family left out; only the families named.
+        let without = compile(
+            PolicyRef::cluster("c"),
+            &spec(vec![Target::catalog(&[], &["velero"])]),
+        )
+        .unwrap();
+        assert!(!without.protects(&facts("velero.io", "Backup")));
+        assert!(without.protects(&facts("postgresql.cnpg.io", "Cluster")));
+        let only = compile(
+            PolicyRef::cluster("c"),
+            &spec(vec![Target::catalog(&["ack-rds"], &[])]),
+        )
+        .unwrap();
+        assert!(only.protects(&facts("rds.services.k8s.aws", "DBCluster")));
+        assert!(!only.protects(&facts("postgresql.cnpg.io", "Cluster")));
+        // A kind also named by a plain target is not "catalog only": not served is a problem.
+        let both = compile(
+            PolicyRef::cluster("c"),
+            &spec(vec![
+                Target::catalog(&[], &[]),
+                Target::kinds(&["velero.io"], &["Backup"]),
+            ]),
+        )
+        .unwrap();
+        assert!(!both.from_catalog_only("velero.io", "Backup"));
+        assert!(both.from_catalog_only("postgresql.cnpg.io", "Cluster"));
+        // Unknown families, and catalog with kinds, are refused with the reason.
+        let errors = compile(
+            PolicyRef::cluster("c"),
+            &spec(vec![Target::catalog(&["postgres"], &[])]),
+        )
+        .unwrap_err();
+        assert!(
+            errors[0].starts_with("spec.targets[0].catalog: unknown families [\"postgres\"]; the catalog's families are"),
+            "{errors:?}"
+        );
+        let mut mixed = Target::catalog(&[], &[]);
+        mixed.kinds = vec!["Cluster".into()];
+        let errors = compile(PolicyRef::cluster("c"), &spec(vec![mixed])).unwrap_err();
+        assert!(errors[0].contains("not both"), "{errors:?}");
     }
 
     #[test]
