@@ -40,6 +40,18 @@ fn install_catalog_crds(cluster: &Cluster) {
     ]);
 }
 
+/// A human approves `object` for 10 minutes with `kubectl agentguard approve`.
+fn approve(cluster: &Cluster, ns: &str, object: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-agentguard"))
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args(["-n", ns, "approve", object, "--for", "10m"])
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("run kubectl-agentguard");
+    assert!(out.status.success(), "approve {object}: {}", stderr(&out));
+}
+
 #[test]
 fn an_agent_cannot_turn_a_protected_databases_switches_dangerous() {
     let cluster = Cluster::connect();
@@ -106,21 +118,7 @@ fn an_agent_cannot_turn_a_protected_databases_switches_dangerous() {
     assert!(out.status.success(), "a harmless label: {}", stderr(&out));
 
     // A human's approval of the bucket lets the agent change it.
-    let approve = Command::new(env!("CARGO_BIN_EXE_kubectl-agentguard"))
-        .arg("--kubeconfig")
-        .arg(&cluster.kubeconfig)
-        .args([
-            "-n",
-            &ns.name,
-            "approve",
-            "buckets.s3.services.k8s.aws/assets",
-            "--for",
-            "10m",
-        ])
-        .env_remove("KUBECONFIG")
-        .output()
-        .expect("run kubectl-agentguard");
-    assert!(approve.status.success(), "approve: {}", stderr(&approve));
+    approve(&cluster, &ns.name, "buckets.s3.services.k8s.aws/assets");
     let out = ns.kubectl_as(&agent, &delete_policy);
     assert!(out.status.success(), "approved: {}", stderr(&out));
     // A human may make the change without one.
@@ -239,21 +237,7 @@ fn the_default_databases_policy_protects_served_catalog_kinds_and_new_ones_withi
     );
 
     // A human's approval lets the agent delete the Cluster.
-    let approve = Command::new(env!("CARGO_BIN_EXE_kubectl-agentguard"))
-        .arg("--kubeconfig")
-        .arg(&cluster.kubeconfig)
-        .args([
-            "-n",
-            &ns.name,
-            "approve",
-            "clusters.postgresql.cnpg.io/orders",
-            "--for",
-            "10m",
-        ])
-        .env_remove("KUBECONFIG")
-        .output()
-        .expect("run kubectl-agentguard");
-    assert!(approve.status.success(), "approve: {}", stderr(&approve));
+    approve(&cluster, &ns.name, "clusters.postgresql.cnpg.io/orders");
     let out = ns.kubectl_as(&agent, &["delete", "clusters.postgresql.cnpg.io", "orders"]);
     assert!(out.status.success(), "approved delete: {}", stderr(&out));
 }
