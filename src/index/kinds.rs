@@ -17,6 +17,11 @@ pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct KindResolver {
     /// Err(true): the API server does not serve the group; Err(false): discovery failed.
     groups: HashMap<String, Result<ApiGroup, bool>>,
+    /// The API groups the server lists (`/apis`), read once per resolver: a group it does not
+    /// list is not served, with no further call. Policies naming many kinds whose CRDs are not
+    /// installed (the data-holding catalog's) then cost one request per pass, not a discovery
+    /// per group. None: not read yet; Some(None): the read failed (each group is asked).
+    listed_groups: Option<Option<std::collections::HashSet<String>>>,
 }
 
 /// What discovery says of a kind.
@@ -45,6 +50,21 @@ impl KindResolver {
 
     /// Like [`KindResolver::resolve`], telling "not served" from "discovery failed".
     pub async fn lookup(&mut self, client: &kube::Client, group: &str, kind: &str) -> Lookup {
+        if !group.is_empty() && !self.groups.contains_key(group) {
+            if self.listed_groups.is_none() {
+                let listed =
+                    match tokio::time::timeout(DISCOVERY_TIMEOUT, client.list_api_groups()).await {
+                        Ok(Ok(list)) => Some(list.groups.into_iter().map(|g| g.name).collect()),
+                        _ => None,
+                    };
+                self.listed_groups = Some(listed);
+            }
+            if let Some(Some(listed)) = &self.listed_groups
+                && !listed.contains(group)
+            {
+                self.groups.insert(group.to_owned(), Err(true));
+            }
+        }
         if !self.groups.contains_key(group) {
             let found = match tokio::time::timeout(
                 DISCOVERY_TIMEOUT,

@@ -820,20 +820,35 @@ impl<'c> Guard<'c> {
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        // The process goes first (it would restore its configurations), then the validating
-        // and mutating configurations it writes under its one name: with failurePolicy Fail
-        // and no process behind them, they would block the namespace's controllers (a claim's
-        // pvc-protection finalizer is removed by an UPDATE they route) and every test's
-        // cluster-scoped writes.
-        self.kill();
-        for kind in [
-            "validatingwebhookconfiguration",
-            "mutatingwebhookconfiguration",
-        ] {
-            let _ =
-                self.cluster
-                    .kubectl(&["delete", kind, &self.webhook_name, "--ignore-not-found"]);
+        // The validating and mutating configurations it writes under its one name must go:
+        // with failurePolicy Fail and no process behind them, they would block the namespace's
+        // controllers (a claim's pvc-protection finalizer is removed by an UPDATE they route)
+        // and every test's cluster-scoped writes. Without a moment when they point at a dead
+        // process, for tests running beside this one: SIGTERM first (the leader steps down, so
+        // it stops putting its configurations back, and keeps answering reviews for its
+        // shutdown delay), then the configurations go, then the process. They are deleted once
+        // more after it: a process without leader election may have written them back.
+        let delete = |cluster: &Cluster, name: &str| {
+            for kind in [
+                "validatingwebhookconfiguration",
+                "mutatingwebhookconfiguration",
+            ] {
+                let _ = cluster.kubectl(&["delete", kind, name, "--ignore-not-found"]);
+            }
+        };
+        let running = self
+            .child
+            .as_mut()
+            .and_then(|c| matches!(c.try_wait(), Ok(None)).then(|| c.id()));
+        if let Some(pid) = running {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+            std::thread::sleep(Duration::from_millis(300));
+            delete(self.cluster, &self.webhook_name);
         }
+        self.kill();
+        delete(self.cluster, &self.webhook_name);
     }
 }
 
