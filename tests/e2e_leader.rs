@@ -1,5 +1,6 @@
 //! End-to-end: leader election under faults, against the real control plane. A leader whose
-//! API server hangs steps down by itself within the renew deadline, another replica takes
+//! API connection hangs, is cut, or is answered too slowly (a TCP proxy between it and the API
+//! server) steps down by itself within the renew deadline, another replica takes
 //! over, and the API server's audit log shows the two never acted as leader at once. A leader
 //! that gets SIGTERM hands the lease back, so another replica takes over within seconds.
 //! A replica whose clocks run 40 s ahead of or behind the others' (libfaketime) neither takes a
@@ -41,8 +42,28 @@ fn stepped_down(log: &str) -> bool {
 
 #[test]
 fn a_leader_whose_api_server_hangs_steps_down_before_another_takes_over() {
+    leader_fault("leader-hang", "hung", FaultProxy::blackhole);
+}
+
+#[test]
+fn a_leader_whose_api_connections_are_cut_steps_down_before_another_takes_over() {
+    leader_fault("leader-cut", "cut", FaultProxy::cut);
+}
+
+#[test]
+fn a_leader_whose_api_server_answers_too_slowly_steps_down_before_another_takes_over() {
+    // Every chunk 6 s late each way: a lease call takes over 12 s, past the renew deadline.
+    leader_fault("leader-slow", "slowed", |proxy| {
+        proxy.slow(Duration::from_secs(6))
+    });
+}
+
+/// Two replicas; `fault` hits the leader's API connection. The leader steps down by itself
+/// within the renew deadline, the other takes over only after, the healed leader stays a
+/// follower, and the API server's audit log shows the two never acted as leader at once.
+fn leader_fault(prefix: &str, what: &str, fault: impl Fn(&FaultProxy)) {
     let cluster = support::Cluster::connect();
-    let ns = TestNamespace::create(&cluster, "leader-hang");
+    let ns = TestNamespace::create(&cluster, prefix);
     let agent = ns.agent("cursor-agent");
     let dir = tempfile::tempdir().unwrap();
     // Each replica is a user of its own, so the audit log tells whose writes are whose; a
@@ -75,9 +96,9 @@ fn a_leader_whose_api_server_hangs_steps_down_before_another_takes_over() {
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(holder(&ns), format!("a-{}", ns.name), "b took a live lease");
 
-    // The leader's API server hangs: every call it makes, open or new, gets no answer.
+    // The fault: every call the leader makes hangs, is cut, or is answered too late.
     let hung = Instant::now();
-    proxy.blackhole();
+    fault(&proxy);
     wait_until(
         RENEW_DEADLINE + Duration::from_secs(3),
         "a to step down by itself",
@@ -88,7 +109,9 @@ fn a_leader_whose_api_server_hangs_steps_down_before_another_takes_over() {
         holder(&ns) == format!("b-{}", ns.name)
     });
     let takeover = hung.elapsed();
-    eprintln!("a stepped down {step_down:?} after its API server hung; b led after {takeover:?}");
+    eprintln!(
+        "a stepped down {step_down:?} after its API connection was {what}; b led after {takeover:?}"
+    );
     assert!(
         step_down <= RENEW_DEADLINE + Duration::from_secs(2),
         "a stepped down after {step_down:?}"

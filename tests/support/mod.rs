@@ -854,13 +854,22 @@ impl Drop for Guard<'_> {
 
 /// A TCP proxy on loopback between one agentguard replica and the API server, for fault
 /// tests. It forwards bytes, so TLS passes through untouched (the API server's certificate
-/// names 127.0.0.1, whatever the port). [`FaultProxy::blackhole`] makes every connection, open
-/// or new, swallow what it is sent and answer nothing, as a partitioned or hung API server
-/// does; connections that saw the blackhole stay dead. [`FaultProxy::heal`] lets new
-/// connections through again.
+/// names 127.0.0.1, whatever the port). Faults, until [`FaultProxy::heal`]:
+/// [`FaultProxy::blackhole`] makes every connection, open or new, swallow what it is sent and
+/// answer nothing, as a partitioned or hung API server does (connections that saw it stay
+/// dead); [`FaultProxy::cut`] closes new connections at once and open ones at their next
+/// use, as a resetting load balancer does; [`FaultProxy::slow`] forwards every chunk, each
+/// way, only after a delay, as an overloaded API server answers.
 pub struct FaultProxy {
     pub port: u16,
+    faults: Faults,
+}
+
+#[derive(Clone, Default)]
+struct Faults {
     blackholed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FaultProxy {
@@ -870,12 +879,16 @@ impl FaultProxy {
         use std::sync::atomic::AtomicBool;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let blackholed = Arc::new(AtomicBool::new(false));
-        let flag = blackholed.clone();
+        let faults = Faults::default();
+        let shared = faults.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
-                let dead = Arc::new(AtomicBool::new(flag.load(Ordering::SeqCst)));
+                if shared.cut.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let dead = Arc::new(AtomicBool::new(shared.blackholed.load(Ordering::SeqCst)));
                 let server = if dead.load(Ordering::SeqCst) {
                     None
                 } else {
@@ -883,25 +896,25 @@ impl FaultProxy {
                 };
                 let Some(server) = server else {
                     // Accepted, then silence: read and drop until the client gives up.
-                    let flag = flag.clone();
-                    std::thread::spawn(move || Self::pump(client, None, &flag, &dead));
+                    let faults = shared.clone();
+                    std::thread::spawn(move || Self::pump(client, None, &faults, &dead));
                     continue;
                 };
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (f1, f2, d1, d2) = (flag.clone(), flag.clone(), dead.clone(), dead);
+                let (f1, f2, d1, d2) = (shared.clone(), shared.clone(), dead.clone(), dead);
                 std::thread::spawn(move || Self::pump(client, Some(server), &f1, &d1));
                 std::thread::spawn(move || Self::pump(s2, Some(c2), &f2, &d2));
             }
         });
-        Self { port, blackholed }
+        Self { port, faults }
     }
 
-    /// Copies `from` to `to` until `from` closes; once the blackhole is on (or the connection
-    /// saw it), reads and drops instead.
+    /// Copies `from` to `to` until `from` closes: late while slow; reading and dropping once
+    /// the blackhole is on (or the connection saw it); closing both sides once cut.
     fn pump(
         mut from: std::net::TcpStream,
         mut to: Option<std::net::TcpStream>,
-        blackholed: &std::sync::atomic::AtomicBool,
+        faults: &Faults,
         dead: &std::sync::atomic::AtomicBool,
     ) {
         let mut buf = [0u8; 16 * 1024];
@@ -910,11 +923,19 @@ impl FaultProxy {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            if blackholed.load(Ordering::SeqCst) {
+            if faults.cut.load(Ordering::SeqCst) {
+                let _ = from.shutdown(std::net::Shutdown::Both);
+                break;
+            }
+            if faults.blackholed.load(Ordering::SeqCst) {
                 dead.store(true, Ordering::SeqCst);
             }
             if dead.load(Ordering::SeqCst) {
                 continue;
+            }
+            let delay = faults.delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                std::thread::sleep(Duration::from_millis(delay));
             }
             if to
                 .as_mut()
@@ -924,16 +945,33 @@ impl FaultProxy {
             }
         }
         if let Some(to) = to {
-            let _ = to.shutdown(std::net::Shutdown::Write);
+            let how = if faults.cut.load(Ordering::SeqCst) {
+                std::net::Shutdown::Both
+            } else {
+                std::net::Shutdown::Write
+            };
+            let _ = to.shutdown(how);
         }
     }
 
     pub fn blackhole(&self) {
-        self.blackholed.store(true, Ordering::SeqCst);
+        self.faults.blackholed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn cut(&self) {
+        self.faults.cut.store(true, Ordering::SeqCst);
+    }
+
+    pub fn slow(&self, delay: Duration) {
+        self.faults
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn heal(&self) {
-        self.blackholed.store(false, Ordering::SeqCst);
+        self.faults.blackholed.store(false, Ordering::SeqCst);
+        self.faults.cut.store(false, Ordering::SeqCst);
+        self.faults.delay_ms.store(0, Ordering::SeqCst);
     }
 
     /// A copy of the kubeconfig `source` (one cluster, `server: https://127.0.0.1:<port>`)
