@@ -2270,6 +2270,14 @@ pub(crate) mod tests {
         let removed = json!({"services.k8s.aws/deletion-policy": "retain"});
         let d = req(AGENT, db(keep.clone()), db(removed)).decide(&snap);
         assert_eq!(d.verdict, Verdict::Deny, "{}", d.reason);
+        // Retain removed: the controller's default (delete, in ACK's chart) applies again.
+        let no_policy = json!({"rds.services.k8s.aws/skip-final-snapshot": "false"});
+        assert_eq!(
+            req(AGENT, db(keep.clone()), db(no_policy))
+                .decide(&snap)
+                .verdict,
+            Verdict::Deny
+        );
         // Retain switched to delete.
         let delete = json!({"rds.services.k8s.aws/skip-final-snapshot": "false", "services.k8s.aws/deletion-policy": "delete"});
         assert_eq!(
