@@ -71,6 +71,10 @@ pub struct Switch {
     /// The value when the field is absent.
     pub default: Option<Value>,
     pub meaning: Option<String>,
+    /// Turned dangerous, deleting the object also destroys its backups or skips its final
+    /// snapshot: an approval of that deletion must say so (`approved-backup-loss`).
+    #[serde(default)]
+    pub backups: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -106,6 +110,17 @@ impl Switch {
             (Some(path), _, Some(entry)) => format!("{path} contains {entry}"),
             (Some(path), _, None) => path.clone(),
             (None, Some(annotation), _) => format!("annotation {annotation}"),
+            (None, None, _) => String::new(),
+        }
+    }
+
+    /// A short stable key for the switch, as approvals list it: the path, the annotation key,
+    /// or `path[entry]` for a list entry.
+    pub fn key(&self) -> String {
+        match (&self.path, &self.annotation, &self.contains) {
+            (Some(path), _, Some(entry)) => format!("{path}[{entry}]"),
+            (Some(path), _, None) => path.clone(),
+            (None, Some(annotation), _) => annotation.clone(),
             (None, None, _) => String::new(),
         }
     }
@@ -152,7 +167,14 @@ impl Switch {
         let value = value.map(token);
         let listed = |t: &str| dangerous.iter().any(|d| d == t);
         Some(match value {
-            None => listed(ABSENT),
+            // Absent, the default applies: dangerous when listed as such, or when the default
+            // (a value, not words) is a dangerous value.
+            None => {
+                listed(ABSENT)
+                    || self.default.as_ref().and_then(tokens).is_some_and(|d| {
+                        d.len() == 1 && self.is_dangerous(Some(&d[0])) == Some(true)
+                    })
+            }
             Some(v) => {
                 listed(&v)
                     || (listed(ANY_OTHER)
@@ -214,6 +236,65 @@ pub fn catalog() -> &'static Catalog {
     &CATALOG
 }
 
+impl DataKind {
+    /// The switches that, as the object stands, make deleting it also destroy its backups or
+    /// skip its final snapshot, with their values (None: absent, the default applies).
+    pub fn backup_losses(
+        &self,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        body: &Value,
+    ) -> Vec<(&Switch, Option<String>)> {
+        self.switches
+            .iter()
+            .filter(|s| s.backups && s.checkable())
+            .filter_map(|s| {
+                let value = s.value_on(meta, body);
+                (s.is_dangerous(value.as_deref()) == Some(true)).then_some((s, value))
+            })
+            .collect()
+    }
+
+    /// Each checkable switch with its value on the object and whether that value is dangerous:
+    /// the provider's own protection as it stands.
+    pub fn posture(
+        &self,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        body: &Value,
+    ) -> Vec<SwitchState<'_>> {
+        self.switches
+            .iter()
+            .filter(|s| s.checkable())
+            .map(|s| {
+                let value = s.value_on(meta, body);
+                SwitchState {
+                    dangerous: s.is_dangerous(value.as_deref()) == Some(true),
+                    switch: s,
+                    value,
+                }
+            })
+            .collect()
+    }
+}
+
+/// One switch as it stands on an object.
+#[derive(Debug)]
+pub struct SwitchState<'c> {
+    pub switch: &'c Switch,
+    /// None: absent (the default applies).
+    pub value: Option<String>,
+    pub dangerous: bool,
+}
+
+impl SwitchState<'_> {
+    /// `key=value` (or `key absent`), as status and reports show it.
+    pub fn describe(&self) -> String {
+        match &self.value {
+            Some(v) => format!("{}={v}", self.switch.key()),
+            None => format!("{} absent", self.switch.key()),
+        }
+    }
+}
+
 impl Catalog {
     /// The catalog's entry for (group, kind), if any.
     pub fn kind(&self, group: &str, kind: &str) -> Option<&DataKind> {
@@ -243,6 +324,12 @@ pub fn parse(text: &str) -> Result<Catalog, String> {
             return Err(format!("{id}: say what its deletion destroys"));
         }
         for s in &k.switches {
+            if s.backups && (s.effect != Effect::MoreDestructive || !s.checkable()) {
+                return Err(format!(
+                    "{id}: {}: only a checkable more-destructive switch can mark backups",
+                    s.name()
+                ));
+            }
             if s.path.is_some() == s.annotation.is_some() {
                 return Err(format!(
                     "{id}: a switch names exactly one of path and annotation"
@@ -276,7 +363,13 @@ pub fn markdown_table(catalog: &Catalog) -> String {
         if switches.is_empty() {
             "none".to_owned()
         } else {
-            let names: Vec<String> = switches.iter().map(|s| format!("`{}`", s.name())).collect();
+            let names: Vec<String> = switches
+                .iter()
+                .map(|s| match s.backups {
+                    true => format!("`{}` (backups)", s.name()),
+                    false => format!("`{}`", s.name()),
+                })
+                .collect();
             names.join(", ")
         }
     };
@@ -367,6 +460,7 @@ mod tests {
             dangerous,
             default: None,
             meaning: None,
+            backups: false,
         };
         let s = switch(
             serde_json::json!("\"false\""),
@@ -384,8 +478,17 @@ mod tests {
         assert_eq!(s.is_dangerous(Some("abandon")), Some(false));
         assert_eq!(s.is_dangerous(Some("delete")), Some(true));
         assert_eq!(s.is_dangerous(None), Some(true));
-        let s = switch(serde_json::json!(false), serde_json::json!(true));
+        let mut s = switch(serde_json::json!(false), serde_json::json!(true));
         assert_eq!(s.is_dangerous(Some("true")), Some(true));
+        assert_eq!(s.is_dangerous(None), Some(false));
+        // Absent, the default applies: removing `false` from a field that defaults to true
+        // turns it on.
+        s.default = Some(serde_json::json!(true));
+        assert_eq!(s.is_dangerous(None), Some(true));
+        s.default = Some(serde_json::json!("false"));
+        assert_eq!(s.is_dangerous(None), Some(false));
+        // A default described in words is not read.
+        s.default = Some(serde_json::json!("controller flag (chart default delete)"));
         assert_eq!(s.is_dangerous(None), Some(false));
         // Words, not values: no rule reads it.
         let s = switch(

@@ -19,6 +19,11 @@ pub const APPROVED_UNTIL_ANNOTATION: &str = "agentguard.dev/approved-until";
 /// agentguard's seal over an approval (see `policy::seal`); written only by agentguard.
 pub const APPROVAL_SEAL_ANNOTATION: &str = "agentguard.dev/approval-seal";
 
+/// Set with an approval, by the same request: the switches (catalog keys, comma-separated) the
+/// approver saw turned on that make the deletion also destroy backups or skip the final
+/// snapshot (`kubectl agentguard approve --destroy-backups`). Sealed with the approval.
+pub const APPROVED_BACKUP_LOSS_ANNOTATION: &str = "agentguard.dev/approved-backup-loss";
+
 /// Free text explaining an approval.
 pub const APPROVAL_REASON_ANNOTATION: &str = "agentguard.dev/approval-reason";
 

@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 use super::status::{Inventory, Policies, Scope, inventory, policies_failure};
 use super::{Ctx, Failure, Outcome, Output, resolve_resource, split_target};
 use crate::api::{
-    APPROVAL_REASON_ANNOTATION, APPROVED_BY_ANNOTATION, APPROVED_UNTIL_ANNOTATION,
-    DEFAULT_APPROVAL_TTL, PROTECTED_ANNOTATION,
+    APPROVAL_REASON_ANNOTATION, APPROVED_BACKUP_LOSS_ANNOTATION, APPROVED_BY_ANNOTATION,
+    APPROVED_UNTIL_ANNOTATION, DEFAULT_APPROVAL_TTL, PROTECTED_ANNOTATION,
 };
 use crate::policy::{
     ApproverSet, CascadeHit, ObjectFacts, ProtectedObjects, Snapshot, parse_duration,
@@ -37,9 +37,15 @@ pub struct ApproveArgs {
     /// Why; recorded on the object and shown in events and logs.
     #[arg(long)]
     pub reason: Option<String>,
-    /// Remove the approval (all three annotations) instead of setting one.
-    #[arg(long, conflicts_with_all = ["reason", "window"])]
+    /// Remove the approval (all its annotations) instead of setting one.
+    #[arg(long, conflicts_with_all = ["reason", "window", "destroy_backups"])]
     pub revoke: bool,
+    /// Also approve what the deletion destroys beyond the object itself: its backups, or its
+    /// final snapshot. Required when the object's own settings (a catalog switch such as
+    /// skipFinalSnapshot) would lose them; without it the approval is refused here and would
+    /// not count at the deletion.
+    #[arg(long)]
+    pub destroy_backups: bool,
 }
 
 /// One thing that protects the object, as far as an approval is concerned.
@@ -326,23 +332,56 @@ fn approval_until(now: Timestamp, window: Duration) -> Timestamp {
     Timestamp::from_second(now.as_second().saturating_add(secs)).unwrap_or(Timestamp::MAX)
 }
 
-/// One merge patch setting all three annotations: the webhook judges them together. Without a
-/// reason, a previous approval's reason is removed rather than left to describe this one.
-fn approval_patch(by: &str, until: Timestamp, reason: Option<&str>) -> Value {
+/// One merge patch setting the approval's annotations: the webhook judges and seals them
+/// together. Without a reason, a previous approval's reason is removed rather than left to
+/// describe this one; likewise an earlier acceptance of backup loss.
+fn approval_patch(
+    by: &str,
+    until: Timestamp,
+    reason: Option<&str>,
+    backup_loss: &[String],
+) -> Value {
+    let loss = (!backup_loss.is_empty()).then(|| backup_loss.join(","));
     json!({"metadata": {"annotations": {
         APPROVED_BY_ANNOTATION: by,
         APPROVED_UNTIL_ANNOTATION: until.to_string(),
         APPROVAL_REASON_ANNOTATION: reason,
+        APPROVED_BACKUP_LOSS_ANNOTATION: loss,
     }}})
 }
 
-/// One merge patch removing all three annotations.
+/// One merge patch removing all the approval's annotations.
 fn revoke_patch() -> Value {
     json!({"metadata": {"annotations": {
         APPROVED_BY_ANNOTATION: null,
         APPROVED_UNTIL_ANNOTATION: null,
         APPROVAL_REASON_ANNOTATION: null,
+        APPROVED_BACKUP_LOSS_ANNOTATION: null,
     }}})
+}
+
+/// What deleting `obj` (of a catalog kind) also destroys as its settings stand: its backups or
+/// its final snapshot, one line per switch, with the catalog keys an approval must list.
+fn backup_losses(group: &str, kind: &str, obj: &DynamicObject) -> (Vec<String>, Vec<String>) {
+    let Some(entry) = crate::catalog::catalog().kind(group, kind) else {
+        return Default::default();
+    };
+    entry
+        .backup_losses(&obj.metadata, &obj.data)
+        .into_iter()
+        .map(|(switch, value)| {
+            let state = match value {
+                Some(v) => format!("{}={v}", switch.key()),
+                None => format!("{} is not set", switch.key()),
+            };
+            let meaning = switch
+                .meaning
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            (switch.key(), format!("{state}{meaning}"))
+        })
+        .unzip()
 }
 
 /// The `--for` value, checked before anything is sent.
@@ -389,6 +428,9 @@ struct ApprovalRecord {
     protected_by: Vec<String>,
     #[serde(rename = "maxTTL", skip_serializing_if = "Option::is_none")]
     max_ttl: Option<String>,
+    /// The catalog switches whose loss of backups this approval accepts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    backup_loss: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -567,6 +609,15 @@ pub async fn run(ctx: &Ctx, args: ApproveArgs) -> Outcome {
             "refusing to approve delete of {what}: {why}"
         )));
     }
+    let (loss_keys, loss_lines) = backup_losses(group, kind, &obj);
+    if !loss_lines.is_empty() && !args.destroy_backups {
+        return Err(Failure::new(format!(
+            "refusing to approve delete of {what}: deleting it also destroys its backups or its final snapshot:\n  - {}\n\
+             Approve with --destroy-backups to accept that loss too, or change those settings first \
+             (an approval without it does not count at the deletion).",
+            loss_lines.join("\n  - ")
+        )));
+    }
     let cap = judged.then(|| protections.cap().0);
     let until = approval_until(Timestamp::now(), window);
     let reason = args
@@ -577,16 +628,22 @@ pub async fn run(ctx: &Ctx, args: ApproveArgs) -> Outcome {
     api.patch(
         name,
         &PatchParams::default(),
-        &Patch::Merge(&approval_patch(&username, until, reason)),
+        &Patch::Merge(&approval_patch(&username, until, reason, &loss_keys)),
     )
     .await?;
-    let line = format!(
+    let mut line = format!(
         "approved delete of {what} for {}, until {until}, as {username}{}",
         human(window),
         reason
             .map(|r| format!(" (reason: {r})"))
             .unwrap_or_default()
     );
+    if !loss_lines.is_empty() {
+        line.push_str(&format!(
+            "\nincluding the loss of its backups or final snapshot:\n  - {}",
+            loss_lines.join("\n  - ")
+        ));
+    }
     let record = ApprovalRecord {
         approved_by: Some(username),
         approved_until: Some(until.to_string()),
@@ -595,6 +652,7 @@ pub async fn run(ctx: &Ctx, args: ApproveArgs) -> Outcome {
         reason: reason.map(str::to_owned),
         protected_by: protections.names(),
         max_ttl: cap.map(human),
+        backup_loss: loss_keys,
         ..ApprovalRecord::bare("approved", object)
     };
     emit(ctx.output, &line, &record);
@@ -613,6 +671,7 @@ impl ApprovalRecord {
             reason: None,
             protected_by: vec![],
             max_ttl: None,
+            backup_loss: vec![],
         }
     }
 }
@@ -764,24 +823,63 @@ mod tests {
     }
 
     #[test]
-    fn one_patch_sets_or_removes_all_three_annotations() {
+    fn one_patch_sets_or_removes_all_the_approval_annotations() {
         let until: Timestamp = "2026-11-26T10:30:00Z".parse().unwrap();
         assert_eq!(
-            approval_patch("alice", until, Some("migrating")),
+            approval_patch("alice", until, Some("migrating"), &[]),
             json!({"metadata": {"annotations": {
                 "agentguard.dev/approved-by": "alice",
                 "agentguard.dev/approved-until": "2026-11-26T10:30:00Z",
                 "agentguard.dev/approval-reason": "migrating",
+                "agentguard.dev/approved-backup-loss": null,
             }}})
         );
+        let loss = [
+            "spec.forProvider.skipFinalSnapshot".to_owned(),
+            "spec.forProvider.deleteAutomatedBackups".to_owned(),
+        ];
         assert_eq!(
-            approval_patch("alice", until, None)["metadata"]["annotations"]["agentguard.dev/approval-reason"],
+            approval_patch("alice", until, None, &loss)["metadata"]["annotations"]["agentguard.dev/approved-backup-loss"],
+            "spec.forProvider.skipFinalSnapshot,spec.forProvider.deleteAutomatedBackups"
+        );
+        assert_eq!(
+            approval_patch("alice", until, None, &[])["metadata"]["annotations"]["agentguard.dev/approval-reason"],
             Value::Null
         );
         let revoke = revoke_patch();
         let removed = revoke["metadata"]["annotations"].as_object().unwrap();
-        assert_eq!(removed.len(), 3);
+        assert_eq!(removed.len(), 4);
         assert!(removed.values().all(Value::is_null));
+    }
+
+    /// The approver is told what the deletion also destroys, by the keys the approval lists.
+    #[test]
+    fn backup_losses_are_named_with_their_meaning() {
+        let rds = |forprovider: Value| {
+            obj(
+                json!({"apiVersion": "rds.aws.upbound.io/v1beta1", "kind": "Instance",
+                "metadata": {"name": "orders", "uid": "u"}, "spec": {"forProvider": forprovider}}),
+            )
+        };
+        let (keys, lines) = backup_losses(
+            "rds.aws.upbound.io",
+            "Instance",
+            &rds(json!({"skipFinalSnapshot": true, "deleteAutomatedBackups": false})),
+        );
+        assert_eq!(keys, ["spec.forProvider.skipFinalSnapshot"]);
+        assert!(
+            lines[0].starts_with("spec.forProvider.skipFinalSnapshot=true: "),
+            "{lines:?}"
+        );
+        // deleteAutomatedBackups defaults to true: not set, the backups go.
+        let (keys, _) = backup_losses("rds.aws.upbound.io", "Instance", &rds(json!({})));
+        assert_eq!(keys, ["spec.forProvider.deleteAutomatedBackups"]);
+        let (keys, _) = backup_losses(
+            "",
+            "PersistentVolumeClaim",
+            &rds(json!({"skipFinalSnapshot": true})),
+        );
+        assert!(keys.is_empty());
     }
 
     #[test]

@@ -216,6 +216,7 @@ pub async fn approve(ctx: &Ctx, name: &str, args: ApproveArgs) -> Outcome {
             window: args.window.clone(),
             reason: Some(reason.clone()),
             revoke: false,
+            destroy_backups: args.destroy_backups,
         },
     )
     .await?;

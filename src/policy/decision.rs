@@ -5,13 +5,15 @@ use jiff::Timestamp;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, Operation};
 
+use super::agents::Restriction;
 use super::cascade::{CascadeHit, ProtectedObjects, cascade_of, cascade_of_object};
 use super::compiled::{CompiledPolicy, ObjectFacts, PolicyRef, Snapshot};
 use super::proxy::Reach;
 use super::seal::SealInput;
 use crate::api::{
-    ANNOTATION_POLICY, APPROVAL_SEAL_ANNOTATION, APPROVED_BY_ANNOTATION, APPROVED_UNTIL_ANNOTATION,
-    DEFAULT_APPROVAL_TTL, GROUP, Mode, PREFIX, PROTECTED_ANNOTATION,
+    ANNOTATION_POLICY, APPROVAL_SEAL_ANNOTATION, APPROVED_BACKUP_LOSS_ANNOTATION,
+    APPROVED_BY_ANNOTATION, APPROVED_UNTIL_ANNOTATION, DEFAULT_APPROVAL_TTL, GROUP, Mode, PREFIX,
+    PROTECTED_ANNOTATION,
 };
 
 /// What the webhook answers.
@@ -268,6 +270,8 @@ struct Approval {
     until: Option<Timestamp>,
     until_text: String,
     seal: Option<String>,
+    /// `approved-backup-loss`: the switch keys whose loss of backups the approver accepted.
+    backup_loss: String,
 }
 
 impl Approval {
@@ -283,7 +287,16 @@ impl Approval {
             until: until_text.trim().parse().ok(),
             until_text,
             seal: annotations.get(APPROVAL_SEAL_ANNOTATION).cloned(),
+            backup_loss: annotations
+                .get(APPROVED_BACKUP_LOSS_ANNOTATION)
+                .cloned()
+                .unwrap_or_default(),
         })
+    }
+
+    /// Whether the approver accepted the loss of backups a switch (by catalog key) causes.
+    fn accepts_backup_loss(&self, key: &str) -> bool {
+        self.backup_loss.split(',').any(|k| k.trim() == key)
     }
 
     /// What the seal of this approval on `object` (with `uid`) covers. The raw annotation
@@ -303,6 +316,7 @@ impl Approval {
                 .map(String::as_str)
                 .unwrap_or_default(),
             approved_until: &self.until_text,
+            backup_loss: &self.backup_loss,
         }
     }
 
@@ -603,9 +617,11 @@ fn decide_write(
             message,
         );
     }
-    let approval_changed = changed
-        .iter()
-        .any(|c| c.ends_with(APPROVED_BY_ANNOTATION) || c.ends_with(APPROVED_UNTIL_ANNOTATION));
+    let approval_changed = changed.iter().any(|c| {
+        c.ends_with(APPROVED_BY_ANNOTATION)
+            || c.ends_with(APPROVED_UNTIL_ANNOTATION)
+            || c.ends_with(APPROVED_BACKUP_LOSS_ANNOTATION)
+    });
     let Some(new_obj) = new else {
         return Decision::allow(object, "identity is not restricted");
     };
@@ -1072,6 +1088,13 @@ fn judge(j: Judged<'_, '_>) -> Decision {
         unapproved.iter().max_by_key(|(p, _, _)| p.mode())
     else {
         let approval = approval.expect("every protection approved implies an approval");
+        if action == "delete"
+            && through.is_empty()
+            && let Some(denied) =
+                unaccepted_backup_loss(&object, approval_on, &approval, &restricted, username)
+        {
+            return denied;
+        }
         let mut d = Decision::allow(
             object,
             format!("approved by {} until {}", approval.by, approval.until_text),
@@ -1136,6 +1159,67 @@ fn judge(j: Judged<'_, '_>) -> Decision {
     }
     d.approval = event;
     d
+}
+
+/// An approved deletion of a catalog kind that, as the object stands, would also destroy its
+/// backups or skip its final snapshot is refused (in Enforce mode) unless the approval lists
+/// each such switch: the approver must have seen it and said so (`approve --destroy-backups`).
+fn unaccepted_backup_loss(
+    object: &ObjectRef,
+    on: &DynamicObject,
+    approval: &Approval,
+    restricted: &[(Protection<'_>, Restriction)],
+    username: &str,
+) -> Option<Decision> {
+    let entry = crate::catalog::catalog().kind(&object.group, &object.kind)?;
+    let unaccepted: Vec<String> = entry
+        .backup_losses(&on.metadata, &on.data)
+        .into_iter()
+        .filter(|(s, _)| !approval.accepts_backup_loss(&s.key()))
+        .map(|(s, value)| match value {
+            Some(v) => format!("{}={v}", s.key()),
+            None => format!("{} absent (default {})", s.key(), default_text(s)),
+        })
+        .collect();
+    if unaccepted.is_empty() {
+        return None;
+    }
+    let (strongest, restriction) = restricted.iter().max_by_key(|(p, _)| p.mode())?;
+    if strongest.mode() != Mode::Enforce {
+        return None;
+    }
+    let losses = unaccepted.join(", ");
+    let message = format!(
+        "agentguard: DENIED delete of {} {} by {username}. The approval by {} does not cover what this deletion \
+         also destroys: its backups or its final snapshot ({losses}). Do not retry, and do not try another way. \
+         Stop and ask a human to approve the loss of backups too: {} --destroy-backups",
+        object.kind,
+        object.qualified_name(),
+        approval.by,
+        object.approve_command()
+    );
+    let mut d = Decision::deny(
+        object.clone(),
+        format!(
+            "{}; approved, but the approval does not accept the loss of backups ({losses})",
+            restriction.reason
+        ),
+        message,
+    );
+    d.policy = Some(strongest.label());
+    if let Protection::Policy(p) = strongest {
+        d.decided_by = Some(p.id.clone());
+    }
+    Some(d)
+}
+
+/// A switch's default when absent, as the catalog writes it.
+fn default_text(switch: &crate::catalog::Switch) -> String {
+    match &switch.default {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => "none".to_owned(),
+    }
 }
 
 /// A write after which another component deletes protected data (a row of
@@ -1363,6 +1447,17 @@ pub(crate) mod tests {
 
     /// The seal agentguard's test key gives an approval on any object.
     pub fn seal_for(group: &str, kind: &str, uid: &str, by: &str, until: &str) -> String {
+        seal_with_loss(group, kind, uid, by, until, "")
+    }
+
+    pub fn seal_with_loss(
+        group: &str,
+        kind: &str,
+        uid: &str,
+        by: &str,
+        until: &str,
+        backup_loss: &str,
+    ) -> String {
         crate::policy::seal::tests::keyring()
             .seal(&SealInput {
                 group,
@@ -1370,6 +1465,7 @@ pub(crate) mod tests {
                 uid,
                 approved_by: by,
                 approved_until: until,
+                backup_loss,
             })
             .unwrap()
     }
@@ -2224,6 +2320,122 @@ pub(crate) mod tests {
         };
         assert_eq!(
             decide(&human.build(), &snap, &OneClaim, now()).verdict,
+            Verdict::Allow
+        );
+    }
+
+    /// An approved deletion that would also lose the database's backups or final snapshot
+    /// counts only when the approval accepts each such switch, sealed with it; a database whose
+    /// switches keep its backups needs only the approval.
+    #[test]
+    fn an_approval_must_accept_the_loss_of_backups_it_causes() {
+        let snap = snapshot(vec![], &[]);
+        let until = at(600);
+        let kind = ("rds.services.k8s.aws", "DBInstance", "dbinstances");
+        let db = |switches: Value, loss: Option<&str>, seal_loss: &str| {
+            let mut a = json!({
+                "agentguard.dev/protected": "true",
+                "agentguard.dev/approved-by": "alice",
+                "agentguard.dev/approved-until": until,
+                "agentguard.dev/approval-seal":
+                    seal_with_loss("rds.services.k8s.aws", "DBInstance", "uid-db", "alice", &until, seal_loss),
+            });
+            if let Some(loss) = loss {
+                a["agentguard.dev/approved-backup-loss"] = json!(loss);
+            }
+            a.as_object_mut()
+                .unwrap()
+                .extend(switches.as_object().unwrap().clone());
+            json!({"apiVersion": "rds.services.k8s.aws/v1alpha1", "kind": "DBInstance",
+                "metadata": {"name": "orders", "namespace": "prod", "uid": "uid-db", "annotations": a},
+                "spec": {}})
+        };
+        let delete = |obj: Value| {
+            Req {
+                kind,
+                name: "orders".into(),
+                ..Req::delete(AGENT, obj)
+            }
+            .decide(&snap)
+        };
+        let keeps = json!({"rds.services.k8s.aws/skip-final-snapshot": "false"});
+        assert_eq!(delete(db(keeps.clone(), None, "")).verdict, Verdict::Allow);
+        // Absent means skip for ACK's RDS: the final snapshot would not be taken.
+        let d = delete(db(json!({}), None, ""));
+        assert_eq!(d.verdict, Verdict::Deny, "{}", d.reason);
+        let message = d.message.unwrap();
+        assert!(
+            message.contains("rds.services.k8s.aws/skip-final-snapshot absent")
+                && message.contains("--destroy-backups")
+                && message.contains("The approval by alice does not cover"),
+            "{message}"
+        );
+        let skip = json!({"rds.services.k8s.aws/skip-final-snapshot": "true",
+            "rds.services.k8s.aws/delete-automated-backups": "true"});
+        let both = "rds.services.k8s.aws/skip-final-snapshot,rds.services.k8s.aws/delete-automated-backups";
+        assert_eq!(
+            delete(db(skip.clone(), Some(both), both)).verdict,
+            Verdict::Allow
+        );
+        // Accepting one loss does not accept the other.
+        let one = "rds.services.k8s.aws/skip-final-snapshot";
+        let d = delete(db(skip.clone(), Some(one), one));
+        assert_eq!(d.verdict, Verdict::Deny, "{}", d.reason);
+        assert!(
+            d.reason.contains("delete-automated-backups=true"),
+            "{}",
+            d.reason
+        );
+        // The acceptance is sealed: written after the seal (or changed), the approval is void.
+        let d = delete(db(skip.clone(), Some(both), ""));
+        assert_eq!(d.verdict, Verdict::Deny, "{}", d.reason);
+        assert!(d.reason.contains("void"), "{}", d.reason);
+        // A human deletes as before.
+        let human = Req {
+            kind,
+            name: "orders".into(),
+            ..Req::delete("alice", db(skip, None, ""))
+        };
+        assert_eq!(human.decide(&snap).verdict, Verdict::Allow);
+    }
+
+    /// A switch removed takes its default: removing `deleteAutomatedBackups: false` (default
+    /// true) or `deletionPolicy: Orphan` (default Delete) from a protected Crossplane database
+    /// turns it on, and is refused like setting it.
+    #[test]
+    fn removing_a_switch_whose_default_is_dangerous_is_refused() {
+        let snap = snapshot(vec![], &[]);
+        let rds = |spec: Value| {
+            json!({"apiVersion": "rds.aws.upbound.io/v1beta1", "kind": "Instance",
+                "metadata": {"name": "orders", "uid": "uid-rds",
+                    "annotations": {"agentguard.dev/protected": "true"}},
+                "spec": spec})
+        };
+        let kind = ("rds.aws.upbound.io", "Instance", "instances");
+        let update = |user: &str, old: Value, new: Value| {
+            Req {
+                kind,
+                name: "orders".into(),
+                ..Req::update(user, old, new)
+            }
+            .decide(&snap)
+        };
+        let safe =
+            json!({"deletionPolicy": "Orphan", "forProvider": {"deleteAutomatedBackups": false}});
+        for removed in [
+            json!({"deletionPolicy": "Orphan", "forProvider": {}}),
+            json!({"forProvider": {"deleteAutomatedBackups": false}}),
+        ] {
+            let d = update(AGENT, rds(safe.clone()), rds(removed.clone()));
+            assert_eq!(d.verdict, Verdict::Deny, "{removed}: {}", d.reason);
+            assert!(d.reason.contains("catalog-switch"), "{}", d.reason);
+            assert_eq!(
+                update("alice", rds(safe.clone()), rds(removed)).verdict,
+                Verdict::Allow
+            );
+        }
+        assert_eq!(
+            update(AGENT, rds(safe.clone()), rds(safe)).verdict,
             Verdict::Allow
         );
     }

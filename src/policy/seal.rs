@@ -5,7 +5,8 @@
 //! a write while the webhook was down) cannot produce a seal that verifies for this object.
 //!
 //! The seal is `v1:<key id>:<hex HMAC-SHA256>`. The MAC covers a versioned, newline-separated
-//! message of group, kind, uid, approved-by and approved-until; none of those may contain a
+//! message of group, kind, uid, approved-by and approved-until, and, when the approval also
+//! accepts a loss of backups, the `approved-backup-loss` list; none of those may contain a
 //! newline that would let one field's text pose as another's, so such input is never sealed.
 
 use std::collections::BTreeMap;
@@ -29,6 +30,9 @@ pub struct SealInput<'a> {
     pub uid: &'a str,
     pub approved_by: &'a str,
     pub approved_until: &'a str,
+    /// `approved-backup-loss`, empty when the approval accepts no loss of backups (the message
+    /// is then what it was before this field existed, so earlier seals still verify).
+    pub backup_loss: &'a str,
 }
 
 impl SealInput<'_> {
@@ -40,13 +44,18 @@ impl SealInput<'_> {
             self.approved_by,
             self.approved_until,
         ];
-        if self.uid.is_empty() || fields.iter().any(|f| f.contains('\n')) {
+        if self.uid.is_empty()
+            || fields.iter().any(|f| f.contains('\n'))
+            || self.backup_loss.contains('\n')
+        {
             return None;
         }
-        Some(format!(
-            "agentguard-approval-{VERSION}\n{}",
-            fields.join("\n")
-        ))
+        let mut message = format!("agentguard-approval-{VERSION}\n{}", fields.join("\n"));
+        if !self.backup_loss.is_empty() {
+            message.push_str("\nbackup-loss:");
+            message.push_str(self.backup_loss);
+        }
+        Some(message)
     }
 }
 
@@ -198,6 +207,7 @@ pub(crate) mod tests {
             uid,
             approved_by: by,
             approved_until: until,
+            backup_loss: "",
         }
     }
 
@@ -220,7 +230,17 @@ pub(crate) mod tests {
                 group: "snapshot.storage.k8s.io",
                 ..good
             },
+            SealInput {
+                backup_loss: "spec.forProvider.skipFinalSnapshot",
+                ..good
+            },
         ] {
+            let theirs = keys.seal(&other).unwrap();
+            assert_eq!(
+                keys.verify(&good, Some(&theirs)),
+                Err(SealProblem::Mismatch),
+                "{other:?}"
+            );
             assert_eq!(
                 keys.verify(&other, Some(&seal)),
                 Err(SealProblem::Mismatch),
