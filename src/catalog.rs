@@ -276,6 +276,80 @@ impl DataKind {
     }
 }
 
+/// A data-holding object's own protection as it stands, from its switches: what status,
+/// PolicyReports and the metric show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assessment {
+    /// Whether the provider's own protection is on: no switch that turns it off or makes the
+    /// deletion reach the data (a deletion policy of Delete) is dangerous. None when the kind
+    /// has no such switch.
+    pub own_protection: Option<bool>,
+    /// Whether deleting the object keeps its backups and final snapshot. None when the kind has
+    /// no such switch.
+    pub backups_kept: Option<bool>,
+    /// The dangerous switches, as `key=value` or `key absent`.
+    pub weakened: Vec<String>,
+}
+
+impl Assessment {
+    /// Whether anything the catalog can read is weakened.
+    pub fn is_weakened(&self) -> bool {
+        !self.weakened.is_empty()
+    }
+
+    /// `on`, `off` or `-`: how status and the metric name the provider's protection.
+    pub fn own_protection_text(&self) -> &'static str {
+        match self.own_protection {
+            Some(true) => "on",
+            Some(false) => "off",
+            None => "-",
+        }
+    }
+
+    /// `kept`, `lost` or `-`.
+    pub fn backups_text(&self) -> &'static str {
+        match self.backups_kept {
+            Some(true) => "kept",
+            Some(false) => "lost",
+            None => "-",
+        }
+    }
+}
+
+impl DataKind {
+    /// The object's own protection (see [`Assessment`]); None when no switch of the kind can
+    /// be read.
+    pub fn assess(
+        &self,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        body: &Value,
+    ) -> Option<Assessment> {
+        let states = self.posture(meta, body);
+        if states.is_empty() {
+            return None;
+        }
+        let all_safe = |backups: bool| {
+            let mut relevant = states
+                .iter()
+                .filter(|s| s.switch.backups == backups)
+                .peekable();
+            relevant
+                .peek()
+                .is_some()
+                .then(|| relevant.all(|s| !s.dangerous))
+        };
+        Some(Assessment {
+            own_protection: all_safe(false),
+            backups_kept: all_safe(true),
+            weakened: states
+                .iter()
+                .filter(|s| s.dangerous)
+                .map(SwitchState::describe)
+                .collect(),
+        })
+    }
+}
+
 /// One switch as it stands on an object.
 #[derive(Debug)]
 pub struct SwitchState<'c> {
@@ -505,6 +579,37 @@ mod tests {
         let all: Vec<&Switch> = catalog().kinds.iter().flat_map(|k| &k.switches).collect();
         let guarded = all.iter().filter(|s| s.checkable()).count();
         assert!(guarded * 4 >= all.len() * 3, "{guarded} of {}", all.len());
+    }
+
+    /// Own protection and backups are judged apart: a Crossplane RDS instance kept by Orphan
+    /// whose automated backups would go, and one deleted with everything.
+    #[test]
+    fn an_objects_own_protection_is_assessed_from_its_switches() {
+        let rds = catalog().kind("rds.aws.upbound.io", "Instance").unwrap();
+        let meta = Default::default();
+        let a = rds
+            .assess(
+                &meta,
+                &serde_json::json!({"spec": {"deletionPolicy": "Orphan",
+                    "forProvider": {"skipFinalSnapshot": false, "deletionProtection": true}}}),
+            )
+            .unwrap();
+        assert_eq!(a.own_protection, Some(true), "{a:?}");
+        assert_eq!(a.backups_kept, Some(false));
+        assert_eq!(
+            a.weakened,
+            ["spec.forProvider.deleteAutomatedBackups absent"]
+        );
+        let a = rds.assess(&meta, &serde_json::json!({"spec": {}})).unwrap();
+        assert_eq!((a.own_protection_text(), a.backups_text()), ("off", "lost"));
+        assert!(
+            a.weakened
+                .contains(&"spec.deletionPolicy absent".to_owned()),
+            "{a:?}"
+        );
+        // A kind without readable switches has nothing to assess.
+        let backup = catalog().kind("postgresql.cnpg.io", "Backup").unwrap();
+        assert_eq!(backup.assess(&meta, &serde_json::json!({})), None);
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub struct Metrics {
     approvals: IntCounterVec,
     protected_objects: IntGaugeVec,
     unguarded_objects: IntGaugeVec,
+    protected_databases: IntGaugeVec,
     certificate_expiry: prometheus::IntGauge,
     approval_requests: IntGaugeVec,
     watch_last_sync: IntGaugeVec,
@@ -100,6 +101,15 @@ impl Metrics {
             &["resource"],
         )
         .expect("valid metric");
+        let protected_databases = IntGaugeVec::new(
+            Opts::new(
+                "protected_databases",
+                "Protected objects of the data-holding catalog's kinds, by kind, whether the provider's own deletion protection is on (on, off, - when the kind has none) and whether deleting them keeps their backups and final snapshot (kept, lost, -).",
+            )
+            .namespace(NAMESPACE),
+            &["kind", "own_protection", "backups"],
+        )
+        .expect("valid metric");
         let certificate_expiry = prometheus::IntGauge::with_opts(
             Opts::new(
                 "certificate_expiry_timestamp_seconds",
@@ -158,6 +168,7 @@ impl Metrics {
             Box::new(approvals.clone()),
             Box::new(protected_objects.clone()),
             Box::new(unguarded_objects.clone()),
+            Box::new(protected_databases.clone()),
             Box::new(certificate_expiry.clone()),
             Box::new(approval_requests.clone()),
             Box::new(watch_last_sync.clone()),
@@ -176,6 +187,7 @@ impl Metrics {
             approvals,
             protected_objects,
             unguarded_objects,
+            protected_databases,
             certificate_expiry,
             approval_requests,
             watch_last_sync,
@@ -244,6 +256,17 @@ impl Metrics {
         for (resource, count) in counts {
             self.unguarded_objects
                 .with_label_values(&[resource])
+                .set(*count);
+        }
+    }
+
+    /// Sets the protected databases by (kind, own protection, backups); combinations not named
+    /// drop out. Kinds come from the compiled-in catalog, so the label set stays bounded.
+    pub fn set_protected_databases(&self, counts: &[([String; 3], i64)]) {
+        self.protected_databases.reset();
+        for (labels, count) in counts {
+            self.protected_databases
+                .with_label_values(&[&labels[0], &labels[1], &labels[2]])
                 .set(*count);
         }
     }

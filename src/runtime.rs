@@ -323,10 +323,22 @@ pub async fn run(config: RunConfig) -> Result<()> {
         config.request_ttl,
         std::env::var("POD_NAME").ok(),
     ));
+    let postures = operator::posture::Postures::default();
+    tokio::spawn(operator::posture::run(
+        client.clone(),
+        objects.clone(),
+        metrics.clone(),
+        postures.clone(),
+    ));
     if config.policy_reports {
         let (client, objects, leading) = (client.clone(), objects.clone(), leader.clone());
         tokio::spawn(operator::leader::lead(leader.clone(), move || {
-            operator::reports::run(client.clone(), objects.clone(), leading.clone())
+            operator::reports::run(
+                client.clone(),
+                objects.clone(),
+                postures.clone(),
+                leading.clone(),
+            )
         }));
     }
     let (checked_configuration, checked_configuration_rx) = tokio::sync::watch::channel(

@@ -547,6 +547,10 @@ fn exported_metrics() -> BTreeMap<String, BTreeSet<String>> {
     m.approval("accepted");
     m.set_protected_objects(&[("persistentvolumeclaims".into(), 1)]);
     m.set_unguarded_objects(&[("databases".into(), 1)]);
+    m.set_protected_databases(&[(
+        ["Instance.rds.aws.upbound.io".into(), "off".into(), "lost".into()],
+        1,
+    )]);
     m.set_certificate_expiry(1);
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for line in m.render().lines().filter(|l| !l.starts_with('#')) {
@@ -1206,6 +1210,24 @@ fn dashboard_shows_what_agentguard_promises() {
             "annotated but unguarded objects (0, not empty, when there are none)",
             "bargauge",
             &["agentguard_unguarded_objects", "by (resource)", "vector(0)"],
+        ),
+        (
+            "protected databases whose own protection is off (0 when none)",
+            "bargauge",
+            &[
+                "agentguard_protected_databases",
+                "own_protection=\"off\"",
+                "vector(0)",
+            ],
+        ),
+        (
+            "protected databases whose deletion would lose their backups (0 when none)",
+            "bargauge",
+            &[
+                "agentguard_protected_databases",
+                "backups=\"lost\"",
+                "vector(0)",
+            ],
         ),
         ("replicas up", "stat", &["sum(up{job=~\"$job\"})"]),
         (

@@ -6,6 +6,7 @@ pub mod approval_keys;
 pub mod certificates;
 pub mod events;
 pub mod leader;
+pub mod posture;
 pub mod reports;
 pub mod requests;
 pub mod static_config;

@@ -36,6 +36,8 @@ pub struct ProtectedItem {
     pub key: ObjectKey,
     pub uid: String,
     pub by: ProtectedBy,
+    /// For a database of the data-holding catalog: its own protection, as last read.
+    pub posture: Option<crate::catalog::Assessment>,
 }
 
 /// A bound claim's volume: its name and reclaim policy.
@@ -247,6 +249,29 @@ fn judge(item: &ProtectedItem, volumes: &HashMap<(String, String), Volume>) -> J
             }
         }
     }
+    if let Some(posture) = &item.posture {
+        properties.insert(
+            "ownProtection".into(),
+            posture.own_protection_text().to_owned(),
+        );
+        properties.insert("backupsOnDelete".into(), posture.backups_text().to_owned());
+        if posture.is_weakened() {
+            result = "warn";
+            properties.insert("weakenedBy".into(), posture.weakened.join(", "));
+            let mut what = Vec::new();
+            if posture.own_protection == Some(false) {
+                what.push("the provider's own deletion protection is off");
+            }
+            if posture.backups_kept == Some(false) {
+                what.push("deleting it would also destroy its backups or final snapshot");
+            }
+            message = format!(
+                "{message}; {} ({})",
+                what.join(" and "),
+                posture.weakened.join(", ")
+            );
+        }
+    }
     Judged {
         result,
         message,
@@ -346,6 +371,7 @@ async fn watch_audited(client: kube::Client, log: Arc<Mutex<AuditLog>>) {
 pub async fn run(
     client: kube::Client,
     objects: SharedObjects,
+    postures: super::posture::Postures,
     leader: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(REPORT_INTERVAL);
@@ -382,7 +408,7 @@ pub async fn run(
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        if let Err(err) = write_reports(&client, &objects, &audited).await {
+        if let Err(err) = write_reports(&client, &objects, &postures, &audited).await {
             tracing::warn!(error = %err, "cannot write PolicyReports; retrying");
         }
     }
@@ -391,16 +417,19 @@ pub async fn run(
 async fn write_reports(
     client: &kube::Client,
     objects: &SharedObjects,
+    postures: &super::posture::Postures,
     audited: &Mutex<AuditLog>,
 ) -> Result<(), kube::Error> {
     let protected: Vec<ProtectedItem> = {
         let index = objects.read().unwrap_or_else(|e| e.into_inner());
+        let postures = postures.read().unwrap_or_else(|e| e.into_inner());
         index
             .protected_entries()
             .map(|(entry, by)| ProtectedItem {
                 key: entry.key.clone(),
                 uid: entry.uid.to_string(),
                 by: by.clone(),
+                posture: postures.get(&*entry.uid).map(|a| a.assessment.clone()),
             })
             .collect()
     };
@@ -562,7 +591,38 @@ mod tests {
                 },
                 mode,
             },
+            posture: None,
         }
+    }
+
+    /// A database whose own protection is off, or whose deletion would take its backups, is
+    /// `warn` with what is off; one with everything on passes and says so.
+    #[test]
+    fn a_database_whose_own_protection_is_off_is_a_warning() {
+        let mut weak = item(Some("prod"), "Instance", "orders", Mode::Enforce, true);
+        weak.posture = Some(crate::catalog::Assessment {
+            own_protection: Some(false),
+            backups_kept: Some(false),
+            weakened: vec!["spec.deletionPolicy absent".into()],
+        });
+        let judged = judge(&weak, &HashMap::new());
+        assert_eq!(judged.result, "warn");
+        assert!(
+            judged.message.contains("the provider's own deletion protection is off and deleting it would also destroy its backups or final snapshot (spec.deletionPolicy absent)"),
+            "{}",
+            judged.message
+        );
+        assert_eq!(judged.properties["ownProtection"], "off");
+        assert_eq!(judged.properties["backupsOnDelete"], "lost");
+        let mut strong = weak.clone();
+        strong.posture = Some(crate::catalog::Assessment {
+            own_protection: Some(true),
+            backups_kept: Some(true),
+            weakened: vec![],
+        });
+        let judged = judge(&strong, &HashMap::new());
+        assert_eq!(judged.result, "pass");
+        assert_eq!(judged.properties["ownProtection"], "on");
     }
 
     #[test]

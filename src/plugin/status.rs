@@ -394,10 +394,85 @@ struct Report {
     /// let it watch (issue 16): shown, never silent.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     unguarded: Vec<UnguardedRow>,
+    /// Protected databases (the data-holding catalog's kinds) with their own protection.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    databases: Vec<DatabaseRow>,
     /// Which webhook configuration routes requests to agentguard: `static` (loaded from files
     /// by the API server), `managed` (written by agentguard through the API) or `unknown`.
     #[serde(skip_serializing_if = "Option::is_none")]
     webhook_configuration: Option<WebhookConfigurationRow>,
+}
+
+/// A protected database and its provider-side protection, as `assess` reads its switches.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DatabaseRow {
+    /// `Instance.rds.aws.upbound.io`.
+    kind: String,
+    /// `namespace/name`, or the name of a cluster-scoped object.
+    object: String,
+    /// `on`, `off`, or `-` when the kind has no such switch.
+    own_protection: String,
+    /// `kept`, `lost`, or `-`.
+    backups_on_delete: String,
+    /// The switches that are off, as `key=value` or `key absent`.
+    weakened_by: Vec<String>,
+}
+
+/// The protected objects of catalog kinds in scope, read whole and assessed.
+async fn database_rows(
+    client: &kube::Client,
+    inventory: &Inventory,
+    scope: &Scope,
+) -> Vec<DatabaseRow> {
+    let catalog = crate::catalog::catalog();
+    let mut wanted: std::collections::BTreeMap<(String, String), HashSet<String>> =
+        Default::default();
+    for (entry, _) in inventory.index.protected_entries() {
+        if catalog.kind(&entry.key.group, &entry.key.kind).is_some() {
+            wanted
+                .entry((entry.key.group.to_string(), entry.key.kind.to_string()))
+                .or_default()
+                .insert(entry.uid.to_string());
+        }
+    }
+    let mut resolver = KindResolver::default();
+    let mut rows = Vec::new();
+    for ((group, kind), uids) in wanted {
+        let (Some(entry), Some((resource, caps))) = (
+            catalog.kind(&group, &kind),
+            resolver.resolve(client, &group, &kind).await,
+        ) else {
+            continue;
+        };
+        let api: Api<DynamicObject> = match (&caps.scope, scope) {
+            (ResourceScope::Namespaced, Scope::Namespace(ns)) => {
+                Api::namespaced_with(client.clone(), ns, &resource)
+            }
+            _ => Api::all_with(client.clone(), &resource),
+        };
+        let items = match crate::operator::posture::list(&api).await {
+            Ok(items) => items,
+            Err(why) => {
+                eprintln!("warning: cannot read {}: {why}", plural(&resource));
+                continue;
+            }
+        };
+        let assessed =
+            crate::operator::posture::assess_objects(entry, items, |uid| uids.contains(uid));
+        rows.extend(assessed.into_iter().map(|(_, a)| DatabaseRow {
+            kind: format!("{kind}.{group}"),
+            object: match &a.key.namespace {
+                Some(ns) => format!("{ns}/{}", a.key.name),
+                None => a.key.name.to_string(),
+            },
+            own_protection: a.assessment.own_protection_text().to_owned(),
+            backups_on_delete: a.assessment.backups_text().to_owned(),
+            weakened_by: a.assessment.weakened,
+        }));
+    }
+    rows.sort_by(|a, b| (&a.kind, &a.object).cmp(&(&b.kind, &b.object)));
+    rows
 }
 
 #[derive(Debug, Serialize)]
@@ -657,6 +732,7 @@ impl Report {
                 .collect(),
             requests: Vec::new(),
             unguarded: Vec::new(),
+            databases: Vec::new(),
             webhook_configuration: None,
         }
     }
@@ -765,6 +841,37 @@ impl Report {
                 .collect(),
         );
         let mut out = format!("{policies}\n{objects}\n{approvals}\n{blocked}\n{requests}");
+        if !self.databases.is_empty() {
+            out.push_str(&format!(
+                "\n{}",
+                section(
+                    "DATABASES (their own protection, from the catalog's switches)",
+                    &[
+                        "KIND",
+                        "OBJECT",
+                        "OWN PROTECTION",
+                        "BACKUPS ON DELETE",
+                        "WEAKENED BY"
+                    ],
+                    self.databases
+                        .iter()
+                        .map(|d| {
+                            vec![
+                                d.kind.clone(),
+                                d.object.clone(),
+                                d.own_protection.clone(),
+                                d.backups_on_delete.clone(),
+                                if d.weakened_by.is_empty() {
+                                    "-".to_owned()
+                                } else {
+                                    d.weakened_by.join(", ")
+                                },
+                            ]
+                        })
+                        .collect(),
+                )
+            ));
+        }
         if !self.unguarded.is_empty() {
             out.push_str(&format!(
                 "\n{}",
@@ -809,6 +916,7 @@ pub async fn run(ctx: &Ctx, _args: StatusArgs) -> Outcome {
     let blocked = blocked_attempts(&ctx.client, &scope).await;
     let mut report = Report::build(&scope, &policies, &inventory, blocked, Timestamp::now());
     report.unguarded = unguarded_rows(&recorded, &scope);
+    report.databases = database_rows(&ctx.client, &inventory, &scope).await;
     for row in &report.unguarded {
         eprintln!(
             "warning: {} {} is annotated agentguard.dev/protected=true but agentguard cannot watch its kind; add {} to rbac.extraWatchedResources",
