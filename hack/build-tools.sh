@@ -30,11 +30,12 @@ KYVERNO_VERSION="${KYVERNO_VERSION:-v1.19.1}"
 # Published CRDs of data-holding kinds (catalog/data-kinds.yaml names the same module@version).
 CNPG_VERSION="${CNPG_VERSION:-v1.27.0}"
 ACK_S3_VERSION="${ACK_S3_VERSION:-v1.14.0}"
+KCC_VERSION="${KCC_VERSION:-v1.155.1}"
 
 CACHE="${AGENTGUARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentguard}"
 BIN="$CACHE/tools/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"
 
-CATALOG_CRDS="$CACHE/tools/crds-catalog-cloudnative-pg-$CNPG_VERSION-ack-s3-$ACK_S3_VERSION"
+CATALOG_CRDS="$CACHE/tools/crds-catalog-cloudnative-pg-$CNPG_VERSION-ack-s3-$ACK_S3_VERSION-config-connector-$KCC_VERSION"
 CRDS="$CACHE/tools/crds-prometheus-operator-$PROMETHEUS_OPERATOR_VERSION-cert-manager-$CERT_MANAGER_VERSION-snapshotter-$SNAPSHOTTER_VERSION-velero-$VELERO_VERSION-kyverno-$KYVERNO_VERSION"
 
 if [[ "${1:-}" == "--print" ]]; then
@@ -56,14 +57,21 @@ log() { printf '[build-tools %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 have() { [[ -x "$BIN/$1" ]]; }
 
+# Downloads module@version through the module proxy (run from a scratch directory) and prints
+# the directory it is unpacked in; $2 = GoMod prints its go.mod file instead.
+module_path() {
+  local field="${2:-Dir}" out
+  out=$(go mod download -json "$1" | sed -n "s/^[[:space:]]*\"$field\": \"\\(.*\\)\",\$/\\1/p")
+  [[ -e "$out" ]] || { log "cannot download $1"; exit 1; }
+  echo "$out"
+}
+
 build_kubernetes() {
   local src="$CACHE/src/kubernetes-$K8S_VERSION"
   mkdir -p "$src"
   log "preparing wrapper module for k8s.io/kubernetes $K8S_VERSION in $src"
   local gomod
-  gomod=$(cd "$src" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" \
-    | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
-  [[ -f "$gomod" ]] || { log "cannot download k8s.io/kubernetes@$K8S_VERSION"; exit 1; }
+  gomod=$(cd "$src" && module_path "k8s.io/kubernetes@$K8S_VERSION" GoMod)
   {
     echo "module agentguard.dev/hack/kubernetes-tools"
     echo
@@ -134,9 +142,7 @@ build_cert_manager() {
   mkdir -p "$src"
   log "preparing wrapper module for github.com/cert-manager/cert-manager $CERT_MANAGER_VERSION in $src"
   local gomod
-  gomod=$(cd "$src" && go mod download -json "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION" \
-    | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
-  [[ -f "$gomod" ]] || { log "cannot download github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION"; exit 1; }
+  gomod=$(cd "$src" && module_path "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION" GoMod)
   {
     echo "module agentguard.dev/hack/cert-manager-controller"
     echo
@@ -163,30 +169,23 @@ fetch_crds() {
   log "fetching third-party CRDs (prometheus-operator, cert-manager, CSI snapshots, Velero, PolicyReports)"
   local tmp="$CRDS.tmp" dir
   rm -rf "$tmp" && mkdir -p "$tmp"
-  dir=$(cd "$tmp" && go mod download -json \
-    "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
-    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  dir=$(cd "$tmp" && module_path "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION")
   for kind in servicemonitors prometheusrules; do
     cp "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$tmp/"
   done
-  dir=$(cd "$tmp" && go mod download -json "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION" \
-    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  dir=$(cd "$tmp" && module_path "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION")
   for kind in certificates issuers clusterissuers certificaterequests; do
     cp "$dir/deploy/crds/cert-manager.io_$kind.yaml" "$tmp/"
   done
-  dir=$(cd "$tmp" && go mod download -json \
-    "github.com/kubernetes-csi/external-snapshotter/client/v8@$SNAPSHOTTER_VERSION" \
-    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  dir=$(cd "$tmp" && module_path "github.com/kubernetes-csi/external-snapshotter/client/v8@$SNAPSHOTTER_VERSION")
   for kind in volumesnapshots volumesnapshotcontents volumesnapshotclasses; do
     cp "$dir/config/crd/snapshot.storage.k8s.io_$kind.yaml" "$tmp/"
   done
-  dir=$(cd "$tmp" && go mod download -json "github.com/vmware-tanzu/velero@$VELERO_VERSION" \
-    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  dir=$(cd "$tmp" && module_path "github.com/vmware-tanzu/velero@$VELERO_VERSION")
   for kind in backups deletebackuprequests; do
     cp "$dir/config/crd/v1/bases/velero.io_$kind.yaml" "$tmp/"
   done
-  dir=$(cd "$tmp" && go mod download -json "github.com/kyverno/kyverno@$KYVERNO_VERSION" \
-    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  dir=$(cd "$tmp" && module_path "github.com/kyverno/kyverno@$KYVERNO_VERSION")
   for kind in policyreports clusterpolicyreports; do
     cp "$dir/config/crds/policyreport/wgpolicyk8s.io_$kind.yaml" "$tmp/"
   done
@@ -210,15 +209,22 @@ have cert-manager-controller || build_cert_manager
 # Copies the published CRDs of the catalog kinds the end-to-end tests install, exactly as
 # each project ships them in its Go module, into $CATALOG_CRDS.
 fetch_catalog_crds() {
-  log "fetching published CRDs of data-holding kinds (CloudNativePG, ACK S3)"
-  local tmp="$CATALOG_CRDS.tmp" dir
+  log "fetching published CRDs of data-holding kinds (CloudNativePG, ACK S3, Config Connector)"
+  local tmp="$CATALOG_CRDS.tmp" dir kind
   rm -rf "$tmp" && mkdir -p "$tmp"
-  dir=$(cd "$tmp" && go mod download -json "github.com/cloudnative-pg/cloudnative-pg@$CNPG_VERSION" \
-    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
-  cp "$dir/config/crd/bases/postgresql.cnpg.io_clusters.yaml" "$tmp/"
-  dir=$(cd "$tmp" && go mod download -json "github.com/aws-controllers-k8s/s3-controller@$ACK_S3_VERSION" \
-    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  dir=$(cd "$tmp" && module_path "github.com/cloudnative-pg/cloudnative-pg@$CNPG_VERSION")
+  for kind in clusters backups scheduledbackups databases; do
+    cp "$dir/config/crd/bases/postgresql.cnpg.io_$kind.yaml" "$tmp/"
+  done
+  dir=$(cd "$tmp" && module_path "github.com/aws-controllers-k8s/s3-controller@$ACK_S3_VERSION")
   cp "$dir/config/crd/bases/s3.services.k8s.aws_buckets.yaml" "$tmp/"
+  # Config Connector's module is large (41 MB); its CRDs are one file per kind.
+  dir=$(cd "$tmp" && module_path "github.com/GoogleCloudPlatform/k8s-config-connector@$KCC_VERSION")
+  for kind in sqlinstances.sql sqldatabases.sql spannerinstances.spanner spannerdatabases.spanner \
+    bigquerydatasets.bigquery storagebuckets.storage alloydbclusters.alloydb \
+    firestoredatabases.firestore bigtabletables.bigtable; do
+    cp "$dir/config/crds/resources/apiextensions.k8s.io_v1_customresourcedefinition_$kind.cnrm.cloud.google.com.yaml" "$tmp/"
+  done
   chmod 0644 "$tmp"/*.yaml
   rm -rf "$CATALOG_CRDS" && mv "$tmp" "$CATALOG_CRDS"
 }
@@ -226,6 +232,6 @@ fetch_catalog_crds() {
 # The last files each version of fetch_crds added: a cache filled before them is refetched.
 { [[ -f "$CRDS/wgpolicyk8s.io_clusterpolicyreports.yaml" ]] \
   && [[ -f "$CRDS/cert-manager.io_certificaterequests.yaml" ]]; } || fetch_crds
-[[ -f "$CATALOG_CRDS/s3.services.k8s.aws_buckets.yaml" ]] || fetch_catalog_crds
+[[ -d "$CATALOG_CRDS" ]] || fetch_catalog_crds
 log "tools ready in $BIN"
 echo "$BIN"

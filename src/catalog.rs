@@ -98,6 +98,16 @@ pub struct CrdSource {
     pub file: Option<String>,
     /// Why no published CRD is used.
     pub why: Option<String>,
+    /// The CRD the end-to-end tests (`tests/e2e_catalog.rs`) install for this kind, if they
+    /// test it: the published one, or one generated from this entry.
+    pub e2e: Option<E2eCrd>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum E2eCrd {
+    Published,
+    Generated,
 }
 
 impl Switch {
@@ -419,6 +429,11 @@ pub fn parse(text: &str) -> Result<Catalog, String> {
                 "{id}: a published CRD needs module, version and file"
             ));
         }
+        if crd.e2e == Some(E2eCrd::Published) && !crd.published {
+            return Err(format!(
+                "{id}: e2e: published, but no published CRD is named"
+            ));
+        }
         if !crd.published && crd.why.as_deref().is_none_or(str::is_empty) {
             return Err(format!("{id}: say why no published CRD is used"));
         }
@@ -431,7 +446,7 @@ pub fn parse(text: &str) -> Result<Catalog, String> {
 /// in the file (a comparison of old and new no rule makes yet).
 pub fn markdown_table(catalog: &Catalog) -> String {
     let mut out = String::from(
-        "| family | kind | versions | switches guarded | switches described only | CRD for tests | confidence |\n| --- | --- | --- | --- | --- | --- | --- |\n",
+        "| family | kind | versions | switches guarded | switches described only | CRD in the end-to-end tests | confidence |\n| --- | --- | --- | --- | --- | --- | --- |\n",
     );
     let list = |switches: Vec<&Switch>| {
         if switches.is_empty() {
@@ -450,14 +465,21 @@ pub fn markdown_table(catalog: &Catalog) -> String {
     for k in &catalog.kinds {
         let (guarded, described): (Vec<&Switch>, Vec<&Switch>) =
             k.switches.iter().partition(|s| s.checkable());
-        let crd = if k.crd.published {
+        let module = || {
             format!(
-                "published ({}@{})",
+                "{}@{}",
                 k.crd.module.as_deref().unwrap_or_default(),
                 k.crd.version.as_deref().unwrap_or_default()
             )
-        } else {
-            "hand-written".to_owned()
+        };
+        let crd = match (k.crd.e2e, k.crd.published) {
+            (Some(E2eCrd::Published), _) => format!("published ({})", module()),
+            (Some(E2eCrd::Generated), true) => {
+                format!("generated from the catalog (published in {})", module())
+            }
+            (Some(E2eCrd::Generated), false) => "generated from the catalog".to_owned(),
+            (None, true) => format!("not tested end to end (published in {})", module()),
+            (None, false) => "not tested end to end".to_owned(),
         };
         out.push_str(&format!(
             "| {} | `{}.{}` | {} | {} | {} | {} | {:?} |\n",

@@ -22,32 +22,58 @@ fn readme_catalog_table_matches_the_catalog() {
     );
 }
 
+/// The families whose published CRDs `hack/build-tools.sh` copies for the end-to-end tests, with
+/// the variable that pins each module's version.
+const FETCHED: [(&str, &str); 3] = [
+    ("cloudnative-pg", "CNPG_VERSION"),
+    ("ack-s3", "ACK_S3_VERSION"),
+    ("config-connector", "KCC_VERSION"),
+];
+
 #[test]
 fn build_tools_fetch_the_crds_the_catalog_names() {
     let script =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/build-tools.sh"))
             .unwrap();
     let catalog = agentguard::catalog::catalog();
-    for (group, kind, variable) in [
-        ("postgresql.cnpg.io", "Cluster", "CNPG_VERSION"),
-        ("s3.services.k8s.aws", "Bucket", "ACK_S3_VERSION"),
-    ] {
-        let crd = &catalog.kind(group, kind).expect("in the catalog").crd;
-        assert!(crd.published, "{kind}.{group}");
-        let (module, version, file) = (
-            crd.module.as_deref().unwrap(),
-            crd.version.as_deref().unwrap(),
-            crd.file.as_deref().unwrap(),
-        );
-        assert!(
-            script.contains(&format!("{variable}=\"${{{variable}:-{version}}}\"")),
-            "hack/build-tools.sh does not pin {variable} to {version}"
-        );
-        assert!(
-            script.contains(&format!("{module}@${variable}")),
-            "{module}"
-        );
-        assert!(script.contains(&format!("$dir/{file}")), "{file}");
+    for (family, variable) in FETCHED {
+        for entry in catalog.kinds.iter().filter(|k| k.family == family) {
+            let crd = &entry.crd;
+            assert!(crd.published, "{}.{}", entry.kind, entry.group);
+            let (module, version, file) = (
+                crd.module.as_deref().unwrap(),
+                crd.version.as_deref().unwrap(),
+                crd.file.as_deref().unwrap(),
+            );
+            assert!(
+                script.contains(&format!("{variable}=\"${{{variable}:-{version}}}\"")),
+                "hack/build-tools.sh does not pin {variable} to {version}"
+            );
+            assert!(
+                script.contains(&format!("{module}@${variable}")),
+                "{module}"
+            );
+            // The file is copied by a loop over a distinctive part of its name: the directory
+            // and the plural (with its group's first label where the name has one).
+            let (dir, name) = file.rsplit_once('/').unwrap();
+            assert!(
+                script.contains(&format!("$dir/{dir}/")),
+                "{file}: directory"
+            );
+            assert!(
+                name.contains(&format!("_{}.", entry.plural))
+                    || name.contains(&format!("_{}.yaml", entry.plural)),
+                "{file}: no plural {}",
+                entry.plural
+            );
+            let listed = script.contains(&format!("$dir/{file}"))
+                || script.lines().any(|l| {
+                    l.split_whitespace()
+                        .map(|w| w.trim_end_matches(';'))
+                        .any(|w| w == entry.plural || w.starts_with(&format!("{}.", entry.plural)))
+                });
+            assert!(listed, "hack/build-tools.sh does not copy {}", entry.plural);
+        }
     }
 }
 

@@ -548,7 +548,11 @@ fn exported_metrics() -> BTreeMap<String, BTreeSet<String>> {
     m.set_protected_objects(&[("persistentvolumeclaims".into(), 1)]);
     m.set_unguarded_objects(&[("databases".into(), 1)]);
     m.set_protected_databases(&[(
-        ["Instance.rds.aws.upbound.io".into(), "off".into(), "lost".into()],
+        [
+            "Instance.rds.aws.upbound.io".into(),
+            "off".into(),
+            "lost".into(),
+        ],
         1,
     )]);
     m.set_certificate_expiry(1);

@@ -272,7 +272,7 @@ impl AnnotatedKinds {
         let found = discovery::group(client, &write.group)
             .await
             .ok()
-            .and_then(|g| g.recommended_kind(&write.kind))
+            .and_then(|g| super::served_kind(&g, &write.kind))
             .filter(|(ar, _)| ar.plural == write.resource);
         match found {
             Some((ar, caps)) => Some(RecordedKind {

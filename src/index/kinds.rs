@@ -12,6 +12,22 @@ use kube::discovery::{self, ApiCapabilities, ApiGroup};
 /// they wait, so a group that does not answer in time is unknown (looked up again next pass).
 pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The resource serving `kind` in a discovered group: in the group's preferred version, or else
+/// in the first other version that serves it. A group's kinds need not share versions (a
+/// Crossplane provider serves `Instance` at v1beta3 and `Cluster` only up to v1beta2), and
+/// kube's `recommended_kind` looks in the preferred version only: a kind served elsewhere
+/// would pass for not served, and go unprotected.
+pub fn served_kind(group: &ApiGroup, kind: &str) -> Option<(ApiResource, ApiCapabilities)> {
+    group.recommended_kind(kind).or_else(|| {
+        group.versions().find_map(|version| {
+            group
+                .versioned_resources(version)
+                .into_iter()
+                .find(|(ar, _)| ar.kind == kind)
+        })
+    })
+}
+
 /// Resolves kinds for one pass; make a new one for the next pass to see new CRDs.
 #[derive(Default)]
 pub struct KindResolver {
@@ -86,7 +102,7 @@ impl KindResolver {
             self.groups.insert(group.to_owned(), found);
         }
         match &self.groups[group] {
-            Ok(api_group) => match api_group.recommended_kind(kind) {
+            Ok(api_group) => match served_kind(api_group, kind) {
                 Some((resource, caps)) => Lookup::Served(resource, caps),
                 None => Lookup::NotServed,
             },

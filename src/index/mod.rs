@@ -13,7 +13,7 @@ pub use annotated::{
     AnnotatedKinds, AnnotatedWrite, MAX_OBJECTS_PER_KIND, RECORD_COMPONENT_LABEL, RecordedKind,
     RecordedKinds, data_key, parse_record, rbac_rule,
 };
-pub use kinds::{KindResolver, Lookup};
+pub use kinds::{KindResolver, Lookup, served_kind};
 pub use watch_objects::run_objects;
 
 use std::sync::Arc;

@@ -76,7 +76,9 @@ fn resource_ref(
 }
 
 fn api_version(key: &ObjectKey, versions: &HashMap<String, String>) -> String {
-    let version = versions.get(&*key.group).map_or("v1", String::as_str);
+    let version = versions
+        .get(&format!("{}/{}", key.group, key.kind))
+        .map_or("v1", String::as_str);
     if key.group.is_empty() {
         version.to_owned()
     } else {
@@ -538,26 +540,34 @@ fn report_api(client: &kube::Client, scope: Option<&str>) -> (Api<DynamicObject>
     (api, kind)
 }
 
-/// The preferred version of each API group with protected objects (for `apiVersion`).
+/// The version each kind with protected objects is served at (for `apiVersion`): its group's
+/// preferred version, or the first that serves it (see [`crate::index::served_kind`]). Keyed by
+/// `group/kind`.
 async fn preferred_versions(
     client: &kube::Client,
     protected: &[ProtectedItem],
 ) -> HashMap<String, String> {
     let mut versions = HashMap::new();
+    let mut groups: HashMap<String, Option<kube::discovery::ApiGroup>> = HashMap::new();
     for item in protected {
-        let group = &item.key.group;
-        if versions.contains_key(&**group) {
+        let (group, kind) = (&*item.key.group, &*item.key.kind);
+        let key = format!("{group}/{kind}");
+        if versions.contains_key(&key) {
             continue;
         }
         let version = if group.is_empty() {
             "v1".to_owned()
         } else {
-            match kube::discovery::group(client, group).await {
-                Ok(g) => g.preferred_version_or_latest().to_owned(),
-                Err(_) => "v1".to_owned(),
+            if !groups.contains_key(group) {
+                let found = kube::discovery::group(client, group).await.ok();
+                groups.insert(group.to_owned(), found);
             }
+            groups[group]
+                .as_ref()
+                .and_then(|g| crate::index::served_kind(g, kind))
+                .map_or_else(|| "v1".to_owned(), |(ar, _)| ar.version)
         };
-        versions.insert(group.to_string(), version);
+        versions.insert(key, version);
     }
     versions
 }

@@ -225,16 +225,25 @@ pub async fn resolve_resource(client: &kube::Client, typed: &str) -> Result<Reso
             .map_err(Failure::from)?,
     )];
     let groups = client.list_api_groups().await.map_err(Failure::from)?;
-    for group in groups.groups {
-        if group_filter.as_deref().is_some_and(|g| g != group.name) {
-            continue;
-        }
+    let wanted = |g: &str| group_filter.as_deref().is_none_or(|f| f == g);
+    // Each group's preferred version first; a kind served only at another version (a group's
+    // kinds need not share versions) is looked for there next.
+    let mut others = Vec::new();
+    for group in groups.groups.iter().filter(|g| wanted(&g.name)) {
         let Some(preferred) = group
             .preferred_version
+            .clone()
             .or_else(|| group.versions.first().cloned())
         else {
             continue;
         };
+        others.extend(
+            group
+                .versions
+                .iter()
+                .filter(|v| v.group_version != preferred.group_version)
+                .map(|v| (group.name.clone(), v.group_version.clone())),
+        );
         if let Ok(list) = client
             .list_api_group_resources(&preferred.group_version)
             .await
@@ -242,8 +251,35 @@ pub async fn resolve_resource(client: &kube::Client, typed: &str) -> Result<Reso
             lists.push((group.name.clone(), list));
         }
     }
-    for (group, list) in &lists {
-        if group_filter.as_deref().is_some_and(|g| g != group) {
+    if let Some(found) = find_resource(&lists, &name, group_filter.as_deref()) {
+        return Ok(found);
+    }
+    let mut lists = Vec::new();
+    for (group, version) in others {
+        if let Ok(list) = client.list_api_group_resources(&version).await {
+            lists.push((group, list));
+        }
+    }
+    if let Some(found) = find_resource(&lists, &name, group_filter.as_deref()) {
+        return Ok(found);
+    }
+    Err(Failure::new(format!(
+        "the server doesn't have a resource type \"{typed}\""
+    )))
+}
+
+/// The first resource of `lists` (group, resource list) that `name` names, as kubectl reads
+/// it.
+fn find_resource(
+    lists: &[(
+        String,
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList,
+    )],
+    name: &str,
+    group_filter: Option<&str>,
+) -> Option<Resolved> {
+    for (group, list) in lists {
+        if group_filter.is_some_and(|g| g != group) {
             continue;
         }
         for r in &list.resources {
@@ -253,18 +289,19 @@ pub async fn resolve_resource(client: &kube::Client, typed: &str) -> Result<Reso
             let matches = r.name == name
                 || r.singular_name == name
                 || r.kind.to_ascii_lowercase() == name
-                || r.short_names.as_ref().is_some_and(|s| s.contains(&name));
+                || r.short_names
+                    .as_ref()
+                    .is_some_and(|s| s.iter().any(|n| n == name));
             if matches {
                 let (g, v) = match list.group_version.split_once('/') {
                     Some((g, v)) => (g.to_owned(), v.to_owned()),
                     None => (String::new(), list.group_version.clone()),
                 };
-                let api_version = list.group_version.clone();
-                return Ok(Resolved {
+                return Some(Resolved {
                     resource: ApiResource {
                         group: g,
                         version: v,
-                        api_version,
+                        api_version: list.group_version.clone(),
                         kind: r.kind.clone(),
                         plural: r.name.clone(),
                     },
@@ -273,9 +310,7 @@ pub async fn resolve_resource(client: &kube::Client, typed: &str) -> Result<Reso
             }
         }
     }
-    Err(Failure::new(format!(
-        "the server doesn't have a resource type \"{typed}\""
-    )))
+    None
 }
 
 /// Splits `<kind>/<name>`.
