@@ -1088,8 +1088,8 @@ fn judge(j: Judged<'_, '_>) -> Decision {
         unapproved.iter().max_by_key(|(p, _, _)| p.mode())
     else {
         let approval = approval.expect("every protection approved implies an approval");
+        // The object deleted is the one whose settings count, cascade root or not.
         if action == "delete"
-            && through.is_empty()
             && let Some(denied) =
                 unaccepted_backup_loss(&object, approval_on, &approval, &restricted, username)
         {
@@ -2397,6 +2397,39 @@ pub(crate) mod tests {
             ..Req::delete("alice", db(skip, None, ""))
         };
         assert_eq!(human.decide(&snap).verdict, Verdict::Allow);
+        // A database that also owns protected claims (a cascade root) is judged on its own
+        // settings too: CloudNativePG's snapshots owned by the Cluster go with it.
+        let cnpg = |owner_ref: &str, loss: &str| {
+            json!({"apiVersion": "postgresql.cnpg.io/v1", "kind": "Cluster",
+                "metadata": {"name": "orders", "namespace": "prod", "uid": "owner-1",
+                    "annotations": {
+                        "agentguard.dev/protected": "true",
+                        "agentguard.dev/approved-by": "alice",
+                        "agentguard.dev/approved-until": until,
+                        "agentguard.dev/approved-backup-loss": loss,
+                        "agentguard.dev/approval-seal": seal_with_loss(
+                            "postgresql.cnpg.io", "Cluster", "owner-1", "alice", &until, loss),
+                    }},
+                "spec": {"backup": {"volumeSnapshot": {"snapshotOwnerReference": owner_ref}}}})
+        };
+        let delete = |obj: Value| {
+            let r = Req {
+                kind: ("postgresql.cnpg.io", "Cluster", "clusters"),
+                name: "orders".into(),
+                ..Req::delete(AGENT, obj)
+            };
+            decide(&r.build(), &snap, &OneClaim, now())
+        };
+        let d = delete(cnpg("cluster", ""));
+        assert_eq!(d.verdict, Verdict::Deny, "{}", d.reason);
+        assert!(
+            d.reason.contains("snapshotOwnerReference=cluster"),
+            "{}",
+            d.reason
+        );
+        let key = "spec.backup.volumeSnapshot.snapshotOwnerReference";
+        assert_eq!(delete(cnpg("cluster", key)).verdict, Verdict::Allow);
+        assert_eq!(delete(cnpg("none", "")).verdict, Verdict::Allow);
     }
 
     /// A switch removed takes its default: removing `deleteAutomatedBackups: false` (default
