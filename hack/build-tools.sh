@@ -31,6 +31,10 @@ KYVERNO_VERSION="${KYVERNO_VERSION:-v1.19.1}"
 CNPG_VERSION="${CNPG_VERSION:-v1.27.0}"
 ACK_S3_VERSION="${ACK_S3_VERSION:-v1.14.0}"
 KCC_VERSION="${KCC_VERSION:-v1.155.1}"
+# The node's container runtime (containerd's LTS line; kubelet 1.36 pairs with 2.2+) and the
+# OCI runtime under it (Debian 12's runc 1.1.5 cannot start containerd 2.3's containers here).
+CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.3.7}"
+RUNC_VERSION="${RUNC_VERSION:-v1.4.4}"
 
 CACHE="${AGENTGUARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentguard}"
 BIN="$CACHE/tools/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"
@@ -40,6 +44,10 @@ CRDS="$CACHE/tools/crds-prometheus-operator-$PROMETHEUS_OPERATOR_VERSION-cert-ma
 
 if [[ "${1:-}" == "--print" ]]; then
   echo "$BIN"
+  exit 0
+fi
+if [[ "${1:-}" == "--print-k8s-version" ]]; then
+  echo "$K8S_VERSION"
   exit 0
 fi
 if [[ "${1:-}" == "--print-crds" ]]; then
@@ -92,7 +100,9 @@ package tools
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
   log "resolving modules (go mod tidy; first run downloads ~1-2 GB)"
@@ -104,10 +114,56 @@ GO
     ld+=" -X $pkg.gitTreeState=clean -X $pkg.gitCommit=0000000000000000000000000000000000000000"
     ld+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  for cmd in kube-apiserver kube-controller-manager kubectl; do
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet; do
     if have "$cmd"; then continue; fi
     log "building $cmd $K8S_VERSION (cold build takes several minutes)"
     (cd "$src" && go build -trimpath -ldflags "$ld" -o "$BIN/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd")
+    mv "$BIN/$cmd.tmp" "$BIN/$cmd"
+  done
+  # The sandbox ("pause") container's program, from the same release's source: a static C
+  # binary that sleeps and reaps. hack/image.sh wraps it into the pause image.
+  if ! have pause; then
+    local dir
+    dir=$(cd "$src" && module_path "k8s.io/kubernetes@$K8S_VERSION")
+    log "building pause from $K8S_VERSION build/pause/linux/pause.c"
+    cc -Os -static -DVERSION="$K8S_VERSION" -o "$BIN/pause.tmp" "$dir/build/pause/linux/pause.c"
+    strip "$BIN/pause.tmp" 2>/dev/null || true
+    mv "$BIN/pause.tmp" "$BIN/pause"
+  fi
+}
+
+# containerd 2.x, the runtime the node's kubelet talks to (containerd's support table pairs
+# kubelet 1.36 with 2.2+; Debian 12's 1.6 is outside it): daemon, runc shim and ctr, built
+# without cgo from the module the proxy serves.
+build_containerd() {
+  local src="$CACHE/src/containerd-$CONTAINERD_VERSION"
+  mkdir -p "$src"
+  log "building containerd $CONTAINERD_VERSION (daemon, shim, ctr)"
+  cat >"$src/go.mod" <<GOMOD
+module agentguard.dev/hack/containerd-tools
+
+go 1.26
+
+require github.com/containerd/containerd/v2 $CONTAINERD_VERSION
+GOMOD
+  cat >"$src/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "github.com/containerd/containerd/v2/cmd/containerd"
+	_ "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2"
+	_ "github.com/containerd/containerd/v2/cmd/ctr"
+)
+GO
+  (cd "$src" && go mod tidy)
+  local cmd
+  for cmd in containerd containerd-shim-runc-v2 ctr; do
+    have "$cmd" && continue
+    (cd "$src" && CGO_ENABLED=0 go build -trimpath -tags no_btrfs \
+      -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
+      -o "$BIN/$cmd.tmp" "github.com/containerd/containerd/v2/cmd/$cmd")
     mv "$BIN/$cmd.tmp" "$BIN/$cmd"
   done
 }
@@ -158,6 +214,31 @@ build_cert_manager() {
   mv "$BIN/cert-manager-controller.tmp.$$" "$BIN/cert-manager-controller"
 }
 
+# runc needs cgo (its nsenter is C) and libseccomp (Debian: gcc, pkg-config, libseccomp-dev).
+build_runc() {
+  local src="$CACHE/src/runc-$RUNC_VERSION"
+  mkdir -p "$src"
+  log "building runc $RUNC_VERSION (cgo, seccomp)"
+  cat >"$src/go.mod" <<GOMOD
+module agentguard.dev/hack/runc-tools
+
+go 1.24
+
+require github.com/opencontainers/runc $RUNC_VERSION
+GOMOD
+  cat >"$src/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import _ "github.com/opencontainers/runc"
+GO
+  (cd "$src" && go mod tidy)
+  (cd "$src" && CGO_ENABLED=1 go build -trimpath -tags "seccomp urfave_cli_no_docs" \
+    -ldflags "-s -w -X main.version=${RUNC_VERSION#v}" -o "$BIN/runc.tmp" github.com/opencontainers/runc)
+  mv "$BIN/runc.tmp" "$BIN/runc"
+}
+
 build_helm() {
   log "building helm $HELM_VERSION"
   GOBIN="$BIN" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
@@ -196,14 +277,18 @@ fetch_crds() {
 # Compiling Kubernetes fills a Go build cache of 4-5 GB that is never needed again once the
 # binaries exist; keep it in a scratch directory and drop it after, so a fresh machine (and CI)
 # does not carry it. AGENTGUARD_KEEP_GOCACHE=1 keeps Go's usual cache instead.
-if ! { have etcd && have kube-apiserver && have kube-controller-manager && have kubectl && have helm \
-  && have cert-manager-controller; } && [[ -z "${AGENTGUARD_KEEP_GOCACHE:-}" ]]; then
+NODE_TOOLS=(kube-scheduler kubelet pause containerd containerd-shim-runc-v2 ctr runc)
+have_all() { local t; for t in "$@"; do have "$t" || return 1; done; }
+if ! have_all etcd kube-apiserver kube-controller-manager kubectl helm cert-manager-controller \
+  "${NODE_TOOLS[@]}" && [[ -z "${AGENTGUARD_KEEP_GOCACHE:-}" ]]; then
   GOCACHE=$(mktemp -d "${TMPDIR:-/tmp}/agentguard-gocache.XXXXXX")
   export GOCACHE
   trap 'rm -rf "$GOCACHE"' EXIT
 fi
 have etcd || build_etcd
-{ have kube-apiserver && have kube-controller-manager && have kubectl; } || build_kubernetes
+have_all kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet pause || build_kubernetes
+have_all containerd containerd-shim-runc-v2 ctr || build_containerd
+have runc || build_runc
 have helm || build_helm
 have cert-manager-controller || build_cert_manager
 # Copies the published CRDs of the catalog kinds the end-to-end tests install, exactly as

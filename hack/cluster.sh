@@ -2,7 +2,8 @@
 # A local Kubernetes control plane on loopback, built from pinned Go modules (hack/build-tools.sh):
 # etcd, kube-apiserver (RBAC, service-account token signing, audit log) and
 # kube-controller-manager (each controller with its own ServiceAccount credentials).
-# No kubelet: Pods never run, which admission tests do not need.
+# With AGENTGUARD_NODE=1 also a real node (hack/node.sh): containerd, CNI bridge, kube-scheduler
+# and kubelet, so Pods run; it needs root. Without it, Pods never run.
 #
 #   hack/cluster.sh up      build tools if missing, start everything, wait until ready
 #   hack/cluster.sh down    stop what `up` started (by recorded pids) and remove its state
@@ -33,10 +34,15 @@ print_env() {
 
 kubectl_admin() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 
+# shellcheck source=hack/node.sh
+source "$ROOT/hack/node.sh"
+
 is_up() {
   [[ -f "$KUBECONFIG_FILE" ]] || return 1
   local name
-  for name in etcd kube-apiserver kube-controller-manager; do
+  local names=(etcd kube-apiserver kube-controller-manager)
+  node_enabled && names+=(containerd kube-scheduler kubelet api-forwarder)
+  for name in "${names[@]}"; do
     [[ -f "$STATE/run/$name.pid" ]] && kill -0 "$(cat "$STATE/run/$name.pid")" 2>/dev/null || return 1
   done
   kubectl_admin get --raw /readyz >/dev/null 2>&1
@@ -93,13 +99,19 @@ gen_pki() {
     rm -f "$pki/$1.csr"
   }
   sign apiserver "/CN=kube-apiserver" \
-    "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
+    "subjectAltName=IP:127.0.0.1,IP:$KUBERNETES_SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
 extendedKeyUsage=serverAuth
 keyUsage=digitalSignature"
   sign admin "/O=system:masters/CN=agentguard-admin" \
     "extendedKeyUsage=clientAuth
 keyUsage=digitalSignature"
   sign controller-manager "/CN=system:kube-controller-manager" \
+    "extendedKeyUsage=clientAuth
+keyUsage=digitalSignature"
+  sign scheduler "/CN=system:kube-scheduler" \
+    "extendedKeyUsage=clientAuth
+keyUsage=digitalSignature"
+  sign kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" \
     "extendedKeyUsage=clientAuth
 keyUsage=digitalSignature"
   openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
@@ -138,8 +150,17 @@ start_apiserver() {
     static=(--feature-gates ManifestBasedAdmissionControlConfig=true
       --admission-control-config-file "$AGENTGUARD_STATIC_ADMISSION/admission-configuration.yaml")
   fi
+  # With a node: the Node authorizer and NodeRestriction for the kubelet, webhook Services
+  # called through their EndpointSlices (no kube-proxy), and kubelet access for logs and exec.
+  local node=(--authorization-mode RBAC)
+  node_load
+  if [[ "${NODE_ENABLED:-0}" == 1 ]]; then
+    node=(--authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction
+      --enable-aggregator-routing=true --kubelet-preferred-address-types InternalIP
+      --kubelet-client-certificate "$STATE/pki/admin.crt" --kubelet-client-key "$STATE/pki/admin.key")
+  fi
   log "starting kube-apiserver on https://127.0.0.1:$API_PORT"
-  start kube-apiserver "$BIN/kube-apiserver" "${static[@]}" \
+  start kube-apiserver "$BIN/kube-apiserver" "${static[@]}" "${node[@]}" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
     --cert-dir "$STATE/pki/apiserver-generated" \
@@ -148,8 +169,7 @@ start_apiserver() {
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$STATE/pki/sa.pub" \
     --service-account-signing-key-file "$STATE/pki/sa.key" \
-    --authorization-mode RBAC \
-    --service-cluster-ip-range 10.0.0.0/24 \
+    --service-cluster-ip-range "$SERVICE_CIDR" \
     --endpoint-reconciler-type none \
     --audit-policy-file "$STATE/audit-policy.yaml" --audit-log-path "$STATE/logs/audit.log" \
     --profiling=false
@@ -195,6 +215,9 @@ up() {
   printf 'ETCD_PORT=%s\nETCD_PEER_PORT=%s\nAPI_PORT=%s\nKCM_PORT=%s\n' \
     "$ETCD_PORT" "$ETCD_PEER_PORT" "$API_PORT" "$KCM_PORT" >"$STATE/ports.env"
 
+  node_plan
+  node_load
+  [[ "$NODE_ENABLED" == 1 ]] && node_check
   log "generating certificates"
   gen_pki
 
@@ -215,6 +238,10 @@ YAML
   wait_for kube-apiserver 120 "$STATE/logs/kube-apiserver.log" kubectl_admin get --raw /readyz
 
   log "starting kube-controller-manager"
+  local controllers=clusterrole-aggregation-controller,namespace-controller,garbage-collector-controller,persistentvolumeclaim-protection-controller,persistentvolume-protection-controller,persistentvolume-binder-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,statefulset-controller,deployment-controller,replicaset-controller,ephemeral-volume-controller
+  # A node needs its lifecycle (or the not-ready taint stays), EndpointSlices (webhook Services),
+  # PodDisruptionBudgets, and Pod garbage collection.
+  [[ "$NODE_ENABLED" == 1 ]] && controllers+=,node-lifecycle-controller,taint-eviction-controller,endpointslice-controller,disruption-controller,pod-garbage-collector-controller
   write_kubeconfig "$STATE/controller-manager.kubeconfig" controller-manager
   start kube-controller-manager "$BIN/kube-controller-manager" \
     --kubeconfig "$STATE/controller-manager.kubeconfig" \
@@ -225,21 +252,24 @@ YAML
     --service-account-private-key-file "$STATE/pki/sa.key" \
     --root-ca-file "$STATE/pki/ca.crt" \
     --leader-elect=false \
-    --controllers clusterrole-aggregation-controller,namespace-controller,garbage-collector-controller,persistentvolumeclaim-protection-controller,persistentvolume-protection-controller,persistentvolume-binder-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,statefulset-controller,deployment-controller,replicaset-controller,ephemeral-volume-controller
+    --controllers "$controllers"
   wait_for kube-controller-manager 120 "$STATE/logs/kube-controller-manager.log" \
     curl -sfk "https://127.0.0.1:$KCM_PORT/healthz"
   # The service-account controller creating "default" proves controllers act with their credentials.
   wait_for "service-account controller" 120 "$STATE/logs/kube-controller-manager.log" \
     kubectl_admin -n default get serviceaccount default
 
+  [[ "$NODE_ENABLED" == 1 ]] && node_up
   log "control plane is up: $("$BIN/kubectl" version --kubeconfig "$KUBECONFIG_FILE" 2>/dev/null | tail -1)"
   print_env
 }
 
 down_quiet() {
   local pidfile pid name
-  # Whatever else was started beside the control plane (hack/demo.sh's agentguard) goes first,
-  # then the control plane in reverse start order.
+  # The node first (its Pods, mounts, network and cgroups), then whatever else was started
+  # beside the control plane (hack/demo.sh's agentguard), then the control plane in reverse
+  # start order.
+  node_down
   for pidfile in "$STATE"/run/*.pid; do
     name=$(basename "$pidfile" .pid)
     case "$name" in kube-controller-manager|kube-apiserver|etcd) continue ;; esac

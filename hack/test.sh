@@ -7,6 +7,25 @@ cd "$ROOT"
 
 log() { printf '[test %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
+# The node (hack/node.sh) runs containers: the CNI plugins and socat from Debian; runc (cgo,
+# libseccomp) and the pause program (static C) are built here; agent images carry static (musl)
+# Rust binaries.
+debs=()
+[[ -x /usr/lib/cni/bridge ]] || debs+=(containernetworking-plugins)
+command -v socat >/dev/null 2>&1 || debs+=(socat)
+command -v cc >/dev/null 2>&1 || debs+=(gcc libc6-dev)
+command -v pkg-config >/dev/null 2>&1 || debs+=(pkg-config)
+[[ -f /usr/include/seccomp.h ]] || debs+=(libseccomp-dev)
+command -v musl-gcc >/dev/null 2>&1 || debs+=(musl-tools)
+if ((${#debs[@]})); then
+  log "installing Debian packages for the node: ${debs[*]}"
+  SUDO=""; [[ $(id -u) == 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${debs[@]}" >/dev/null
+fi
+rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl \
+  || rustup target add x86_64-unknown-linux-musl
+
 log "building control-plane tools (cached after the first run)"
 hack/build-tools.sh >/dev/null
 
@@ -14,6 +33,9 @@ hack/build-tools.sh >/dev/null
 # the tests see. Set AGENTGUARD_TEST_REUSE=1 to keep it running between runs.
 export AGENTGUARD_CLUSTER_DIR="$ROOT/.cluster-test"
 export AGENTGUARD_E2E_KUBECONFIG="$AGENTGUARD_CLUSTER_DIR/kubeconfig"
+# With a real node (kubelet, containerd): Pods run. AGENTGUARD_NODE=0 leaves it out (the node
+# suites then fail, saying how to start it).
+export AGENTGUARD_NODE="${AGENTGUARD_NODE:-1}"
 if [[ "${AGENTGUARD_TEST_REUSE:-0}" == 1 ]] && hack/cluster.sh status; then
   log "reusing the test control plane in $AGENTGUARD_CLUSTER_DIR"
 else

@@ -334,8 +334,9 @@ impl<'c> TestNamespace<'c> {
     /// Waits until the ProtectedResource is in force: its status says Ready=True (the
     /// webhook's snapshot is built from the same watch, before the status is written).
     pub fn wait_policy_ready(&self, name: &str) {
+        // 60 s: a CI machine building beside the tests has answered in over 30.
         wait_until(
-            Duration::from_secs(30),
+            Duration::from_secs(60),
             &format!("policy {name} Ready"),
             || {
                 stdout(&self.kubectl(&[
