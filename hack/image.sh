@@ -2,7 +2,8 @@
 # Builds the images the local node runs, without Docker or a registry, as OCI archives from
 # local files (hack/oci-image.py), and optionally imports them into a containerd.
 #
-#   hack/image.sh agentguard [--import SOCKET]   the Dockerfile's image: the static (musl)
+#   hack/image.sh agentguard [--tag T] [--import SOCKET]
+#                                                the Dockerfile's image: the static (musl)
 #                                                release binary as /agentguard, user 65532,
 #                                                no shell; tagged as the chart's image
 #   hack/image.sh pause [--import SOCKET]        the sandbox image, from Kubernetes' pause.c
@@ -46,8 +47,8 @@ build_agentguard() {
   log "building agentguard (release, $target)"
   (cd "$ROOT" && cargo build --release --locked --target "$target" --bin agentguard >&2)
   local tag archive
-  tag="$(chart_repository):$(version)"
-  archive="$OUT/agentguard-$(version).oci.tar"
+  tag="$(chart_repository):${TAG:-$(version)}"
+  archive="$OUT/agentguard-${TAG:-$(version)}.oci.tar"
   python3 "$ROOT/hack/oci-image.py" --name "$tag" --out "$archive" \
     --entrypoint '["/agentguard"]' --cmd '["run"]' --user 65532:65532 \
     --expose 8443 --expose 8080 \
@@ -85,8 +86,10 @@ build_kubectl() {
 
 what="${1:-}"; shift || true
 socket=""
+TAG=""
 while (($#)); do
   case "$1" in
+    --tag) TAG="${2:?--tag needs a tag}"; shift 2 ;;
     --import) socket="${2:?--import needs the containerd socket}"; shift 2 ;;
     *) die "unknown option $1" ;;
   esac

@@ -1,0 +1,409 @@
+//! `helm install` as users run it, on the real node: the chart with its defaults and the image
+//! `hack/image.sh agentguard` builds (imported into the node's containerd), two replicas Ready,
+//! the API server calling the webhook through the chart's Service, leader election and
+//! self-managed certificates in cluster, and an agent Pod refused a protected claim with the
+//! standard message; `helm upgrade` (a changed value, a new image tag) and a replica's deletion
+//! lose no webhook call from a steady stream; `helm uninstall` leaves the cluster usable. One
+//! test: the chart's
+//! configuration is cluster-wide. Needs `AGENTGUARD_NODE=1 hack/cluster.sh up`.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use support::{Cluster, TestNamespace, stderr, stdout, wait_until};
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/agentguard");
+
+fn helm(cluster: &Cluster, args: &[&str]) -> Output {
+    Command::new(cluster.tools.join("helm"))
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args(args)
+        .output()
+        .expect("run helm")
+}
+
+fn node_socket(cluster: &Cluster) -> String {
+    let env = std::fs::read_to_string(cluster.kubeconfig.parent().unwrap().join("node.env"))
+        .unwrap_or_default();
+    assert!(
+        env.contains("NODE_ENABLED=1"),
+        "this control plane has no node: start it with `AGENTGUARD_NODE=1 hack/cluster.sh up` (as root)"
+    );
+    let run = env
+        .lines()
+        .find_map(|l| l.strip_prefix("NODE_RUN="))
+        .expect("NODE_RUN in node.env");
+    format!("{run}/containerd.sock")
+}
+
+fn image(what: &str, socket: &str, extra: &[&str]) {
+    let out = Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("hack/image.sh"))
+        .args([what, "--import", socket])
+        .args(extra)
+        .output()
+        .expect("run hack/image.sh");
+    assert!(
+        out.status.success(),
+        "hack/image.sh {what}: {}",
+        stderr(&out)
+    );
+}
+
+/// Uninstalls the release when the test ends, however it ends.
+struct Release<'c> {
+    cluster: &'c Cluster,
+    namespace: String,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        let _ = helm(
+            self.cluster,
+            &[
+                "uninstall",
+                "agentguard",
+                "-n",
+                &self.namespace,
+                "--ignore-not-found",
+                "--wait",
+            ],
+        );
+    }
+}
+
+fn kubectl_image() -> String {
+    let out = Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("hack/build-tools.sh"))
+        .arg("--print-k8s-version")
+        .output()
+        .unwrap();
+    format!("agentguard.dev/e2e/kubectl:{}", stdout(&out).trim())
+}
+
+/// Runs kubectl `args` in a Pod as ServiceAccount `sa`; returns its phase and log.
+fn run_pod(ns: &TestNamespace, name: &str, sa: &str, args: &[&str]) -> (String, String) {
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns.name},
+        "spec": {
+            "serviceAccountName": sa, "restartPolicy": "Never",
+            "containers": [{"name": "agent", "image": kubectl_image(), "imagePullPolicy": "Never", "args": args}],
+        },
+    });
+    ns.cluster.apply(&pod.to_string());
+    let mut phase = String::new();
+    wait_until(
+        Duration::from_secs(90),
+        &format!("pod {name} finished"),
+        || {
+            phase = stdout(&ns.kubectl(&["get", "pod", name, "-o", "jsonpath={.status.phase}"]));
+            phase == "Succeeded" || phase == "Failed"
+        },
+    );
+    (phase, ns.kubectl_ok(&["logs", name]))
+}
+
+/// Two threads calling the webhook as fast as kubectl goes: the agent's dry-run delete of the
+/// protected claim (must be refused by agentguard) and a human's label on it (must succeed).
+struct Stream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(usize, Vec<String>)>>,
+}
+
+impl Stream {
+    fn start(apps: &TestNamespace, agent: &str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let kubectl = apps.cluster.kubectl_path();
+        let kubeconfig = apps.cluster.kubeconfig.clone();
+        let ns = apps.name.clone();
+        let threads = [Some(agent.to_owned()), None]
+            .into_iter()
+            .map(|as_agent| {
+                let (stop, kubectl, kubeconfig, ns) = (
+                    stop.clone(),
+                    kubectl.clone(),
+                    kubeconfig.clone(),
+                    ns.clone(),
+                );
+                std::thread::spawn(move || {
+                    let (mut ok, mut failed) = (0, Vec::new());
+                    let mut i = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        i += 1;
+                        let mut cmd = Command::new(&kubectl);
+                        cmd.arg("--kubeconfig").arg(&kubeconfig).args(["-n", &ns]);
+                        let out = match &as_agent {
+                            Some(agent) => cmd
+                                .args(["--as", agent, "delete", "pvc", "data", "--dry-run=server"])
+                                .output(),
+                            None => cmd
+                                .args(["label", "pvc", "data", &format!("n={i}"), "--overwrite"])
+                                .output(),
+                        }
+                        .expect("run kubectl");
+                        let right = match &as_agent {
+                            Some(_) => {
+                                !out.status.success() && stderr(&out).contains("agentguard: DENIED")
+                            }
+                            None => out.status.success(),
+                        };
+                        if right {
+                            ok += 1;
+                        } else {
+                            failed.push(stderr(&out));
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    fn stop(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut ok, mut failed) = (0, Vec::new());
+        for t in self.threads {
+            let (o, f) = t.join().unwrap();
+            ok += o;
+            failed.extend(f);
+        }
+        (ok, failed)
+    }
+}
+
+#[test]
+fn helm_install_runs_agentguard_in_cluster() {
+    let cluster = Cluster::connect();
+    let socket = node_socket(&cluster);
+    image("agentguard", &socket, &[]);
+    image("kubectl", &socket, &[]);
+    let ns = TestNamespace::create(&cluster, "helm");
+    let apps = TestNamespace::create(&cluster, "helmapps");
+    let agent = apps.agent("cursor-agent");
+    apps.pvc("data", true);
+    let installed = Instant::now();
+    let out = helm(
+        &cluster,
+        &[
+            "install",
+            "agentguard",
+            CHART,
+            "-n",
+            &ns.name,
+            "--set",
+            &format!("agents.serviceAccounts={{{}/cursor-*}}", apps.name),
+            "--wait",
+            "--timeout",
+            "4m",
+        ],
+    );
+    let _release = Release {
+        cluster: &cluster,
+        namespace: ns.name.clone(),
+    };
+    assert!(
+        out.status.success(),
+        "helm install: {}{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        ns.kubectl(&["get", "pods", "-o", "wide"])
+            .stdout
+            .escape_ascii()
+    );
+    // Both replicas Ready, from the image built here.
+    ns.kubectl_ok(&[
+        "rollout",
+        "status",
+        "deployment/agentguard",
+        "--timeout=120s",
+    ]);
+    let ready = ns.kubectl_ok(&[
+        "get",
+        "deployment",
+        "agentguard",
+        "-o",
+        "jsonpath={.status.readyReplicas}",
+    ]);
+    assert_eq!(ready.trim(), "2");
+    eprintln!(
+        "helm install: both replicas Ready {:.1}s after install",
+        installed.elapsed().as_secs_f64()
+    );
+    // In cluster: one replica holds the lease, the certificate Secret is agentguard's own, and
+    // the webhook configuration points at the Service with that CA.
+    let pods = ns.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=agentguard",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    wait_until(Duration::from_secs(60), "a replica holds the lease", || {
+        let holder = stdout(&ns.kubectl(&[
+            "get",
+            "lease",
+            "-o",
+            "jsonpath={.items[*].spec.holderIdentity}",
+        ]));
+        !holder.is_empty() && pods.split_whitespace().any(|p| holder.contains(p))
+    });
+    let service = cluster.kubectl_ok(&[
+        "get",
+        "validatingwebhookconfiguration",
+        "agentguard",
+        "-o",
+        "jsonpath={.webhooks[0].clientConfig.service.name}/{.webhooks[0].clientConfig.service.namespace}",
+    ]);
+    assert_eq!(service, format!("agentguard/{}", ns.name));
+    wait_until(Duration::from_secs(60), "the caBundle is set", || {
+        !stdout(&cluster.kubectl(&[
+            "get",
+            "validatingwebhookconfiguration",
+            "agentguard",
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ]))
+        .is_empty()
+    });
+
+    // An agent Pod with its mounted token: refused through the Service, word for word.
+    let mut last = String::new();
+    wait_until(Duration::from_secs(60), "the agent Pod is refused", || {
+        let name = support::unique("agent");
+        let (phase, log) = run_pod(
+            &apps,
+            &name,
+            "cursor-agent",
+            &["delete", "pvc", "data", "--dry-run=server"],
+        );
+        last = log.clone();
+        phase == "Failed" && log.contains("agentguard: DENIED")
+    });
+    assert!(
+        last.contains(&format!(
+            "agentguard: DENIED delete of PersistentVolumeClaim {}/data by {agent}.",
+            apps.name
+        )),
+        "{last}"
+    );
+    assert!(apps.pvc_intact("data"));
+
+    // `helm upgrade` with a changed value and a new image tag rolls both replicas under a
+    // steady stream of an agent's refused deletions and a human's allowed updates of the
+    // protected claim, each a webhook call: none may fail.
+    let tag = format!("{}-upgrade", env!("CARGO_PKG_VERSION"));
+    image("agentguard", &socket, &["--tag", &tag]);
+    let stream = Stream::start(&apps, &agent);
+    let out = helm(
+        &cluster,
+        &[
+            "upgrade",
+            "agentguard",
+            CHART,
+            "-n",
+            &ns.name,
+            "--reuse-values",
+            "--set",
+            &format!("image.tag={tag}"),
+            "--set",
+            "resources.requests.cpu=60m",
+            "--wait",
+            "--timeout",
+            "4m",
+        ],
+    );
+    assert!(out.status.success(), "helm upgrade: {}", stderr(&out));
+    ns.kubectl_ok(&[
+        "rollout",
+        "status",
+        "deployment/agentguard",
+        "--timeout=120s",
+    ]);
+    std::thread::sleep(Duration::from_secs(5));
+    let (ok, failed) = stream.stop();
+    eprintln!(
+        "helm upgrade: {ok} webhook calls answered, {} failed",
+        failed.len()
+    );
+    assert!(ok > 20, "too few calls during the upgrade: {ok}");
+    assert!(
+        failed.is_empty(),
+        "calls failed during the upgrade: {failed:#?}"
+    );
+    // The old replicas terminate (their shutdown delay) after the new ones are Ready.
+    wait_until(
+        Duration::from_secs(90),
+        &format!("every replica runs {tag}"),
+        || {
+            let images = stdout(&ns.kubectl(&[
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/name=agentguard",
+                "-o",
+                "jsonpath={.items[*].spec.containers[0].image}",
+            ]));
+            images.split_whitespace().count() == 2
+                && images.split_whitespace().all(|i| i.ends_with(&tag))
+        },
+    );
+
+    // One replica deleted under the same stream: nothing is lost.
+    let stream = Stream::start(&apps, &agent);
+    std::thread::sleep(Duration::from_secs(3));
+    let victim = ns.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=agentguard",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    ns.kubectl_ok(&["delete", "pod", victim.trim()]);
+    wait_until(Duration::from_secs(120), "two replicas Ready again", || {
+        stdout(&ns.kubectl(&[
+            "get",
+            "deployment",
+            "agentguard",
+            "-o",
+            "jsonpath={.status.readyReplicas}",
+        ]))
+        .trim()
+            == "2"
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let (ok, failed) = stream.stop();
+    eprintln!(
+        "pod deleted: {ok} webhook calls answered, {} failed",
+        failed.len()
+    );
+    assert!(ok > 10, "too few calls while a replica was replaced: {ok}");
+    assert!(
+        failed.is_empty(),
+        "calls failed while a replica was replaced: {failed:#?}"
+    );
+
+    // Uninstalled, the cluster works: no configuration is left to call a webhook that is gone.
+    let out = helm(
+        &cluster,
+        &["uninstall", "agentguard", "-n", &ns.name, "--wait"],
+    );
+    assert!(out.status.success(), "helm uninstall: {}", stderr(&out));
+    let left = cluster.kubectl_ok(&[
+        "get",
+        "validatingwebhookconfiguration,mutatingwebhookconfiguration",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        !left.lines().any(|l| l.ends_with("/agentguard")),
+        "left behind: {left}"
+    );
+    apps.pvc("after", false);
+    apps.kubectl_ok(&["delete", "pvc", "after", "--wait=false"]);
+}
