@@ -46,6 +46,10 @@ if [[ "${1:-}" == "--print" ]]; then
   echo "$BIN"
   exit 0
 fi
+if [[ "${1:-}" == "--print-etcd-version" ]]; then
+  echo "$ETCD_VERSION"
+  exit 0
+fi
 if [[ "${1:-}" == "--print-k8s-version" ]]; then
   echo "$K8S_VERSION"
   exit 0

@@ -7,6 +7,8 @@
 #                                                release binary as /agentguard, user 65532,
 #                                                no shell; tagged as the chart's image
 #   hack/image.sh pause [--import SOCKET]        the sandbox image, from Kubernetes' pause.c
+#   hack/image.sh etcd [--import SOCKET]         a database for the tests: the pinned etcd
+#                                                (static), user 65532
 #   hack/image.sh kubectl [--import SOCKET]      an agent's image: the pinned kubectl (static)
 #                                                and kubectl-agentguard, user 65532
 #
@@ -84,6 +86,16 @@ build_kubectl() {
   echo "$archive $KUBECTL_IMAGE"
 }
 
+ETCD_IMAGE="agentguard.dev/e2e/etcd:$("$ROOT/hack/build-tools.sh" --print-etcd-version)"
+build_etcd() {
+  local archive="$OUT/etcd.oci.tar"
+  python3 "$ROOT/hack/oci-image.py" --name "$ETCD_IMAGE" --out "$archive" \
+    --entrypoint '["/usr/local/bin/etcd"]' --user 65532:65532 --expose 2379 \
+    "${BASE_FILES[@]}" --dir "/var/lib/etcd:0700:65532:65532" \
+    --file "$BIN/etcd:/usr/local/bin/etcd:0755" >/dev/null
+  echo "$archive $ETCD_IMAGE"
+}
+
 what="${1:-}"; shift || true
 socket=""
 TAG=""
@@ -98,7 +110,8 @@ case "$what" in
   agentguard) read -r archive tag < <(build_agentguard) ;;
   pause) read -r archive tag < <(build_pause) ;;
   kubectl) read -r archive tag < <(build_kubectl) ;;
-  *) echo "usage: $0 agentguard|pause|kubectl [--import SOCKET]" >&2; exit 2 ;;
+  etcd) read -r archive tag < <(build_etcd) ;;
+  *) echo "usage: $0 agentguard|pause|kubectl|etcd [--import SOCKET]" >&2; exit 2 ;;
 esac
 if [[ -n "$socket" ]]; then
   "$BIN/ctr" --address "$socket" -n k8s.io images import --no-unpack=false "$archive" >&2 \

@@ -164,6 +164,9 @@ evictionHard: {memory.available: "1Mi", nodefs.available: "0%", imagefs.availabl
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 enforceNodeAllocatable: []
+# Its own log directory: a kubelet removes the directories under its podLogsDir of Pods it does
+# not know, so two nodes on one machine sharing /var/log/pods would delete each other's logs.
+podLogsDir: $STATE/pod-logs
 # Lowering its own OOM score needs CAP_SYS_RESOURCE, which a sandboxed root may lack.
 oomScoreAdj: 0
 maxPods: 60
