@@ -253,6 +253,12 @@ node_down() {
     umount -l "$m" 2>/dev/null || true
   done < <(findmnt -rn -o TARGET | grep -E "^($STATE|$NODE_RUN)(/|$)" | sort -r)
   ip link del "$BRIDGE" 2>/dev/null || true
+  # kubelet links every container's log from /var/log/containers (a fixed path) into its own
+  # log directory; this node's links go with it.
+  local link
+  for link in /var/log/containers/*.log; do
+    if [[ -L "$link" && "$(readlink "$link")" == "$STATE"/* ]]; then rm -f "$link"; fi
+  done
   local controller
   for controller in /sys/fs/cgroup/*/; do
     [[ -d "$controller$CGROUP_ROOT" ]] || continue
