@@ -832,7 +832,7 @@ fn ack_family() {
         .expect("the RDS instance");
     let kind_label = "DBInstance.rds.services.k8s.aws";
     // Every switch safe: its own protection is on.
-    wait_until(Duration::from_secs(40), "the metric says on/kept", || {
+    wait_until(Duration::from_secs(75), "the metric says on/kept", || {
         guard.metric(
             "agentguard_protected_databases",
             &[
@@ -867,7 +867,7 @@ fn ack_family() {
         row.contains("rds.services.k8s.aws/skip-final-snapshot=true"),
         "{row}"
     );
-    wait_until(Duration::from_secs(40), "the metric says lost", || {
+    wait_until(Duration::from_secs(75), "the metric says lost", || {
         guard.metric(
             "agentguard_protected_databases",
             &[
@@ -877,7 +877,7 @@ fn ack_family() {
             ],
         ) == 1.0
     });
-    wait_until(Duration::from_secs(60), "the PolicyReport warns", || {
+    wait_until(Duration::from_secs(90), "the PolicyReport warns", || {
         let report = stdout(&ns.kubectl(&["get", "policyreport", "agentguard", "-o", "json"]));
         serde_json::from_str::<Value>(&report).is_ok_and(|r| {
             r["results"].as_array().into_iter().flatten().any(|res| {

@@ -2,7 +2,7 @@
 //! data-holding catalog kind, whether its own deletion protection is on and whether deleting it
 //! keeps its backups and final snapshot ([`crate::catalog::Assessment`]), read from its
 //! switches. The index holds only metadata, so every replica lists those kinds (whole objects,
-//! only kinds with protected objects) every [`POSTURE_INTERVAL`]. The metric
+//! only kinds with protected objects, a page at a time) every [`POSTURE_INTERVAL`]. The metric
 //! `agentguard_protected_databases` and the PolicyReports' `warn` come from the same pass.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -16,8 +16,9 @@ use crate::index::objects::ObjectKey;
 use crate::index::{KindResolver, SharedObjects};
 use crate::metrics::Metrics;
 
-/// How often the protected databases' switches are read.
-pub const POSTURE_INTERVAL: Duration = Duration::from_secs(15);
+/// How often the protected databases' switches are read: posture is for people and
+/// dashboards, not for decisions (admission reads the object in the request).
+pub const POSTURE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Objects per list request.
 const PAGE: u32 = 500;
@@ -82,16 +83,21 @@ async fn assess(
         let Some(entry) = catalog.kind(&group, &kind) else {
             continue;
         };
+        // Page by page, keeping only the assessments: a kind with many objects (backups pile
+        // up) costs one page of memory at a time.
+        let mut assessed = Vec::new();
         let listed = match resolver.resolve(client, &group, &kind).await {
             Some((resource, _)) => {
-                list(&Api::<DynamicObject>::all_with(client.clone(), &resource)).await
+                let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+                for_each_page(&api, |items| {
+                    assessed.extend(assess_objects(entry, items, |uid| uids.contains(uid)));
+                })
+                .await
             }
             None => Err("not served, or discovery failed".to_owned()),
         };
         match listed {
-            Ok(items) => {
-                found.extend(assess_objects(entry, items, |uid| uids.contains(uid)));
-            }
+            Ok(()) => found.extend(assessed),
             Err(why) => {
                 // Keep what was known of this kind rather than report its databases as fine.
                 tracing::debug!(%group, %kind, %why, "cannot read protected databases' settings");
@@ -129,16 +135,18 @@ pub fn assess_objects(
         .collect()
 }
 
-/// Every object of a kind, page by page.
-pub async fn list(api: &Api<DynamicObject>) -> Result<Vec<DynamicObject>, String> {
-    let mut items = Vec::new();
+/// Every object of a kind, handed to `f` one page at a time.
+pub async fn for_each_page(
+    api: &Api<DynamicObject>,
+    mut f: impl FnMut(Vec<DynamicObject>),
+) -> Result<(), String> {
     let mut params = ListParams::default().limit(PAGE);
     loop {
         let page = api.list(&params).await.map_err(|e| e.to_string())?;
-        items.extend(page.items);
+        f(page.items);
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
-            None => return Ok(items),
+            None => return Ok(()),
         }
     }
 }

@@ -451,15 +451,19 @@ async fn database_rows(
             }
             _ => Api::all_with(client.clone(), &resource),
         };
-        let items = match crate::operator::posture::list(&api).await {
-            Ok(items) => items,
-            Err(why) => {
-                eprintln!("warning: cannot read {}: {why}", plural(&resource));
-                continue;
-            }
-        };
-        let assessed =
-            crate::operator::posture::assess_objects(entry, items, |uid| uids.contains(uid));
+        let mut assessed = Vec::new();
+        let listed = crate::operator::posture::for_each_page(&api, |items| {
+            assessed.extend(crate::operator::posture::assess_objects(
+                entry,
+                items,
+                |uid| uids.contains(uid),
+            ));
+        })
+        .await;
+        if let Err(why) = listed {
+            eprintln!("warning: cannot read {}: {why}", plural(&resource));
+            continue;
+        }
         rows.extend(assessed.into_iter().map(|(_, a)| DatabaseRow {
             kind: format!("{kind}.{group}"),
             object: match &a.key.namespace {
