@@ -57,36 +57,6 @@ fn as_agent(cluster: &Cluster, kubeconfig: &Path, args: &[&str]) -> Output {
         .expect("run kubectl")
 }
 
-/// The chart's agent roles, applied as `<prefix>-agent-edit` and `<prefix>-agent-view` and
-/// deleted with the namespace's test. Returns (edit, view).
-fn install_roles(ns: &TestNamespace<'_>) -> (String, String) {
-    let out = Command::new(ns.cluster.tools.join("helm"))
-        .args([
-            "template",
-            "agentguard",
-            CHART,
-            "--kube-version",
-            "1.36.3",
-            "--show-only",
-            "templates/agent-roles.yaml",
-        ])
-        .output()
-        .expect("run helm");
-    assert!(out.status.success(), "helm template: {}", stderr(&out));
-    let (edit, view) = (
-        format!("{}-agent-edit", ns.name),
-        format!("{}-agent-view", ns.name),
-    );
-    let rendered = stdout(&out)
-        .replace("name: agentguard-agent-edit\n", &format!("name: {edit}\n"))
-        .replace("name: agentguard-agent-view\n", &format!("name: {view}\n"));
-    assert!(rendered.contains(&edit) && rendered.contains(&view));
-    ns.owns_cluster_object(&format!("clusterrole/{edit}"));
-    ns.owns_cluster_object(&format!("clusterrole/{view}"));
-    ns.cluster.apply(&rendered);
-    (edit, view)
-}
-
 /// A name for this test's agents namespace, deleted when the test ends (the plugin creates it).
 fn agents_namespace(ns: &TestNamespace<'_>) -> String {
     let name = format!("{}-agents", ns.name);
@@ -212,7 +182,7 @@ fn an_agents_kubeconfig_works_only_where_it_was_bound_and_its_label_makes_it_an_
     cluster.install_third_party_crds();
     let ns = TestNamespace::create(&cluster, "agent-scope");
     let elsewhere = TestNamespace::create(&cluster, "agent-elsewhere");
-    let (edit, _) = install_roles(&ns);
+    let (edit, _) = ns.install_agent_roles();
     let agents_ns = agents_namespace(&ns);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bot.kubeconfig");
@@ -446,7 +416,7 @@ fn create_converges_and_list_flags_bindings_agentguard_did_not_make() {
     let a = TestNamespace::create(&cluster, "agent-a");
     let b = TestNamespace::create(&cluster, "agent-b");
     let c = TestNamespace::create(&cluster, "agent-c");
-    let (edit, view) = install_roles(&a);
+    let (edit, view) = a.install_agent_roles();
     let agents_ns = agents_namespace(&a);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bot.kubeconfig");
@@ -672,7 +642,7 @@ fn sign(cluster: &Cluster, header: &str, claims: &Value) -> String {
 fn tokens_expire_and_revoke_cuts_every_one_off() {
     let cluster = Cluster::connect();
     let ns = TestNamespace::create(&cluster, "agent-ttl");
-    let (edit, _) = install_roles(&ns);
+    let (edit, _) = ns.install_agent_roles();
     let agents_ns = agents_namespace(&ns);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bot.kubeconfig");
@@ -913,7 +883,7 @@ fn tokens_expire_and_revoke_cuts_every_one_off() {
 fn chart_declared_agents_are_audited_listed_and_served_tokens() {
     let cluster = Cluster::connect();
     let ns = TestNamespace::create(&cluster, "agent-chart");
-    let (edit, _) = install_roles(&ns);
+    let (edit, _) = ns.install_agent_roles();
     let agents_ns = agents_namespace(&ns);
     ns.pvc("data", true);
     let out = Command::new(cluster.tools.join("helm"))
@@ -1060,7 +1030,7 @@ fn chart_declared_agents_are_audited_listed_and_served_tokens() {
 fn the_agents_kubeconfig_carries_a_certificate_authority_file_inline() {
     let cluster = Cluster::connect();
     let ns = TestNamespace::create(&cluster, "agent-ca");
-    let (_, view) = install_roles(&ns);
+    let (_, view) = ns.install_agent_roles();
     let agents_ns = agents_namespace(&ns);
     let dir = tempfile::tempdir().unwrap();
 

@@ -396,6 +396,35 @@ impl TestNamespace<'_> {
         group
     }
 
+    /// The chart's agent roles, applied as `<ns>-agent-edit` and `<ns>-agent-view` and deleted
+    /// when the test ends. Returns (edit, view).
+    pub fn install_agent_roles(&self) -> (String, String) {
+        let out = Command::new(self.cluster.tools.join("helm"))
+            .args(["template", "agentguard"])
+            .arg(repo_root().join("charts/agentguard"))
+            .args([
+                "--kube-version",
+                "1.36.3",
+                "--show-only",
+                "templates/agent-roles.yaml",
+            ])
+            .output()
+            .expect("run helm");
+        assert!(out.status.success(), "helm template: {}", stderr(&out));
+        let (edit, view) = (
+            format!("{}-agent-edit", self.name),
+            format!("{}-agent-view", self.name),
+        );
+        let rendered = stdout(&out)
+            .replace("name: agentguard-agent-edit\n", &format!("name: {edit}\n"))
+            .replace("name: agentguard-agent-view\n", &format!("name: {view}\n"));
+        assert!(rendered.contains(&edit) && rendered.contains(&view));
+        self.owns_cluster_object(&format!("clusterrole/{edit}"));
+        self.owns_cluster_object(&format!("clusterrole/{view}"));
+        self.cluster.apply(&rendered);
+        (edit, view)
+    }
+
     /// Grants the namespace's ServiceAccount `sa` every verb on `resource` in this namespace.
     pub fn grant(&self, sa: &str, resource: &str) {
         let name = unique(&format!("{sa}-all"));
