@@ -913,19 +913,14 @@ fn ack_family() {
 #[test]
 fn config_connector_family() {
     let _shared = shared();
-    let cluster = Cluster::connect();
-    let kinds = kinds_of(CONFIG_CONNECTOR);
-    let (ns, agent, _guard) = family_setup(&cluster, "cat-kcc", &kinds, &GuardOptions::default());
-    for entry in &kinds {
+    for entry in kinds_of(CONFIG_CONNECTOR) {
         assert!(
             entry.crd.published,
             "{}: the catalog says published",
             entry.kind
         );
-        let s = create_subject(&cluster, &ns, entry, json!({}));
-        agent_is_refused_everything(&ns, &agent, &s);
-        approved_delete(&cluster, &ns, &agent, &s);
     }
+    each_kind_refused_then_approved("cat-kcc", CONFIG_CONNECTOR);
 }
 
 /// Azure Service Operator v2: PostgreSQL flexible servers, Cosmos DB accounts and storage
@@ -933,9 +928,15 @@ fn config_connector_family() {
 #[test]
 fn azure_service_operator_family() {
     let _shared = shared();
+    each_kind_refused_then_approved("cat-aso", AZURE_SERVICE_OPERATOR);
+}
+
+/// For each kind of the families, one after another: an object refused to the agent (delete
+/// and every switch), then deleted by it after a human's approval.
+fn each_kind_refused_then_approved(prefix: &str, families: &[&str]) {
     let cluster = Cluster::connect();
-    let kinds = kinds_of(AZURE_SERVICE_OPERATOR);
-    let (ns, agent, _guard) = family_setup(&cluster, "cat-aso", &kinds, &GuardOptions::default());
+    let kinds = kinds_of(families);
+    let (ns, agent, _guard) = family_setup(&cluster, prefix, &kinds, &GuardOptions::default());
     for entry in &kinds {
         let s = create_subject(&cluster, &ns, entry, json!({}));
         agent_is_refused_everything(&ns, &agent, &s);

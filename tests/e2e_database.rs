@@ -8,84 +8,11 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use base64::Engine;
-use support::{Cluster, Guard, TestNamespace, stderr, stdout, wait_until};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn node_socket(cluster: &Cluster) -> String {
-    let env = std::fs::read_to_string(cluster.kubeconfig.parent().unwrap().join("node.env"))
-        .unwrap_or_default();
-    assert!(
-        env.contains("NODE_ENABLED=1"),
-        "this control plane has no node: start it with `AGENTGUARD_NODE=1 hack/cluster.sh up` (as root)"
-    );
-    let run = env
-        .lines()
-        .find_map(|l| l.strip_prefix("NODE_RUN="))
-        .expect("NODE_RUN in node.env");
-    format!("{run}/containerd.sock")
-}
-
-/// Imports an image built by hack/image.sh and returns its name.
-fn image(what: &str, socket: &str) -> String {
-    let out = Command::new(repo().join("hack/image.sh"))
-        .args([what, "--import", socket])
-        .output()
-        .expect("run hack/image.sh");
-    assert!(
-        out.status.success(),
-        "hack/image.sh {what}: {}",
-        stderr(&out)
-    );
-    let version = |flag: &str| {
-        let out = Command::new(repo().join("hack/build-tools.sh"))
-            .arg(flag)
-            .output()
-            .unwrap();
-        stdout(&out).trim().to_owned()
-    };
-    match what {
-        "etcd" => format!(
-            "agentguard.dev/e2e/etcd:{}",
-            version("--print-etcd-version")
-        ),
-        _ => format!(
-            "agentguard.dev/e2e/kubectl:{}",
-            version("--print-k8s-version")
-        ),
-    }
-}
-
-/// Runs kubectl `args` in a Pod as ServiceAccount `sa`; returns its phase and log.
-fn run_pod(ns: &TestNamespace, image: &str, sa: &str, args: &[&str]) -> (String, String) {
-    let name = support::unique("agent");
-    let pod = serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns.name},
-        "spec": {
-            "serviceAccountName": sa, "restartPolicy": "Never",
-            "containers": [{"name": "agent", "image": image, "imagePullPolicy": "Never", "args": args}],
-        },
-    });
-    ns.cluster.apply(&pod.to_string());
-    let mut phase = String::new();
-    wait_until(
-        Duration::from_secs(90),
-        &format!("pod {name} finished"),
-        || {
-            phase = stdout(&ns.kubectl(&["get", "pod", &name, "-o", "jsonpath={.status.phase}"]));
-            phase == "Succeeded" || phase == "Failed"
-        },
-    );
-    (phase, ns.kubectl_ok(&["logs", &name]))
-}
+use support::{Cluster, Guard, TestNamespace, node_image, stderr, stdout, wait_until};
 
 /// etcd's v3 JSON gateway at the Pod's address (the host reaches Pods over the node's bridge).
 fn etcd(ip: &str, path: &str, body: serde_json::Value) -> Option<serde_json::Value> {
@@ -118,9 +45,8 @@ fn etcd_ready(ns: &TestNamespace) -> String {
 #[test]
 fn a_real_database_is_kept_through_an_approved_delete_and_restored() {
     let cluster = Cluster::connect();
-    let socket = node_socket(&cluster);
-    let etcd_image = image("etcd", &socket);
-    let kubectl_image = image("kubectl", &socket);
+    let etcd_image = node_image(&cluster, "etcd", &[]);
+    let kubectl_image = node_image(&cluster, "kubectl", &[]);
     let ns = TestNamespace::create(&cluster, "database");
     let agent = ns.agent("cursor-agent");
     ns.grant_cluster("cursor-agent", "delete", "namespaces");
@@ -209,7 +135,7 @@ fn a_real_database_is_kept_through_an_approved_delete_and_restored() {
             vec!["delete", "namespace", &ns.name, "--wait=false"],
         ),
     ] {
-        let (phase, log) = run_pod(&ns, &kubectl_image, "cursor-agent", &args);
+        let (phase, log) = ns.run_pod(&kubectl_image, "cursor-agent", &args);
         assert_eq!(phase, "Failed", "the agent deleted the {what}: {log}");
         assert!(
             log.contains("agentguard: DENIED delete of"),
@@ -231,8 +157,7 @@ fn a_real_database_is_kept_through_an_approved_delete_and_restored() {
         .output()
         .unwrap();
     assert!(approve.status.success(), "approve: {}", stderr(&approve));
-    let (phase, log) = run_pod(
-        &ns,
+    let (phase, log) = ns.run_pod(
         &kubectl_image,
         "cursor-agent",
         &["delete", "pvc", "data-db-0"],

@@ -9,11 +9,10 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::{Cluster, TestNamespace, stderr, stdout, wait_until};
+use support::{Cluster, TestNamespace, node_image, stderr, stdout, wait_until};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/agentguard");
 
@@ -24,33 +23,6 @@ fn helm(cluster: &Cluster, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run helm")
-}
-
-fn node_socket(cluster: &Cluster) -> String {
-    let env = std::fs::read_to_string(cluster.kubeconfig.parent().unwrap().join("node.env"))
-        .unwrap_or_default();
-    assert!(
-        env.contains("NODE_ENABLED=1"),
-        "this control plane has no node: start it with `AGENTGUARD_NODE=1 hack/cluster.sh up` (as root)"
-    );
-    let run = env
-        .lines()
-        .find_map(|l| l.strip_prefix("NODE_RUN="))
-        .expect("NODE_RUN in node.env");
-    format!("{run}/containerd.sock")
-}
-
-fn image(what: &str, socket: &str, extra: &[&str]) {
-    let out = Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("hack/image.sh"))
-        .args([what, "--import", socket])
-        .args(extra)
-        .output()
-        .expect("run hack/image.sh");
-    assert!(
-        out.status.success(),
-        "hack/image.sh {what}: {}",
-        stderr(&out)
-    );
 }
 
 /// Uninstalls the release when the test ends, however it ends.
@@ -73,37 +45,6 @@ impl Drop for Release<'_> {
             ],
         );
     }
-}
-
-fn kubectl_image() -> String {
-    let out = Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("hack/build-tools.sh"))
-        .arg("--print-k8s-version")
-        .output()
-        .unwrap();
-    format!("agentguard.dev/e2e/kubectl:{}", stdout(&out).trim())
-}
-
-/// Runs kubectl `args` in a Pod as ServiceAccount `sa`; returns its phase and log.
-fn run_pod(ns: &TestNamespace, name: &str, sa: &str, args: &[&str]) -> (String, String) {
-    let pod = serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns.name},
-        "spec": {
-            "serviceAccountName": sa, "restartPolicy": "Never",
-            "containers": [{"name": "agent", "image": kubectl_image(), "imagePullPolicy": "Never", "args": args}],
-        },
-    });
-    ns.cluster.apply(&pod.to_string());
-    let mut phase = String::new();
-    wait_until(
-        Duration::from_secs(90),
-        &format!("pod {name} finished"),
-        || {
-            phase = stdout(&ns.kubectl(&["get", "pod", name, "-o", "jsonpath={.status.phase}"]));
-            phase == "Succeeded" || phase == "Failed"
-        },
-    );
-    (phase, ns.kubectl_ok(&["logs", name]))
 }
 
 /// Two threads calling the webhook as fast as kubectl goes: the agent's dry-run delete of the
@@ -178,9 +119,8 @@ impl Stream {
 #[test]
 fn helm_install_runs_agentguard_in_cluster() {
     let cluster = Cluster::connect();
-    let socket = node_socket(&cluster);
-    image("agentguard", &socket, &[]);
-    image("kubectl", &socket, &[]);
+    node_image(&cluster, "agentguard", &[]);
+    let kubectl_image = node_image(&cluster, "kubectl", &[]);
     let ns = TestNamespace::create(&cluster, "helm");
     let apps = TestNamespace::create(&cluster, "helmapps");
     let agent = apps.agent("cursor-agent");
@@ -274,10 +214,8 @@ fn helm_install_runs_agentguard_in_cluster() {
     // An agent Pod with its mounted token: refused through the Service, word for word.
     let mut last = String::new();
     wait_until(Duration::from_secs(60), "the agent Pod is refused", || {
-        let name = support::unique("agent");
-        let (phase, log) = run_pod(
-            &apps,
-            &name,
+        let (phase, log) = apps.run_pod(
+            &kubectl_image,
             "cursor-agent",
             &["delete", "pvc", "data", "--dry-run=server"],
         );
@@ -297,7 +235,7 @@ fn helm_install_runs_agentguard_in_cluster() {
     // steady stream of an agent's refused deletions and a human's allowed updates of the
     // protected claim, each a webhook call: none may fail.
     let tag = format!("{}-upgrade", env!("CARGO_PKG_VERSION"));
-    image("agentguard", &socket, &["--tag", &tag]);
+    node_image(&cluster, "agentguard", &["--tag", &tag]);
     let stream = Stream::start(&apps, &agent);
     let out = helm(
         &cluster,

@@ -238,6 +238,51 @@ impl Cluster {
     }
 }
 
+/// The node's settings as `hack/node.sh` wrote them beside the kubeconfig. Panics with the
+/// command that starts a node when this control plane has none: node suites never skip.
+pub fn node_env(cluster: &Cluster) -> std::collections::HashMap<String, String> {
+    let path = cluster.kubeconfig.parent().unwrap().join("node.env");
+    let env: std::collections::HashMap<String, String> = std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    assert!(
+        env.get("NODE_ENABLED").is_some_and(|v| v == "1"),
+        "this control plane has no node ({}): start it with `AGENTGUARD_NODE=1 hack/cluster.sh up` (as root)",
+        path.display()
+    );
+    env
+}
+
+/// Builds an image with `hack/image.sh` (`agentguard`, `kubectl`, `etcd`), imports it into the
+/// node's containerd, and returns its name.
+pub fn node_image(cluster: &Cluster, what: &str, extra: &[&str]) -> String {
+    let socket = format!("{}/containerd.sock", node_env(cluster)["NODE_RUN"]);
+    let out = Command::new(repo_root().join("hack/image.sh"))
+        .args([what, "--import", &socket])
+        .args(extra)
+        .output()
+        .expect("run hack/image.sh");
+    assert!(
+        out.status.success(),
+        "hack/image.sh {what}: {}",
+        stderr(&out)
+    );
+    // The last line is the archive; the name is in its index.
+    let archive = stdout(&out).lines().last().unwrap_or_default().to_owned();
+    let index = Command::new("tar")
+        .args(["-xOf", &archive, "index.json"])
+        .output()
+        .expect("run tar");
+    let index: serde_json::Value = serde_json::from_slice(&index.stdout).expect("index.json");
+    index["manifests"][0]["annotations"]["io.containerd.image.name"]
+        .as_str()
+        .expect("the image's name")
+        .to_owned()
+}
+
 /// The bin directory of the pinned control-plane tools (`hack/build-tools.sh --print`).
 pub fn tools_dir() -> PathBuf {
     let out = Command::new(repo_root().join("hack/build-tools.sh"))
@@ -394,6 +439,37 @@ impl TestNamespace<'_> {
         self.cluster
             .wait_established(&[&format!("crd/{plural}.{group}")]);
         group
+    }
+
+    /// Runs `args` in a Pod of `image` (kubectl's, from [`node_image`]) as ServiceAccount `sa`,
+    /// with its mounted token, and returns the Pod's phase and log once it has finished.
+    pub fn run_pod(&self, image: &str, sa: &str, args: &[&str]) -> (String, String) {
+        let name = unique("pod");
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": self.name},
+            "spec": {
+                "serviceAccountName": sa,
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": "agent", "image": image, "imagePullPolicy": "Never", "args": args,
+                    "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                        "runAsNonRoot": true, "capabilities": {"drop": ["ALL"]}},
+                }],
+            },
+        });
+        self.cluster.apply(&pod.to_string());
+        let mut phase = String::new();
+        wait_until(
+            Duration::from_secs(90),
+            &format!("pod {name} finished"),
+            || {
+                phase =
+                    stdout(&self.kubectl(&["get", "pod", &name, "-o", "jsonpath={.status.phase}"]));
+                phase == "Succeeded" || phase == "Failed"
+            },
+        );
+        (phase, self.kubectl_ok(&["logs", &name]))
     }
 
     /// The chart's agent roles, applied as `<ns>-agent-edit` and `<ns>-agent-view` and deleted
