@@ -9,6 +9,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# With a real node (root): agentguard installed with helm, the agent in a Pod.
+[[ "${AGENTGUARD_NODE:-0}" == 1 ]] && exec hack/demo-node.sh
 
 NS=demo
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
