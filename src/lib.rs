@@ -9,6 +9,7 @@ pub mod api;
 pub mod catalog;
 pub mod certs;
 pub mod cli;
+pub mod connection;
 pub mod error;
 pub mod index;
 pub mod manifests;

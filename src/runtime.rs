@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum_server::Handle;
-use axum_server::accept::NoDelayAcceptor;
+use axum_server::accept::{DefaultAcceptor, NoDelayAcceptor};
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 
 use crate::certs;
+use crate::connection::{self, DeadlineAcceptor, Deadlines};
 use crate::error::{Error, Result};
 use crate::index::{self, BlockLedger, Readiness, SharedObjects, SharedSnapshot};
 use crate::metrics::Metrics;
@@ -27,9 +28,8 @@ use crate::webhook::{self, AdmissionState};
 /// How often the serving certificate files are checked for changes (Secret volume updates,
 /// cert-manager renewals), and a new certificate's CA is looked for in the live configuration.
 const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(3);
-/// A slow or silent client must send its headers within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// And finish the TLS handshake within this time.
+/// A client must finish the TLS handshake within this time (its requests are timed by
+/// [`connection::Deadlines`]).
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// In-flight reviews get this long to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -136,9 +136,15 @@ pub async fn run(config: RunConfig) -> Result<()> {
     // TCP_NODELAY: the API server multiplexes reviews over one HTTP/2 connection; without it,
     // Nagle's algorithm meets delayed ACKs and the slowest 1% of reviews wait ~40 ms
     // (measured by benches/validate_tls.rs).
-    let acceptor = RustlsAcceptor::new(tls.clone())
-        .handshake_timeout(TLS_HANDSHAKE_TIMEOUT)
-        .acceptor(NoDelayAcceptor::new());
+    // Connections close on connection::Deadlines, never sooner: hyper's header timeout also
+    // runs while a kept-alive connection is idle, and closing one the API server is about to
+    // reuse fails the review it writes into it.
+    let acceptor = DeadlineAcceptor::new(
+        RustlsAcceptor::new(tls.clone())
+            .handshake_timeout(TLS_HANDSHAKE_TIMEOUT)
+            .acceptor(NoDelayAcceptor::new()),
+        Deadlines::default(),
+    );
     let mut https = axum_server::from_tcp(webhook_listener)
         .map_err(|source| Error::Bind {
             addr: config.webhook_addr,
@@ -146,19 +152,18 @@ pub async fn run(config: RunConfig) -> Result<()> {
         })?
         .acceptor(acceptor)
         .handle(handle.clone());
-    https
-        .http_builder()
-        .http1()
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+    https.http_builder().http1().header_read_timeout(None);
     let mut http = axum_server::from_tcp(metrics_listener)
         .map_err(|source| Error::Bind {
             addr: config.metrics_addr,
             source,
         })?
+        .acceptor(DeadlineAcceptor::new(
+            DefaultAcceptor::new(),
+            Deadlines::default(),
+        ))
         .handle(handle.clone());
-    http.http_builder()
-        .http1()
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+    http.http_builder().http1().header_read_timeout(None);
 
     let annotated = index::AnnotatedKinds::new(Some(client.clone()));
     let admission = webhook::admission_router(state, config.max_review_bytes)
@@ -166,6 +171,10 @@ pub async fn run(config: RunConfig) -> Result<()> {
         .merge(webhook::annotate_router(
             annotated.clone(),
             config.max_review_bytes,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            readiness.clone(),
+            connection::close_when_draining,
         ));
     tokio::spawn(annotated_kinds::run(
         client.clone(),
@@ -173,7 +182,9 @@ pub async fn run(config: RunConfig) -> Result<()> {
         config.annotated_kinds.clone(),
         metrics.clone(),
     ));
-    let ops = webhook::ops_router(metrics.clone(), readiness.clone());
+    let ops = webhook::ops_router(metrics.clone(), readiness.clone()).layer(
+        axum::middleware::from_fn_with_state(readiness.clone(), connection::close_when_draining),
+    );
 
     // Turns true on SIGTERM: the leader steps down and releases its lease at once.
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);

@@ -215,8 +215,9 @@ fn hostile_clients_do_not_stop_real_reviews() {
     for i in 0..5 {
         check_real(&format!("with {} stalled connections ({i})", stalled.len()));
     }
-    // Plain-HTTP slowloris on an established TLS session is covered by the header timeout
-    // (tests/http_edge.rs); here the handshake timeout must reap them.
+    // A request stalled on an established TLS session is cut off by the request deadline
+    // (kept_alive_connections_are_closed_only_when_the_client_knows); here the handshake
+    // timeout must reap them.
     drop(stalled);
 
     // A flood: 32 connections, 25 reviews each.
@@ -242,6 +243,101 @@ fn hostile_clients_do_not_stop_real_reviews() {
     assert!(hwm < 256 * 1024, "peak RSS {} MiB", hwm / 1024);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The API server keeps idle webhook connections for 90 s and reuses them; a review written
+/// into a connection the server is closing fails the request it judged (CI saw "connection
+/// reset by peer" during a helm upgrade). So agentguard never closes a kept-alive connection
+/// a client may reuse: an idle one stays open well past the old 5 s header timeout, only a
+/// request that never completes is cut off, and while draining after SIGTERM each answer says
+/// `Connection: close`, so the client closes the connection itself.
+#[test]
+fn kept_alive_connections_are_closed_only_when_the_client_knows() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "keepalive");
+    let dir = tempfile::tempdir().unwrap();
+    let bundle =
+        agentguard::certs::generate(&["127.0.0.1".into()], Duration::from_secs(3600)).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), &bundle.cert_pem).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &bundle.key_pem).unwrap();
+    std::fs::write(dir.path().join("ca.crt"), &bundle.ca_pem).unwrap();
+    let (port, metrics) = (free_port(), free_port());
+    let options = GuardOptions {
+        extra_args: vec![
+            "--manage-webhook-configuration=false".to_owned(),
+            "--shutdown-delay=6s".to_owned(),
+        ],
+        ..Default::default()
+    };
+    let mut child = spawn_agentguard(&ns, &options, dir.path(), port, metrics, "k");
+    wait_until(Duration::from_secs(30), "agentguard /readyz", || {
+        http_status(metrics, "/readyz") == Some(200)
+    });
+    let agent = format!("system:serviceaccount:{}:cursor-agent", ns.name);
+    let real = review(&ns.name, &agent);
+    let closes = |head: &str| {
+        head.lines()
+            .any(|l| l.to_ascii_lowercase().replace(' ', "") == "connection:close")
+    };
+
+    // A slow client: headers begun and never finished. Cut off by the request deadline (15 s),
+    // not left to the idle one (120 s).
+    let ca = bundle.ca_pem.clone();
+    let slow = std::thread::spawn(move || {
+        let mut c = Connection::open(port, &bundle.ca_pem);
+        c.tls
+            .write_all(b"POST /validate HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .unwrap();
+        c.tls.flush().unwrap();
+        c.closed_within(Duration::from_secs(40))
+    });
+
+    // The API server's way: one kept-alive connection, a review, idle, the next review.
+    let mut kept = Connection::open(port, &ca);
+    let (status, head, body) = kept.post_with_head(real.as_bytes());
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"allowed\":false"), "{body}");
+    assert!(!closes(&head), "a ready replica asked to close: {head}");
+    assert_eq!(
+        kept.closed_within(Duration::from_secs(8)),
+        None,
+        "an idle kept-alive connection was closed by the server"
+    );
+    let (status, _, body) = kept.post_with_head(real.as_bytes());
+    assert_eq!(status, 200, "the review after 8 s idle: {body}");
+
+    let slow = slow.join().unwrap();
+    let took = slow.expect("a request never completed was left open for 40 s");
+    assert!(
+        took >= Duration::from_secs(10),
+        "a slow request was cut off after only {took:?}"
+    );
+
+    // Draining: still answered, and told to close.
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_until(Duration::from_secs(3), "/readyz to fail", || {
+        http_status(metrics, "/readyz").is_some_and(|s| s != 200)
+    });
+    let (status, head, body) = kept.post_with_head(real.as_bytes());
+    assert_eq!(status, 200, "a review while draining: {body}");
+    assert!(
+        closes(&head),
+        "a draining replica's answer did not say Connection: close: {head}"
+    );
+    assert!(
+        kept.closed_within(Duration::from_secs(2)).is_some(),
+        "the connection stayed open after Connection: close"
+    );
+    wait_until(Duration::from_secs(25), "agentguard to exit", || {
+        !alive(&mut child)
+    });
 }
 
 /// A blocking HTTPS/1.1 client on one kept-alive connection, trusting only `ca_pem`: fast
@@ -278,6 +374,12 @@ impl Connection {
 
     /// POSTs a review to /validate; returns the status and body.
     fn post(&mut self, body: &[u8]) -> (u16, String) {
+        let (status, _, body) = self.post_with_head(body);
+        (status, body)
+    }
+
+    /// POSTs a review to /validate; returns the status, the response head and the body.
+    fn post_with_head(&mut self, body: &[u8]) -> (u16, String, String) {
         use std::io::Read;
         let head = format!(
             "POST /validate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -313,8 +415,34 @@ impl Connection {
         }
         (
             status,
+            head,
             String::from_utf8_lossy(&buf[header_end..header_end + length]).to_string(),
         )
+    }
+
+    /// Waits up to `within` for the server to close the connection; how long that took, or
+    /// None if it stayed open.
+    fn closed_within(&mut self, within: Duration) -> Option<Duration> {
+        use std::io::Read;
+        let started = Instant::now();
+        self.tls.sock.set_read_timeout(Some(within)).unwrap();
+        let mut chunk = [0u8; 1024];
+        loop {
+            match self.tls.read(&mut chunk) {
+                Ok(0) => return Some(started.elapsed()),
+                Ok(_) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None;
+                }
+                // Reset, or the TLS session ended without close_notify: closed.
+                Err(_) => return Some(started.elapsed()),
+            }
+        }
     }
 }
 

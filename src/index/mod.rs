@@ -552,6 +552,11 @@ impl Readiness {
         self.set(false);
     }
 
+    /// Shutting down (SIGTERM came): draining, never ready again.
+    pub fn is_stopping(&self) -> bool {
+        self.0.stopped.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Synced, not stopping, and judging with fresh state.
     pub fn is_ready(&self) -> bool {
         self.not_ready().is_none()
