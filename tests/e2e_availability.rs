@@ -10,24 +10,16 @@
 
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use agentguard::policy::{AgentDefinition, AgentMatcher};
-use support::{Cluster, Guard, GuardOptions, TestNamespace, in_secs, stderr, stdout, wait_until};
+use support::{
+    CHART, Cluster, Guard, GuardOptions, TestNamespace, in_secs, stderr, stdout, wait_until,
+};
 
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/agentguard");
 const TEMPLATE: &str = "templates/availability-policy.yaml";
 const ADMIN: &str = "agentguard-admin";
-
-fn helm(cluster: &Cluster, args: &[&str]) -> Output {
-    Command::new(cluster.tools.join("helm"))
-        .arg("--kubeconfig")
-        .arg(&cluster.kubeconfig)
-        .args(args)
-        .output()
-        .expect("run helm")
-}
 
 /// `helm template` of the chart (release `agentguard` in namespace `agentguard`).
 fn render(cluster: &Cluster, show_only: &str, sets: &[String]) -> Output {
@@ -45,7 +37,7 @@ fn render(cluster: &Cluster, show_only: &str, sets: &[String]) -> Output {
     for set in sets {
         args.extend(["--set", set.as_str()]);
     }
-    helm(cluster, &args)
+    cluster.helm(&args)
 }
 
 /// The chart's ValidatingAdmissionPolicy and binding, installed for one test under the name

@@ -7,21 +7,12 @@
 
 mod support;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{Cluster, TestNamespace, free_port, http_status, stderr, stdout, wait_until};
-
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/agentguard");
-
-fn helm(cluster: &Cluster, args: &[&str]) -> Output {
-    Command::new(cluster.tools.join("helm"))
-        .arg("--kubeconfig")
-        .arg(&cluster.kubeconfig)
-        .args(args)
-        .output()
-        .expect("run helm")
-}
+use support::{
+    CHART, Cluster, Release, TestNamespace, free_port, http_status, stderr, stdout, wait_until,
+};
 
 #[test]
 fn chart_lints_and_renders_for_several_value_sets() {
@@ -90,7 +81,7 @@ fn chart_lints_and_renders_for_several_value_sets() {
     for set in sets {
         let mut lint = vec!["lint", CHART, "--strict"];
         lint.extend_from_slice(set);
-        let out = helm(&cluster, &lint);
+        let out = cluster.helm(&lint);
         assert!(
             out.status.success(),
             "helm lint {set:?}: {}{}",
@@ -109,7 +100,7 @@ fn chart_lints_and_renders_for_several_value_sets() {
             "webhook.configurationName=agentguard-render-check",
         ];
         template.extend_from_slice(set);
-        let out = helm(&cluster, &template);
+        let out = cluster.helm(&template);
         assert!(
             out.status.success(),
             "helm template {set:?}: {}",
@@ -160,31 +151,8 @@ fn chart_lints_and_renders_for_several_value_sets() {
     }
 }
 
-/// Uninstalls the release when the test ends however it ends: its ClusterRole, binding and
-/// ClusterProtectedResource are cluster-scoped and would outlive the namespace.
-struct Release<'c> {
-    cluster: &'c Cluster,
-    name: &'static str,
-    namespace: String,
-}
-
-impl Drop for Release<'_> {
-    fn drop(&mut self) {
-        let _ = helm(
-            self.cluster,
-            &[
-                "uninstall",
-                self.name,
-                "-n",
-                &self.namespace,
-                "--ignore-not-found",
-            ],
-        );
-    }
-}
-
 #[test]
-fn chart_installs_restricted_and_its_rbac_is_enough() {
+fn chart_in_url_mode_installs_restricted_upgrades_and_uninstalls() {
     let cluster = Cluster::connect();
     cluster.install_third_party_crds();
     let ns = TestNamespace::create(&cluster, "chart");
@@ -219,7 +187,7 @@ fn chart_installs_restricted_and_its_rbac_is_enough() {
         "--wait=false",
     ];
     install.extend(values.iter().map(String::as_str));
-    let out = helm(&cluster, &install);
+    let out = cluster.helm(&install);
     let _release = Release {
         cluster: &cluster,
         name: release,
@@ -232,8 +200,9 @@ fn chart_installs_restricted_and_its_rbac_is_enough() {
         stderr(&out)
     );
 
-    // Run the operator out of cluster, as the chart's Deployment would run it, with a token of
-    // the chart's own ServiceAccount: the chart's RBAC must be enough for all of it.
+    // `webhook.url` mode (development, tests): the operator runs out of cluster with the
+    // Deployment's arguments and a token of the chart's own ServiceAccount. In cluster, with
+    // real Pods, the same RBAC is checked by tests/e2e_helm.rs.
     let token = ns.kubectl_ok(&["create", "token", release, "--duration=1h"]);
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = cluster.token_kubeconfig(dir.path(), token.trim());
@@ -337,7 +306,7 @@ fn chart_installs_restricted_and_its_rbac_is_enough() {
         "replicas=3",
     ];
     upgrade.extend(values.iter().map(String::as_str));
-    let out = helm(&cluster, &upgrade);
+    let out = cluster.helm(&upgrade);
     assert!(out.status.success(), "helm upgrade: {}", stderr(&out));
     assert_eq!(
         vwc("{.webhooks[0].failurePolicy}"),
@@ -348,7 +317,7 @@ fn chart_installs_restricted_and_its_rbac_is_enough() {
     // Uninstall while the operator still runs (as its pods would, until helm deletes them): it
     // may re-create the configuration a moment before it loses its RBAC, so the configuration
     // is owned by the chart's ClusterRole and garbage-collected with it.
-    let out = helm(&cluster, &["uninstall", release, "-n", &ns.name]);
+    let out = cluster.helm(&["uninstall", release, "-n", &ns.name]);
     assert!(
         out.status.success(),
         "helm uninstall: {}{}",
@@ -416,18 +385,15 @@ fn bad_values_fail_with_a_readable_error() {
         ),
     ];
     for (set, needle) in cases {
-        let out = helm(
-            &cluster,
-            &[
-                "template",
-                "agentguard",
-                CHART,
-                "--kube-version",
-                "1.36.3",
-                "--set",
-                set,
-            ],
-        );
+        let out = cluster.helm(&[
+            "template",
+            "agentguard",
+            CHART,
+            "--kube-version",
+            "1.36.3",
+            "--set",
+            set,
+        ]);
         assert!(!out.status.success(), "{set} was accepted");
         assert!(stderr(&out).contains(needle), "{set}: {}", stderr(&out));
     }
@@ -447,7 +413,7 @@ fn render_one(cluster: &Cluster, template: &str, set: &[&str]) -> serde_json::Va
         template,
     ];
     args.extend_from_slice(set);
-    let out = helm(cluster, &args);
+    let out = cluster.helm(&args);
     assert!(out.status.success(), "helm template: {}", stderr(&out));
     serde_saphyr::from_str(&stdout(&out)).expect("one YAML document")
 }
@@ -549,7 +515,7 @@ fn declared_agents_render_as_labelled_service_accounts_and_role_bindings() {
     ];
     let mut lint = vec!["lint", CHART, "--strict"];
     lint.extend_from_slice(&set);
-    let out = helm(&cluster, &lint);
+    let out = cluster.helm(&lint);
     assert!(
         out.status.success(),
         "helm lint: {}{}",
@@ -566,7 +532,7 @@ fn declared_agents_render_as_labelled_service_accounts_and_role_bindings() {
         "1.36.3",
     ];
     template.extend_from_slice(&set);
-    let out = helm(&cluster, &template);
+    let out = cluster.helm(&template);
     assert!(out.status.success(), "helm template: {}", stderr(&out));
     let rendered = stdout(&out);
     assert!(
@@ -606,18 +572,15 @@ fn declared_agents_render_as_labelled_service_accounts_and_role_bindings() {
 #[test]
 fn agent_roles_leave_out_every_way_around_the_guard() {
     let cluster = Cluster::connect();
-    let out = helm(
-        &cluster,
-        &[
-            "template",
-            "agentguard",
-            CHART,
-            "--kube-version",
-            "1.36.3",
-            "--show-only",
-            "templates/agent-roles.yaml",
-        ],
-    );
+    let out = cluster.helm(&[
+        "template",
+        "agentguard",
+        CHART,
+        "--kube-version",
+        "1.36.3",
+        "--show-only",
+        "templates/agent-roles.yaml",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let roles: Vec<serde_json::Value> = stdout(&out)
         .split("\n---\n")
@@ -724,22 +687,19 @@ fn third_party_crds_refuse_a_misspelled_field() {
             "renewBeforeX:",
         ),
     ] {
-        let out = helm(
-            &cluster,
-            &[
-                "template",
-                "agentguard",
-                CHART,
-                "-n",
-                "default",
-                "--kube-version",
-                "1.36.3",
-                "--show-only",
-                template,
-                "--set",
-                set,
-            ],
-        );
+        let out = cluster.helm(&[
+            "template",
+            "agentguard",
+            CHART,
+            "-n",
+            "default",
+            "--kube-version",
+            "1.36.3",
+            "--show-only",
+            template,
+            "--set",
+            set,
+        ]);
         assert!(out.status.success(), "{}", stderr(&out));
         let rendered = stdout(&out);
         assert!(rendered.contains(good), "{template}: no {good}");

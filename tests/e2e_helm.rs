@@ -3,49 +3,18 @@
 //! the API server calling the webhook through the chart's Service, leader election and
 //! self-managed certificates in cluster, and an agent Pod refused a protected claim with the
 //! standard message; `helm upgrade` (a changed value, a new image tag) and a replica's deletion
-//! lose no webhook call from a steady stream; `helm uninstall` leaves the cluster usable. One
-//! test: the chart's
-//! configuration is cluster-wide. Needs `AGENTGUARD_NODE=1 hack/cluster.sh up`.
+//! lose no webhook call from a steady stream; `helm uninstall` leaves the cluster usable. The
+//! release namespace enforces Pod Security `restricted`, and the chart's own RBAC must be
+//! enough for everything the replicas do (no "forbidden" in their logs, the default policy
+//! Ready, a PolicyReport written). One test: the chart's configuration is cluster-wide. Needs
+//! `AGENTGUARD_NODE=1 hack/cluster.sh up`.
 
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Cluster, TestNamespace, node_image, stderr, stdout, wait_until};
-
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/agentguard");
-
-fn helm(cluster: &Cluster, args: &[&str]) -> Output {
-    Command::new(cluster.tools.join("helm"))
-        .arg("--kubeconfig")
-        .arg(&cluster.kubeconfig)
-        .args(args)
-        .output()
-        .expect("run helm")
-}
-
-/// Uninstalls the release when the test ends, however it ends.
-struct Release<'c> {
-    cluster: &'c Cluster,
-    namespace: String,
-}
-
-impl Drop for Release<'_> {
-    fn drop(&mut self) {
-        let _ = helm(
-            self.cluster,
-            &[
-                "uninstall",
-                "agentguard",
-                "-n",
-                &self.namespace,
-                "--ignore-not-found",
-                "--wait",
-            ],
-        );
-    }
-}
+use support::{CHART, Cluster, Release, TestNamespace, node_image, stderr, stdout, wait_until};
 
 /// Two threads calling the webhook as fast as kubectl goes: the agent's dry-run delete of the
 /// protected claim (must be refused by agentguard) and a human's label on it (must succeed).
@@ -119,30 +88,37 @@ impl Stream {
 #[test]
 fn helm_install_runs_agentguard_in_cluster() {
     let cluster = Cluster::connect();
+    // PolicyReports are written only where their CRDs are served.
+    cluster.install_third_party_crds();
     node_image(&cluster, "agentguard", &[]);
     let kubectl_image = node_image(&cluster, "kubectl", &[]);
     let ns = TestNamespace::create(&cluster, "helm");
+    ns.kubectl_ok(&[
+        "label",
+        "namespace",
+        &ns.name,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/warn=restricted",
+    ]);
     let apps = TestNamespace::create(&cluster, "helmapps");
     let agent = apps.agent("cursor-agent");
     apps.pvc("data", true);
     let installed = Instant::now();
-    let out = helm(
-        &cluster,
-        &[
-            "install",
-            "agentguard",
-            CHART,
-            "-n",
-            &ns.name,
-            "--set",
-            &format!("agents.serviceAccounts={{{}/cursor-*}}", apps.name),
-            "--wait",
-            "--timeout",
-            "4m",
-        ],
-    );
+    let out = cluster.helm(&[
+        "install",
+        "agentguard",
+        CHART,
+        "-n",
+        &ns.name,
+        "--set",
+        &format!("agents.serviceAccounts={{{}/cursor-*}}", apps.name),
+        "--wait",
+        "--timeout",
+        "4m",
+    ]);
     let _release = Release {
         cluster: &cluster,
+        name: "agentguard",
         namespace: ns.name.clone(),
     };
     assert!(
@@ -230,6 +206,53 @@ fn helm_install_runs_agentguard_in_cluster() {
         "{last}"
     );
     assert!(apps.pvc_intact("data"));
+    // The chart's RBAC is enough: the default policy is Ready and the claim's namespace has
+    // its PolicyReport.
+    wait_until(
+        Duration::from_secs(60),
+        "default-volumes to be Ready",
+        || {
+            stdout(&cluster.kubectl(&[
+                "get",
+                "cpr",
+                "default-volumes",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ])) == "True"
+        },
+    );
+    wait_until(
+        Duration::from_secs(90),
+        "the PolicyReport of the claim's namespace",
+        || {
+            apps.kubectl(&["get", "policyreport", "agentguard"])
+                .status
+                .success()
+        },
+    );
+
+    // Nothing the replicas did was refused for want of a permission. (A write into a namespace
+    // another test is deleting is refused as "being terminated": that namespace's state.)
+    let no_permission_missing = |when: &str| {
+        let logs = ns.kubectl_ok(&[
+            "logs",
+            "-l",
+            "app.kubernetes.io/name=agentguard",
+            "--tail=-1",
+            "--prefix",
+        ]);
+        let denied: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().contains("forbidden"))
+            .filter(|l| !l.contains("because it is being terminated"))
+            .collect();
+        assert!(
+            denied.is_empty(),
+            "{when}: a replica lacked a permission:\n{}",
+            denied.join("\n")
+        );
+    };
+    no_permission_missing("after install");
 
     // `helm upgrade` with a changed value and a new image tag rolls both replicas under a
     // steady stream of an agent's refused deletions and a human's allowed updates of the
@@ -237,24 +260,21 @@ fn helm_install_runs_agentguard_in_cluster() {
     let tag = format!("{}-upgrade", env!("CARGO_PKG_VERSION"));
     node_image(&cluster, "agentguard", &["--tag", &tag]);
     let stream = Stream::start(&apps, &agent);
-    let out = helm(
-        &cluster,
-        &[
-            "upgrade",
-            "agentguard",
-            CHART,
-            "-n",
-            &ns.name,
-            "--reuse-values",
-            "--set",
-            &format!("image.tag={tag}"),
-            "--set",
-            "resources.requests.cpu=60m",
-            "--wait",
-            "--timeout",
-            "4m",
-        ],
-    );
+    let out = cluster.helm(&[
+        "upgrade",
+        "agentguard",
+        CHART,
+        "-n",
+        &ns.name,
+        "--reuse-values",
+        "--set",
+        &format!("image.tag={tag}"),
+        "--set",
+        "resources.requests.cpu=60m",
+        "--wait",
+        "--timeout",
+        "4m",
+    ]);
     assert!(out.status.success(), "helm upgrade: {}", stderr(&out));
     ns.kubectl_ok(&[
         "rollout",
@@ -290,6 +310,8 @@ fn helm_install_runs_agentguard_in_cluster() {
                 && images.split_whitespace().all(|i| i.ends_with(&tag))
         },
     );
+
+    no_permission_missing("after the upgrade");
 
     // One replica deleted under the same stream: nothing is lost.
     let stream = Stream::start(&apps, &agent);
@@ -327,10 +349,7 @@ fn helm_install_runs_agentguard_in_cluster() {
     );
 
     // Uninstalled, the cluster works: no configuration is left to call a webhook that is gone.
-    let out = helm(
-        &cluster,
-        &["uninstall", "agentguard", "-n", &ns.name, "--wait"],
-    );
+    let out = cluster.helm(&["uninstall", "agentguard", "-n", &ns.name, "--wait"]);
     assert!(out.status.success(), "helm uninstall: {}", stderr(&out));
     let left = cluster.kubectl_ok(&[
         "get",

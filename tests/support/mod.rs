@@ -17,6 +17,31 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// The chart, as users install it.
+pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/agentguard");
+
+/// Uninstalls a helm release when the test ends however it ends: its ClusterRole, bindings,
+/// webhook configurations and ClusterProtectedResources are cluster-scoped and would outlive
+/// the namespace.
+pub struct Release<'c> {
+    pub cluster: &'c Cluster,
+    pub name: &'static str,
+    pub namespace: String,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        let _ = self.cluster.helm(&[
+            "uninstall",
+            self.name,
+            "-n",
+            &self.namespace,
+            "--ignore-not-found",
+            "--wait",
+        ]);
+    }
+}
+
 pub const START_HINT: &str = "start the local control plane with `hack/cluster.sh up` \
     (or run every test with `hack/test.sh`)";
 
@@ -155,6 +180,16 @@ impl Cluster {
 
     pub fn kubectl_path(&self) -> PathBuf {
         self.tools.join("kubectl")
+    }
+
+    /// helm (the pinned release from the tool cache) against this cluster.
+    pub fn helm(&self, args: &[&str]) -> Output {
+        Command::new(self.tools.join("helm"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .expect("run helm")
     }
 
     /// kubectl as the cluster admin (system:masters).
