@@ -24,7 +24,9 @@ log() { printf '[image %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 version() { sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1; }
-chart_repository() { sed -n 's/^  repository: *//p' "$ROOT/charts/agentguard/values.yaml" | head -1; }
+# The image the chart names by default: image.registry/image.repository.
+chart_value() { sed -n "s/^  $1: *//p" "$ROOT/charts/agentguard/values.yaml" | head -1; }
+chart_repository() { echo "$(chart_value registry)/$(chart_value repository)"; }
 
 # The files of distroless/static's nonroot variant that a static binary relies on: the
 # nonroot user and group, CA certificates, and a writable /tmp.

@@ -728,3 +728,202 @@ fn third_party_crds_refuse_a_misspelled_field() {
         );
     }
 }
+
+/// The knobs a production cluster needs (issue 21): scheduling, pod metadata, extra arguments
+/// and environment, an image from a registry of one's own pinned by digest, pull secrets, a
+/// rollout that keeps every replica answering, and a PodDisruptionBudget only where it cannot
+/// block a node drain. Each rendering is also accepted by the real API server (dry run), and
+/// the chart still takes `global` (as a subchart) while refusing unknown values.
+#[test]
+fn production_values_render_and_the_disruption_budget_never_blocks_a_drain() {
+    let cluster = Cluster::connect();
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let set: Vec<String> = [
+        "image.registry=registry.example.com:5000",
+        &format!("image.digest={digest}"),
+        "imagePullSecrets[0].name=regcred",
+        "priorityClassName=system-cluster-critical",
+        "nodeSelector.role=infra",
+        "tolerations[0].key=infra",
+        "tolerations[0].operator=Exists",
+        "topologySpreadConstraints[0].maxSkew=1",
+        "topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+        "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+        "topologySpreadConstraints[0].labelSelector.matchLabels.app\\.kubernetes\\.io/name=agentguard",
+        "podAnnotations.example\\.com/owner=platform",
+        "podLabels.team=platform",
+        "podLabels.app\\.kubernetes\\.io/name=hijack",
+        "extraArgs[0]=--max-staleness=2m",
+        "extraEnv[0].name=RUST_BACKTRACE",
+        "minReadySeconds=5",
+        "terminationGracePeriodSeconds=45",
+        "global.imageRegistry=ignored.example.com",
+    ]
+    .iter()
+    .flat_map(|s| ["--set".to_owned(), s.to_string()])
+    .chain(["--set-string".to_owned(), "extraEnv[0].value=1".to_owned()])
+    .collect();
+    let set: Vec<&str> = set.iter().map(String::as_str).collect();
+    let deployment = render_one(&cluster, "templates/deployment.yaml", &set);
+    let pod = &deployment["spec"]["template"];
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(
+        container["image"],
+        format!("registry.example.com:5000/agentguard/agentguard@{digest}")
+    );
+    assert_eq!(pod["spec"]["imagePullSecrets"][0]["name"], "regcred");
+    assert_eq!(pod["spec"]["priorityClassName"], "system-cluster-critical");
+    assert_eq!(pod["spec"]["nodeSelector"]["role"], "infra");
+    assert_eq!(pod["spec"]["tolerations"][0]["key"], "infra");
+    assert_eq!(
+        pod["spec"]["topologySpreadConstraints"][0]["topologyKey"],
+        "topology.kubernetes.io/zone"
+    );
+    assert_eq!(
+        pod["metadata"]["annotations"]["example.com/owner"],
+        "platform"
+    );
+    assert_eq!(pod["metadata"]["labels"]["team"], "platform");
+    // The selector labels stay the chart's: a pod label cannot move pods out of the Service.
+    assert_eq!(
+        pod["metadata"]["labels"]["app.kubernetes.io/name"],
+        "agentguard"
+    );
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args.last(), Some(&"--max-staleness=2m"), "{args:?}");
+    assert!(
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "RUST_BACKTRACE" && e["value"] == "1")
+    );
+    assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 45);
+    assert_eq!(deployment["spec"]["minReadySeconds"], 5);
+    // The default rollout starts a new replica before stopping an old one.
+    let defaults = render_one(&cluster, "templates/deployment.yaml", &[]);
+    assert_eq!(
+        defaults["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        0
+    );
+    assert_eq!(
+        defaults["spec"]["template"]["spec"]["containers"][0]["image"],
+        format!(
+            "ghcr.io/agentguard/agentguard:{}",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    assert!(
+        defaults["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"].is_object(),
+        "the default anti-affinity"
+    );
+
+    // The whole rendering is valid for the API server.
+    let mut template = vec![
+        "template",
+        "agentguard",
+        CHART,
+        "-n",
+        "default",
+        "--kube-version",
+        "1.36.3",
+        "--set",
+        "webhook.configurationName=agentguard-render-check",
+    ];
+    template.extend_from_slice(&set);
+    let out = cluster.helm(&template);
+    assert!(out.status.success(), "helm template: {}", stderr(&out));
+    let apply = cluster.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--dry-run=server",
+            "-n",
+            "default",
+            "-f",
+            "-",
+        ],
+        &stdout(&out),
+    );
+    assert!(apply.status.success(), "{}", stderr(&apply));
+
+    // The PodDisruptionBudget: rendered only where it leaves a drain possible.
+    let pdb = |set: &[&str]| -> Option<serde_json::Value> {
+        let mut args = vec![
+            "template",
+            "agentguard",
+            CHART,
+            "--kube-version",
+            "1.36.3",
+            "--show-only",
+            "templates/pdb.yaml",
+        ];
+        args.extend_from_slice(set);
+        let out = cluster.helm(&args);
+        if !out.status.success() {
+            assert!(
+                stderr(&out).contains("could not find template"),
+                "helm template: {}",
+                stderr(&out)
+            );
+            return None;
+        }
+        Some(serde_saphyr::from_str(&stdout(&out)).unwrap())
+    };
+    let spec = pdb(&[]).expect("two replicas: a PDB")["spec"].clone();
+    assert_eq!(spec["minAvailable"], 1);
+    assert_eq!(spec["unhealthyPodEvictionPolicy"], "AlwaysAllow");
+    assert!(
+        pdb(&["--set", "replicas=1"]).is_none(),
+        "one replica, minAvailable 1"
+    );
+    assert!(
+        pdb(&["--set", "podDisruptionBudget.minAvailable=2"]).is_none(),
+        "minAvailable equal to replicas"
+    );
+    let spec = pdb(&[
+        "--set",
+        "replicas=1",
+        "--set",
+        "podDisruptionBudget.maxUnavailable=1",
+    ])
+    .expect("maxUnavailable never blocks")["spec"]
+        .clone();
+    assert_eq!(spec["maxUnavailable"], 1);
+    assert!(spec.get("minAvailable").is_none());
+    assert_eq!(
+        pdb(&[
+            "--set",
+            "replicas=3",
+            "--set",
+            "podDisruptionBudget.minAvailable=50%"
+        ])
+        .unwrap()["spec"]["minAvailable"],
+        "50%"
+    );
+
+    // Still strict: a misspelled value is refused, `global` is not, and an environment value
+    // that is not a string is refused by helm rather than by the API server.
+    for (value, ok) in [
+        ("global.anything=1", true),
+        ("nodeSelecter.role=infra", false),
+        ("extraEnv[0].name=N,extraEnv[0].value=1", false),
+    ] {
+        let out = cluster.helm(&[
+            "template",
+            "agentguard",
+            CHART,
+            "--kube-version",
+            "1.36.3",
+            "--set",
+            value,
+        ]);
+        assert_eq!(out.status.success(), ok, "{value}: {}", stderr(&out));
+    }
+}

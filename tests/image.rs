@@ -89,10 +89,19 @@ fn the_image_built_without_docker_is_the_dockerfiles() {
         .to_owned();
     let version = env!("CARGO_PKG_VERSION");
     assert!(name.ends_with(&format!(":{version}")), "{name}");
-    let values = std::fs::read_to_string(root().join("charts/agentguard/values.yaml")).unwrap();
-    assert!(
-        values.contains(&format!("repository: {}", name.rsplit_once(':').unwrap().0)),
-        "the image is not the one the chart names: {name}"
+    let values: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(root().join("charts/agentguard/values.yaml")).unwrap(),
+    )
+    .unwrap();
+    let chart_image = format!(
+        "{}/{}",
+        values["image"]["registry"].as_str().unwrap(),
+        values["image"]["repository"].as_str().unwrap()
+    );
+    assert_eq!(
+        name.rsplit_once(':').unwrap().0,
+        chart_image,
+        "the image is not the one the chart names"
     );
     let manifest: Value = serde_json::from_slice(&blob(
         &archive,

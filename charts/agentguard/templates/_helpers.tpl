@@ -16,3 +16,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 app.kubernetes.io/name: agentguard
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
+
+{{- /* The image reference: registry/repository@digest, or :tag (default appVersion). */}}
+{{- define "agentguard.image" -}}
+{{- $ref := .Values.image.repository -}}
+{{- with .Values.image.registry }}{{ $ref = printf "%s/%s" . $ref }}{{ end -}}
+{{- if .Values.image.digest -}}
+{{ $ref }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ $ref }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- end }}
