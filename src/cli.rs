@@ -220,6 +220,23 @@ pub struct RunArgs {
     /// agentguard's own and kube-system.
     #[arg(long, env = "AGENTGUARD_WEBHOOK_NAMESPACE_LABEL")]
     pub webhook_namespace_label: Option<String>,
+    /// How long the API server waits for a review (1-30 s) before failing the request
+    /// (failurePolicy Fail) or letting it through (Ignore).
+    #[arg(
+        long,
+        default_value_t = 5,
+        value_parser = clap::value_parser!(i32).range(1..=30),
+        env = "AGENTGUARD_WEBHOOK_TIMEOUT_SECONDS"
+    )]
+    pub webhook_timeout_seconds: i32,
+    /// An annotation (key=value) on the webhook configurations agentguard keeps, e.g.
+    /// admissions.enforcer/disabled=true on AKS; repeat for more. Annotations others add are
+    /// left alone.
+    #[arg(long = "webhook-configuration-annotation", value_name = "KEY=VALUE")]
+    pub webhook_configuration_annotations: Vec<String>,
+    /// A label (key=value) on the webhook configurations agentguard keeps; repeat for more.
+    #[arg(long = "webhook-configuration-label", value_name = "KEY=VALUE")]
+    pub webhook_configuration_labels: Vec<String>,
     /// Elect one leader among replicas (coordination.k8s.io Lease) to reconcile cluster-wide
     /// state; every replica serves the webhook either way.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "AGENTGUARD_LEADER_ELECTION")]
@@ -445,12 +462,33 @@ fn webhook_params(args: &RunArgs) -> anyhow::Result<Option<WebhookParams>> {
                 .context("--webhook-namespace-label must be key=value")?,
         ),
     };
+    let pairs = |flag: &str,
+                 items: &[String]|
+     -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        items
+            .iter()
+            .map(|item| {
+                item.split_once('=')
+                    .filter(|(k, _)| !k.is_empty())
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .with_context(|| format!("--{flag} {item:?} must be key=value"))
+            })
+            .collect()
+    };
     Ok(Some(WebhookParams {
         configuration_name: args.webhook_configuration_name.clone(),
         target,
         own_namespace: args.namespace.clone(),
         namespace_label,
-        timeout_seconds: 5,
+        timeout_seconds: args.webhook_timeout_seconds,
+        annotations: pairs(
+            "webhook-configuration-annotation",
+            &args.webhook_configuration_annotations,
+        )?,
+        labels: pairs(
+            "webhook-configuration-label",
+            &args.webhook_configuration_labels,
+        )?,
         failure_policy: args.failure_policy.clone(),
         owner_cluster_role: args.webhook_owner_cluster_role.clone(),
     }))
@@ -580,6 +618,8 @@ fn write_static(args: &StaticArgs) -> anyhow::Result<()> {
             own_namespace: args.namespace.clone(),
             namespace_label,
             timeout_seconds: 5,
+            annotations: Default::default(),
+            labels: Default::default(),
             failure_policy: args.failure_policy.clone(),
             owner_cluster_role: None,
         },

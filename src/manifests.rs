@@ -287,6 +287,8 @@ mod tests {
                 own_namespace: "agentguard".into(),
                 namespace_label: None,
                 timeout_seconds: 5,
+                annotations: Default::default(),
+                labels: Default::default(),
                 failure_policy: "Fail".into(),
                 owner_cluster_role: None,
             },

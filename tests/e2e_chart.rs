@@ -758,10 +758,17 @@ fn production_values_render_and_the_disruption_budget_never_blocks_a_drain() {
         "minReadySeconds=5",
         "terminationGracePeriodSeconds=45",
         "global.imageRegistry=ignored.example.com",
+        "webhook.timeoutSeconds=12",
+        "webhook.configurationLabels.team=platform",
     ]
     .iter()
     .flat_map(|s| ["--set".to_owned(), s.to_string()])
-    .chain(["--set-string".to_owned(), "extraEnv[0].value=1".to_owned()])
+    .chain([
+        "--set-string".to_owned(),
+        "extraEnv[0].value=1".to_owned(),
+        "--set-string".to_owned(),
+        "webhook.configurationAnnotations.admissions\\.enforcer/disabled=true".to_owned(),
+    ])
     .collect();
     let set: Vec<&str> = set.iter().map(String::as_str).collect();
     let deployment = render_one(&cluster, "templates/deployment.yaml", &set);
@@ -796,6 +803,34 @@ fn production_values_render_and_the_disruption_budget_never_blocks_a_drain() {
         .map(|a| a.as_str().unwrap())
         .collect();
     assert_eq!(args.last(), Some(&"--max-staleness=2m"), "{args:?}");
+    for arg in [
+        "--webhook-timeout-seconds=12",
+        "--webhook-configuration-annotation=admissions.enforcer/disabled=true",
+        "--webhook-configuration-label=team=platform",
+    ] {
+        assert!(args.contains(&arg), "{arg} not in {args:?}");
+    }
+    // Helm creates the configurations with them too (AKS's enforcer acts on creation).
+    let docs = {
+        let mut args = vec![
+            "template",
+            "agentguard",
+            CHART,
+            "--kube-version",
+            "1.36.3",
+            "--show-only",
+            "templates/webhook-configuration.yaml",
+        ];
+        args.extend_from_slice(&set);
+        stdout(&cluster.helm(&args))
+    };
+    assert_eq!(
+        docs.matches("admissions.enforcer/disabled: \"true\"")
+            .count(),
+        2,
+        "{docs}"
+    );
+    assert_eq!(docs.matches("team: platform").count(), 2, "{docs}");
     assert!(
         container["env"]
             .as_array()

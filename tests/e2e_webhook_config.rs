@@ -448,3 +448,90 @@ fn self_managed_secret_deleted_or_damaged_changes_nothing_served_or_published() 
     }
     judged("at the end");
 }
+
+/// The chart's webhook settings reach the configurations agentguard keeps: the timeout on every
+/// webhook, annotations (AKS's admissions enforcer opt-out) and labels on both configurations.
+/// An annotation another controller adds is left alone, and one of agentguard's that someone
+/// removes comes back: neither side rewrites the other's fields.
+#[test]
+fn webhook_settings_from_flags_are_kept_and_others_annotations_left_alone() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "settings");
+    let agent = ns.agent("cursor-agent");
+    let guard = Guard::start_with(
+        &ns,
+        &agent,
+        &GuardOptions {
+            extra_args: vec![
+                "--webhook-timeout-seconds=12".into(),
+                "--webhook-configuration-annotation=admissions.enforcer/disabled=true".into(),
+                "--webhook-configuration-label=team=platform".into(),
+            ],
+            ..Default::default()
+        },
+    );
+    let name = guard.webhook_name.clone();
+    let get = |kind: &str, path: &str| {
+        stdout(&cluster.kubectl(&["get", kind, &name, "-o", &format!("jsonpath={path}")]))
+    };
+    for kind in [
+        "validatingwebhookconfiguration",
+        "mutatingwebhookconfiguration",
+    ] {
+        let timeouts = get(kind, "{.webhooks[*].timeoutSeconds}");
+        assert!(
+            !timeouts.is_empty() && timeouts.split_whitespace().all(|t| t == "12"),
+            "{kind}: timeouts {timeouts}"
+        );
+        assert_eq!(
+            get(
+                kind,
+                "{.metadata.annotations.admissions\\.enforcer/disabled}"
+            ),
+            "true",
+            "{kind}"
+        );
+        assert_eq!(get(kind, "{.metadata.labels.team}"), "platform", "{kind}");
+        assert_eq!(
+            get(kind, "{.metadata.labels.app\\.kubernetes\\.io/managed-by}"),
+            "agentguard",
+            "{kind}"
+        );
+    }
+
+    // Someone else's annotation stays; agentguard's own, removed, is put back.
+    cluster.kubectl_ok(&[
+        "annotate",
+        "validatingwebhookconfiguration",
+        &name,
+        "example.com/audited=yes",
+        "admissions.enforcer/disabled-",
+    ]);
+    wait_until(
+        Duration::from_secs(40),
+        "agentguard's annotation to be put back",
+        || {
+            get(
+                "validatingwebhookconfiguration",
+                "{.metadata.annotations.admissions\\.enforcer/disabled}",
+            ) == "true"
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        get(
+            "validatingwebhookconfiguration",
+            "{.metadata.annotations.example\\.com/audited}"
+        ),
+        "yes",
+        "another writer's annotation was removed"
+    );
+    // And still judged through it.
+    ns.pvc("data", true);
+    let out = ns.kubectl_as(&agent, &["delete", "pvc", "data", "--dry-run=server"]);
+    assert!(
+        stderr(&out).contains("agentguard: DENIED"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -331,6 +331,10 @@ pub struct WebhookParams {
     /// Optional `key=value`: only namespaces with this label are judged.
     pub namespace_label: Option<(String, String)>,
     pub timeout_seconds: i32,
+    /// Annotations and labels on the configurations, besides agentguard's own
+    /// (`--webhook-configuration-annotation`, `--webhook-configuration-label`).
+    pub annotations: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
     /// `Fail` (fail-closed, the default) or `Ignore`: requests go through while the webhook is
     /// unreachable (the chart's availability mode, where a ValidatingAdmissionPolicy keeps the
     /// simplest rules in the API server).
@@ -408,12 +412,17 @@ fn metadata(params: &WebhookParams, owner: Option<&OwnerReference>) -> ObjectMet
         name: Some(params.configuration_name.clone()),
         owner_references: owner.map(|o| vec![o.clone()]),
         labels: Some(
-            [(
-                "app.kubernetes.io/managed-by".to_owned(),
-                "agentguard".to_owned(),
-            )]
-            .into(),
+            params
+                .labels
+                .clone()
+                .into_iter()
+                .chain([(
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    "agentguard".to_owned(),
+                )])
+                .collect(),
         ),
+        annotations: (!params.annotations.is_empty()).then(|| params.annotations.clone()),
         ..Default::default()
     }
 }
@@ -947,6 +956,8 @@ mod tests {
             own_namespace: "agentguard".into(),
             namespace_label: None,
             timeout_seconds: 5,
+            annotations: Default::default(),
+            labels: Default::default(),
             failure_policy: "Fail".into(),
             owner_cluster_role: None,
         }
