@@ -278,6 +278,14 @@ down_quiet() {
   for name in kube-controller-manager kube-apiserver etcd; do
     stop_pid "$STATE/run/$name.pid"
   done
+  # Anything still mounted under the state (a node whose node.env was already removed by a
+  # half-finished cleanup) would make rm fail: unmount it, deepest first.
+  local m
+  if command -v findmnt >/dev/null; then
+    while read -r m; do
+      umount -l "$m" 2>/dev/null || true
+    done < <(findmnt -rn -o TARGET | grep -E "^$STATE(/|$)" | sort -r)
+  fi
   rm -rf "$STATE"
 }
 
