@@ -295,6 +295,47 @@ fn chart_in_url_mode_installs_restricted_upgrades_and_uninstalls() {
         denied.join("\n")
     );
 
+    // The built-in roles carry agentguard's kinds: view reads them, edit may ask (file a
+    // DeletionRequest), admin keeps the namespace's ProtectedResources.
+    for (role, user) in [("view", "viewer"), ("edit", "editor"), ("admin", "nsadmin")] {
+        apps.kubectl_ok(&[
+            "create",
+            "rolebinding",
+            &format!("{user}-{role}"),
+            &format!("--clusterrole={role}"),
+            &format!("--user={user}"),
+        ]);
+    }
+    let can = |user: &str, verb: &str, resource: &str| {
+        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+        let mut args = vec!["auth", "can-i", verb, resource, "--as", user];
+        if !subresource.is_empty() {
+            args.extend(["--subresource", subresource]);
+        }
+        stdout(&apps.kubectl(&args)).trim() == "yes"
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "the built-in roles to aggregate agentguard's kinds",
+        || {
+            can("viewer", "list", "protectedresources.agentguard.dev")
+                && can("editor", "create", "deletionrequests.agentguard.dev")
+                && can("nsadmin", "create", "protectedresources.agentguard.dev")
+        },
+    );
+    assert!(can("viewer", "list", "deletionrequests.agentguard.dev"));
+    assert!(!can("viewer", "create", "deletionrequests.agentguard.dev"));
+    assert!(!can(
+        "editor",
+        "delete",
+        "protectedresources.agentguard.dev"
+    ));
+    assert!(can(
+        "nsadmin",
+        "patch",
+        "deletionrequests.agentguard.dev/status"
+    ));
+
     // Upgrade: the webhooks the operator wrote survive helm's three-way merge.
     let mut upgrade = vec![
         "upgrade",
@@ -737,6 +778,7 @@ fn third_party_crds_refuse_a_misspelled_field() {
 #[test]
 fn production_values_render_and_the_disruption_budget_never_blocks_a_drain() {
     let cluster = Cluster::connect();
+    cluster.install_third_party_crds();
     let digest = format!("sha256:{}", "ab".repeat(32));
     let set: Vec<String> = [
         "image.registry=registry.example.com:5000",
@@ -760,6 +802,12 @@ fn production_values_render_and_the_disruption_budget_never_blocks_a_drain() {
         "global.imageRegistry=ignored.example.com",
         "webhook.timeoutSeconds=12",
         "webhook.configurationLabels.team=platform",
+        "serviceMonitor.enabled=true",
+        "serviceMonitor.namespace=kube-public",
+        "serviceMonitor.relabelings[0].targetLabel=cluster",
+        "serviceMonitor.relabelings[0].replacement=prod-eu",
+        "serviceMonitor.metricRelabelings[0].action=labeldrop",
+        "serviceMonitor.metricRelabelings[0].regex=le_bucket",
     ]
     .iter()
     .flat_map(|s| ["--set".to_owned(), s.to_string()])
@@ -810,6 +858,19 @@ fn production_values_render_and_the_disruption_budget_never_blocks_a_drain() {
     ] {
         assert!(args.contains(&arg), "{arg} not in {args:?}");
     }
+    // The ServiceMonitor where Prometheus looks, relabelled, still scraping the release's
+    // Service as job "agentguard".
+    let monitor = render_one(&cluster, "templates/servicemonitor.yaml", &set);
+    assert_eq!(monitor["metadata"]["namespace"], "kube-public");
+    assert_eq!(
+        monitor["spec"]["namespaceSelector"]["matchNames"][0],
+        "monitoring"
+    );
+    assert_eq!(monitor["spec"]["jobLabel"], "app.kubernetes.io/name");
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["relabelings"][0]["targetLabel"], "cluster");
+    assert_eq!(endpoint["metricRelabelings"][0]["action"], "labeldrop");
+
     // Helm creates the configurations with them too (AKS's enforcer acts on creation).
     let docs = {
         let mut args = vec![
@@ -873,14 +934,13 @@ fn production_values_render_and_the_disruption_budget_never_blocks_a_drain() {
     template.extend_from_slice(&set);
     let out = cluster.helm(&template);
     assert!(out.status.success(), "helm template: {}", stderr(&out));
+    // Each object in the namespace it names (the ServiceMonitor's is its own).
     let apply = cluster.kubectl_stdin(
         &[
             "apply",
             "--server-side",
             "--force-conflicts",
             "--dry-run=server",
-            "-n",
-            "default",
             "-f",
             "-",
         ],

@@ -103,6 +103,12 @@ fn the_image_built_without_docker_is_the_dockerfiles() {
         chart_image,
         "the image is not the one the chart names"
     );
+    // Artifact Hub lists the same image, at this version.
+    let chart_yaml = std::fs::read_to_string(root().join("charts/agentguard/Chart.yaml")).unwrap();
+    assert!(
+        chart_yaml.contains(&format!("image: {name}\n")),
+        "Chart.yaml's artifacthub.io/images does not name {name}"
+    );
     let manifest: Value = serde_json::from_slice(&blob(
         &archive,
         index["manifests"][0]["digest"].as_str().unwrap(),

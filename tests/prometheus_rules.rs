@@ -301,3 +301,36 @@ fn every_alert_has_severity_summary_and_description() {
         }
     }
 }
+
+/// Every alert links a runbook in docs/runbooks.md, by an anchor that exists there (a heading
+/// named after the alert), so the link in a page someone receives at night leads somewhere.
+#[test]
+fn every_alert_links_its_runbook() {
+    const BASE: &str = "https://github.com/agentguard/agentguard/blob/main/docs/runbooks.md#";
+    let file = yaml_file(RULES);
+    let runbooks = std::fs::read_to_string(in_repo("docs/runbooks.md")).unwrap();
+    let anchors: Vec<String> = runbooks
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|h| h.trim().to_ascii_lowercase().replace(' ', "-"))
+        .collect();
+    let alerts: Vec<&Value> = rules_of(&file)
+        .into_iter()
+        .filter(|r| r.get("alert").is_some())
+        .collect();
+    assert!(alerts.len() >= 9, "{} alerts", alerts.len());
+    for rule in alerts {
+        let alert = rule["alert"].as_str().unwrap();
+        let url = rule["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{alert} has no runbook_url"));
+        let anchor = url
+            .strip_prefix(BASE)
+            .unwrap_or_else(|| panic!("{alert}: {url} is not in docs/runbooks.md"));
+        assert_eq!(anchor, alert.to_ascii_lowercase(), "{alert}: {url}");
+        assert!(
+            anchors.iter().any(|a| a == anchor),
+            "{alert}: docs/runbooks.md has no heading for #{anchor}"
+        );
+    }
+}
