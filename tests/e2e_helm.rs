@@ -14,7 +14,9 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{CHART, Cluster, Release, TestNamespace, node_image, stderr, stdout, wait_until};
+use support::{
+    CHART, Cluster, Release, TestNamespace, free_port, node_image, stderr, stdout, wait_until,
+};
 
 /// Two threads calling the webhook as fast as kubectl goes: the agent's dry-run delete of the
 /// protected claim (must be refused by agentguard) and a human's label on it (must succeed).
@@ -85,8 +87,12 @@ impl Stream {
     }
 }
 
+/// The two tests install releases whose webhooks judge the same namespaces: one at a time.
+static ONE_RELEASE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn helm_install_runs_agentguard_in_cluster() {
+    let _one = ONE_RELEASE.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = Cluster::connect();
     // PolicyReports are written only where their CRDs are served.
     cluster.install_third_party_crds();
@@ -363,4 +369,90 @@ fn helm_install_runs_agentguard_in_cluster() {
     );
     apps.pvc("after", false);
     apps.kubectl_ok(&["delete", "pvc", "after", "--wait=false"]);
+}
+
+/// `hostNetwork: true` with ports of one's own, for clusters whose API server cannot reach Pod
+/// IPs: the replica listens on its node's address, the Service's EndpointSlice names that
+/// address and port, and the API server calls it there (an agent's deletion refused). A second
+/// release beside nothing else: its own webhook configuration, no default policies (the claim
+/// is protected by its annotation), no fixed-name agent roles.
+#[test]
+fn host_network_mode_answers_the_api_server() {
+    let _one = ONE_RELEASE.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = Cluster::connect();
+    node_image(&cluster, "agentguard", &[]);
+    // No Pod Security label: host networking needs the privileged level.
+    let ns = TestNamespace::create(&cluster, "hostnet");
+    let apps = TestNamespace::create(&cluster, "hostnetapps");
+    let agent = apps.agent("cursor-agent");
+    apps.pvc("data", true);
+    let (webhook_port, metrics_port) = (free_port(), free_port());
+    let out = cluster.helm(&[
+        "install",
+        "hostnet",
+        CHART,
+        "-n",
+        &ns.name,
+        "--set",
+        "hostNetwork=true",
+        "--set",
+        "replicas=1",
+        "--set",
+        &format!("ports.webhook={webhook_port}"),
+        "--set",
+        &format!("ports.metrics={metrics_port}"),
+        "--set",
+        "webhook.configurationName=agentguard-hostnet",
+        "--set",
+        "defaultProtection.enabled=false",
+        "--set",
+        "agentCredentials.installRoles=false",
+        "--set",
+        &format!("agents.serviceAccounts={{{}/cursor-*}}", apps.name),
+        "--wait",
+        "--timeout",
+        "3m",
+    ]);
+    let _release = Release {
+        cluster: &cluster,
+        name: "hostnet",
+        namespace: ns.name.clone(),
+    };
+    assert!(
+        out.status.success(),
+        "helm install: {}{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        ns.kubectl(&["get", "pods", "-o", "wide"])
+            .stdout
+            .escape_ascii()
+    );
+    let ips = ns.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=agentguard",
+        "-o",
+        "jsonpath={.items[0].status.podIP} {.items[0].status.hostIP}",
+    ]);
+    let (pod_ip, host_ip) = ips.trim().split_once(' ').expect("pod and host IP");
+    assert_eq!(pod_ip, host_ip, "the replica is not on its node's network");
+    let endpoint = ns.kubectl_ok(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=hostnet-agentguard",
+        "-o",
+        "jsonpath={.items[0].endpoints[0].addresses[0]} {.items[0].ports[?(@.name==\"https\")].port}",
+    ]);
+    assert_eq!(endpoint.trim(), format!("{host_ip} {webhook_port}"));
+    wait_until(
+        Duration::from_secs(60),
+        "the API server to call the webhook on the node's address",
+        || {
+            stderr(&apps.kubectl_as(&agent, &["delete", "pvc", "data", "--dry-run=server"]))
+                .contains("agentguard: DENIED")
+        },
+    );
+    assert!(apps.pvc_intact("data"));
 }
