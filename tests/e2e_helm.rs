@@ -354,6 +354,49 @@ fn helm_install_runs_agentguard_in_cluster() {
         "calls failed while a replica was replaced: {failed:#?}"
     );
 
+    // A node drain under the same stream: the PodDisruptionBudget lets one replica go and
+    // holds the other (its replacement cannot start on the cordoned node), so a webhook keeps
+    // answering; uncordoned, the replacement starts.
+    let node = cluster.kubectl_ok(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"]);
+    let stream = Stream::start(&apps, &agent);
+    std::thread::sleep(Duration::from_secs(2));
+    let drain = cluster.kubectl(&[
+        "drain",
+        node.trim(),
+        "--pod-selector=app.kubernetes.io/name=agentguard",
+        "--ignore-daemonsets",
+        "--timeout=25s",
+    ]);
+    let said = format!("{}{}", stdout(&drain), stderr(&drain));
+    let ready_during = ns.kubectl_ok(&[
+        "get",
+        "deployment",
+        "agentguard",
+        "-o",
+        "jsonpath={.status.readyReplicas}",
+    ]);
+    cluster.kubectl_ok(&["uncordon", node.trim()]);
+    let (ok, failed) = stream.stop();
+    eprintln!(
+        "node drain: {ok} webhook calls answered, {} failed",
+        failed.len()
+    );
+    assert!(
+        !drain.status.success() && said.contains("disruption budget"),
+        "the drain was not held by the PodDisruptionBudget: {said}"
+    );
+    assert_eq!(ready_during.trim(), "1", "replicas Ready while drained");
+    assert!(
+        failed.is_empty(),
+        "calls failed during the drain: {failed:#?}"
+    );
+    ns.kubectl_ok(&[
+        "rollout",
+        "status",
+        "deployment/agentguard",
+        "--timeout=120s",
+    ]);
+
     // Uninstalled, the cluster works: no configuration is left to call a webhook that is gone.
     let out = cluster.helm(&["uninstall", "agentguard", "-n", &ns.name, "--wait"]);
     assert!(out.status.success(), "helm uninstall: {}", stderr(&out));
