@@ -46,6 +46,24 @@ pub enum Command {
     /// call can delete, for Kubernetes 1.36+ control planes you run).
     #[command(subcommand)]
     Manifests(ManifestsCommand),
+    /// Prove the guard holds: as this identity (an agent), ask the API server to delete a
+    /// protected object in a dry run; succeed only if agentguard refuses it. The chart's
+    /// `helm test` runs it.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The protected object, as PLURAL/NAME of a core (v1) kind, e.g. persistentvolumes/probe.
+    #[arg(long)]
+    pub delete: String,
+    /// Its namespace, for a namespaced kind.
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Keep asking this many seconds while the answer is not agentguard's denial (a
+    /// ServiceAccount labelled a moment ago takes a moment to reach agentguard).
+    #[arg(long, default_value_t = 30)]
+    pub patience_seconds: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -420,6 +438,17 @@ pub fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Manifests(ManifestsCommand::Static(args)) => write_static(&args),
+        Command::Check(args) => {
+            let target = crate::check::Target::parse(&args.delete, args.namespace)?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(crate::check::run(
+                    target,
+                    std::time::Duration::from_secs(args.patience_seconds),
+                ))
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod catalog;
 pub mod certs;
+pub mod check;
 pub mod cli;
 pub mod connection;
 pub mod error;

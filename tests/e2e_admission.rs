@@ -294,3 +294,48 @@ fn blocked_attempts_show_as_one_event_on_the_object() {
     let described = ns.kubectl_ok(&["describe", "pvc", "data"]);
     assert!(described.contains("DeletionBlocked"), "{described}");
 }
+
+/// `agentguard check` (what the chart's `helm test` Pod runs), with an agent's own token:
+/// it succeeds on a protected claim (refused by agentguard, nothing deleted) and fails, saying
+/// why, on a claim nothing protects (the dry run was allowed) and on an object it may not
+/// delete (refused by RBAC, not by agentguard).
+#[test]
+fn check_succeeds_only_when_agentguard_refuses_the_agent() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "check");
+    let agent = ns.agent("cursor-agent");
+    let _guard = Guard::start(&ns, &agent);
+    ns.pvc("data", true);
+    ns.pvc("scratch", false);
+    let token = ns.kubectl_ok(&["create", "token", "cursor-agent", "--duration=10m"]);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = cluster.token_kubeconfig(dir.path(), token.trim());
+    let check = |object: &str, namespace: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_agentguard"))
+            .args(["check", "--delete", object, "-n", namespace])
+            .arg("--patience-seconds=2")
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .unwrap()
+    };
+    let out = check("persistentvolumeclaims/data", &ns.name);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("ok: agentguard refused the dry-run delete")
+            && stdout(&out).contains("agentguard: DENIED"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(ns.pvc_intact("data"));
+    let out = check("persistentvolumeclaims/scratch", &ns.name);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("was allowed"), "{}", stderr(&out));
+    assert!(ns.pvc_intact("scratch"), "a check deleted something");
+    let out = check("persistentvolumeclaims/data", "kube-system");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not with agentguard's denial"),
+        "{}",
+        stderr(&out)
+    );
+}

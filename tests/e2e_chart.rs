@@ -98,6 +98,9 @@ fn chart_lints_and_renders_for_several_value_sets() {
             "1.36.3",
             "--set",
             "webhook.configurationName=agentguard-render-check",
+            // The `helm test` Pod names a ServiceAccount helm creates only for the test; it
+            // runs for real in tests/e2e_helm.rs.
+            "--skip-tests",
         ];
         template.extend_from_slice(set);
         let out = cluster.helm(&template);
@@ -930,6 +933,7 @@ fn production_values_render_and_the_disruption_budget_never_blocks_a_drain() {
         "1.36.3",
         "--set",
         "webhook.configurationName=agentguard-render-check",
+        "--skip-tests",
     ];
     template.extend_from_slice(&set);
     let out = cluster.helm(&template);

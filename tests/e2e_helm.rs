@@ -212,6 +212,23 @@ fn helm_install_runs_agentguard_in_cluster() {
         "{last}"
     );
     assert!(apps.pvc_intact("data"));
+    // `helm test`: the chart's own proof that an agent is refused (a labelled ServiceAccount's
+    // dry-run delete of a protected probe volume, from a Pod of the agentguard image).
+    // (The Pod is deleted once it succeeded, with the rest of the test's objects, so only its
+    // phase is left to read; `agentguard check` itself is tested in e2e_admission.)
+    let out = cluster.helm(&["test", "agentguard", "-n", &ns.name, "--timeout", "2m"]);
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "helm test: {said}");
+    let pod_phase = said
+        .split("TEST SUITE:")
+        .find(|suite| {
+            suite
+                .trim_start()
+                .starts_with("agentguard-test-agent-is-denied")
+        })
+        .and_then(|suite| suite.lines().find(|l| l.trim_start().starts_with("Phase:")))
+        .map(|l| l.split_whitespace().last().unwrap_or_default().to_owned());
+    assert_eq!(pod_phase.as_deref(), Some("Succeeded"), "helm test: {said}");
     // The chart's RBAC is enough: the default policy is Ready and the claim's namespace has
     // its PolicyReport.
     wait_until(
