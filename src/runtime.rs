@@ -133,9 +133,10 @@ pub async fn run(config: RunConfig) -> Result<()> {
     tracing::info!(webhook = %config.webhook_addr, metrics = %config.metrics_addr, "listening");
 
     let handle: Handle<SocketAddr> = Handle::new();
-    // TCP_NODELAY: the API server multiplexes reviews over one HTTP/2 connection; without it,
-    // Nagle's algorithm meets delayed ACKs and the slowest 1% of reviews wait ~40 ms
-    // (measured by benches/validate_tls.rs).
+    // TCP_NODELAY: the API server sends reviews over kept-alive connections (HTTP/1.1 to a
+    // Service webhook, HTTP/2 to a URL on loopback); without it, Nagle's algorithm meets
+    // delayed ACKs and the slowest 1% of reviews wait ~40 ms (measured by
+    // benches/validate_tls.rs).
     // Connections close on connection::Deadlines, never sooner: hyper's header timeout also
     // runs while a kept-alive connection is idle, and closing one the API server is about to
     // reuse fails the review it writes into it.
