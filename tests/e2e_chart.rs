@@ -88,28 +88,7 @@ fn chart_lints_and_renders_for_several_value_sets() {
             stdout(&out),
             stderr(&out)
         );
-        let mut template = vec![
-            "template",
-            "agentguard",
-            CHART,
-            "-n",
-            "default",
-            "--kube-version",
-            "1.36.3",
-            "--set",
-            "webhook.configurationName=agentguard-render-check",
-            // The `helm test` Pod names a ServiceAccount helm creates only for the test; it
-            // runs for real in tests/e2e_helm.rs.
-            "--skip-tests",
-        ];
-        template.extend_from_slice(set);
-        let out = cluster.helm(&template);
-        assert!(
-            out.status.success(),
-            "helm template {set:?}: {}",
-            stderr(&out)
-        );
-        let rendered = stdout(&out);
+        let rendered = render_all(&cluster, set);
         assert!(rendered.contains("kind: Deployment"), "{set:?}");
         let enabled = |value: &str| set.contains(&value);
         for (kind, shown) in [
@@ -131,20 +110,7 @@ fn chart_lints_and_renders_for_several_value_sets() {
             "{set:?}: the preset agent roles"
         );
         // Every rendered object is accepted by the real API server (server-side dry run).
-        // Server-side apply as a dry run: valid whether or not the objects exist already.
-        let apply = cluster.kubectl_stdin(
-            &[
-                "apply",
-                "--server-side",
-                "--force-conflicts",
-                "--dry-run=server",
-                "-n",
-                "default",
-                "-f",
-                "-",
-            ],
-            &rendered,
-        );
+        let apply = dry_run_apply(&cluster, &rendered);
         assert!(apply.status.success(), "{set:?}: {}", stderr(&apply));
         let err = stderr(&apply);
         assert!(
@@ -444,6 +410,48 @@ fn bad_values_fail_with_a_readable_error() {
 }
 
 /// One rendered template of the chart, parsed.
+/// Every template of the chart rendered for namespace `default` with `set`. The `helm test`
+/// objects are left out: their Pod names a ServiceAccount helm creates only for the test (they
+/// run for real in tests/e2e_helm.rs).
+fn render_all(cluster: &Cluster, set: &[&str]) -> String {
+    let mut args = vec![
+        "template",
+        "agentguard",
+        CHART,
+        "-n",
+        "default",
+        "--kube-version",
+        "1.36.3",
+        "--set",
+        "webhook.configurationName=agentguard-render-check",
+        "--skip-tests",
+    ];
+    args.extend_from_slice(set);
+    let out = cluster.helm(&args);
+    assert!(
+        out.status.success(),
+        "helm template {set:?}: {}",
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// Server-side apply as a dry run, each object in the namespace it names: valid whether or not
+/// the objects exist already.
+fn dry_run_apply(cluster: &Cluster, rendered: &str) -> std::process::Output {
+    cluster.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--dry-run=server",
+            "-f",
+            "-",
+        ],
+        rendered,
+    )
+}
+
 fn render_one(cluster: &Cluster, template: &str, set: &[&str]) -> serde_json::Value {
     let mut args = vec![
         "template",
@@ -923,33 +931,7 @@ fn production_values_render_and_the_disruption_budget_never_blocks_a_drain() {
     );
 
     // The whole rendering is valid for the API server.
-    let mut template = vec![
-        "template",
-        "agentguard",
-        CHART,
-        "-n",
-        "default",
-        "--kube-version",
-        "1.36.3",
-        "--set",
-        "webhook.configurationName=agentguard-render-check",
-        "--skip-tests",
-    ];
-    template.extend_from_slice(&set);
-    let out = cluster.helm(&template);
-    assert!(out.status.success(), "helm template: {}", stderr(&out));
-    // Each object in the namespace it names (the ServiceMonitor's is its own).
-    let apply = cluster.kubectl_stdin(
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--dry-run=server",
-            "-f",
-            "-",
-        ],
-        &stdout(&out),
-    );
+    let apply = dry_run_apply(&cluster, &render_all(&cluster, &set));
     assert!(apply.status.success(), "{}", stderr(&apply));
 
     // The PodDisruptionBudget: rendered only where it leaves a drain possible.
