@@ -218,19 +218,7 @@ fn chart_in_url_mode_installs_restricted_upgrades_and_uninstalls() {
         "the operator to fill in the chart's webhook configuration",
         || vwc("{.webhooks[0].clientConfig.url}") == url,
     );
-    wait_until(
-        Duration::from_secs(30),
-        "default-volumes to be Ready",
-        || {
-            stdout(&cluster.kubectl(&[
-                "get",
-                "cpr",
-                "default-volumes",
-                "-o",
-                "jsonpath={.status.conditions[0].status}",
-            ])) == "True"
-        },
-    );
+    cluster.wait_cluster_policy_ready("default-volumes", Duration::from_secs(30));
     apps.pvc("data", false);
     wait_until(
         Duration::from_secs(30),
@@ -395,21 +383,26 @@ fn bad_values_fail_with_a_readable_error() {
         ),
     ];
     for (set, needle) in cases {
-        let out = cluster.helm(&[
-            "template",
-            "agentguard",
-            CHART,
-            "--kube-version",
-            "1.36.3",
-            "--set",
-            set,
-        ]);
+        let out = template_with(&cluster, set);
         assert!(!out.status.success(), "{set} was accepted");
         assert!(stderr(&out).contains(needle), "{set}: {}", stderr(&out));
     }
 }
 
 /// One rendered template of the chart, parsed.
+/// `helm template` with one `--set` value: whether the chart takes it, and what it says.
+fn template_with(cluster: &Cluster, value: &str) -> std::process::Output {
+    cluster.helm(&[
+        "template",
+        "agentguard",
+        CHART,
+        "--kube-version",
+        "1.36.3",
+        "--set",
+        value,
+    ])
+}
+
 /// Every template of the chart rendered for namespace `default` with `set`. The `helm test`
 /// objects are left out: their Pod names a ServiceAccount helm creates only for the test (they
 /// run for real in tests/e2e_helm.rs).
@@ -996,15 +989,7 @@ fn production_values_render_and_the_disruption_budget_never_blocks_a_drain() {
         ("nodeSelecter.role=infra", false),
         ("extraEnv[0].name=N,extraEnv[0].value=1", false),
     ] {
-        let out = cluster.helm(&[
-            "template",
-            "agentguard",
-            CHART,
-            "--kube-version",
-            "1.36.3",
-            "--set",
-            value,
-        ]);
+        let out = template_with(&cluster, value);
         assert_eq!(out.status.success(), ok, "{value}: {}", stderr(&out));
     }
 }

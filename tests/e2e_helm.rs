@@ -231,19 +231,7 @@ fn helm_install_runs_agentguard_in_cluster() {
     assert_eq!(pod_phase.as_deref(), Some("Succeeded"), "helm test: {said}");
     // The chart's RBAC is enough: the default policy is Ready and the claim's namespace has
     // its PolicyReport.
-    wait_until(
-        Duration::from_secs(60),
-        "default-volumes to be Ready",
-        || {
-            stdout(&cluster.kubectl(&[
-                "get",
-                "cpr",
-                "default-volumes",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ])) == "True"
-        },
-    );
+    cluster.wait_cluster_policy_ready("default-volumes", Duration::from_secs(60));
     wait_until(
         Duration::from_secs(90),
         "the PolicyReport of the claim's namespace",

@@ -100,24 +100,12 @@ fn hostile_clients_do_not_stop_real_reviews() {
     let _turn = FLOODS.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = Cluster::connect();
     let ns = TestNamespace::create(&cluster, "hostile");
-    let dir = tempfile::tempdir().unwrap();
-    let bundle =
-        agentguard::certs::generate(&["127.0.0.1".into()], Duration::from_secs(3600)).unwrap();
-    std::fs::write(dir.path().join("tls.crt"), &bundle.cert_pem).unwrap();
-    std::fs::write(dir.path().join("tls.key"), &bundle.key_pem).unwrap();
-    std::fs::write(dir.path().join("ca.crt"), &bundle.ca_pem).unwrap();
-    let (port, metrics) = (free_port(), free_port());
-    // The test posts its reviews itself: the process registers nothing with the API server,
-    // which would otherwise route every test's cluster-scoped writes to a process under flood
-    // (and, once killed, to nothing, fail-closed).
-    let options = GuardOptions {
-        extra_args: vec!["--manage-webhook-configuration=false".to_owned()],
-        ..Default::default()
-    };
-    let mut child = spawn_agentguard(&ns, &options, dir.path(), port, metrics, "h");
-    wait_until(Duration::from_secs(30), "agentguard /readyz", || {
-        http_status(metrics, "/readyz") == Some(200)
-    });
+    let Unregistered {
+        dir,
+        port,
+        mut child,
+        ..
+    } = Unregistered::start(&ns, &[], "h");
     let agent = format!("system:serviceaccount:{}:cursor-agent", ns.name);
     let real = review(&ns.name, &agent);
     let check_real = |what: &str| {
@@ -255,24 +243,13 @@ fn hostile_clients_do_not_stop_real_reviews() {
 fn kept_alive_connections_are_closed_only_when_the_client_knows() {
     let cluster = Cluster::connect();
     let ns = TestNamespace::create(&cluster, "keepalive");
-    let dir = tempfile::tempdir().unwrap();
-    let bundle =
-        agentguard::certs::generate(&["127.0.0.1".into()], Duration::from_secs(3600)).unwrap();
-    std::fs::write(dir.path().join("tls.crt"), &bundle.cert_pem).unwrap();
-    std::fs::write(dir.path().join("tls.key"), &bundle.key_pem).unwrap();
-    std::fs::write(dir.path().join("ca.crt"), &bundle.ca_pem).unwrap();
-    let (port, metrics) = (free_port(), free_port());
-    let options = GuardOptions {
-        extra_args: vec![
-            "--manage-webhook-configuration=false".to_owned(),
-            "--shutdown-delay=6s".to_owned(),
-        ],
-        ..Default::default()
-    };
-    let mut child = spawn_agentguard(&ns, &options, dir.path(), port, metrics, "k");
-    wait_until(Duration::from_secs(30), "agentguard /readyz", || {
-        http_status(metrics, "/readyz") == Some(200)
-    });
+    let Unregistered {
+        ca,
+        port,
+        metrics,
+        mut child,
+        ..
+    } = Unregistered::start(&ns, &["--shutdown-delay=6s"], "k");
     let agent = format!("system:serviceaccount:{}:cursor-agent", ns.name);
     let real = review(&ns.name, &agent);
     let closes = |head: &str| {
@@ -282,9 +259,9 @@ fn kept_alive_connections_are_closed_only_when_the_client_knows() {
 
     // A slow client: headers begun and never finished. Cut off by the request deadline (15 s),
     // not left to the idle one (120 s).
-    let ca = bundle.ca_pem.clone();
+    let slow_ca = ca.clone();
     let slow = std::thread::spawn(move || {
-        let mut c = Connection::open(port, &bundle.ca_pem);
+        let mut c = Connection::open(port, &slow_ca);
         c.tls
             .write_all(b"POST /validate HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             .unwrap();
@@ -338,6 +315,49 @@ fn kept_alive_connections_are_closed_only_when_the_client_knows() {
     wait_until(Duration::from_secs(25), "agentguard to exit", || {
         !alive(&mut child)
     });
+}
+
+/// An agentguard process with a serving certificate of its own (files in `dir`, trusted
+/// through `ca`) that registers nothing with the API server: the test posts its reviews
+/// itself, so no other test's writes are routed to a process under flood (and, once killed,
+/// to nothing, fail-closed). Ready when returned.
+struct Unregistered {
+    dir: tempfile::TempDir,
+    ca: String,
+    port: u16,
+    metrics: u16,
+    child: Child,
+}
+
+impl Unregistered {
+    fn start(ns: &TestNamespace<'_>, extra_args: &[&str], replica: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle =
+            agentguard::certs::generate(&["127.0.0.1".into()], Duration::from_secs(3600)).unwrap();
+        std::fs::write(dir.path().join("tls.crt"), &bundle.cert_pem).unwrap();
+        std::fs::write(dir.path().join("tls.key"), &bundle.key_pem).unwrap();
+        std::fs::write(dir.path().join("ca.crt"), &bundle.ca_pem).unwrap();
+        let (port, metrics) = (free_port(), free_port());
+        let options = GuardOptions {
+            extra_args: ["--manage-webhook-configuration=false"]
+                .iter()
+                .chain(extra_args)
+                .map(|a| a.to_string())
+                .collect(),
+            ..Default::default()
+        };
+        let child = spawn_agentguard(ns, &options, dir.path(), port, metrics, replica);
+        wait_until(Duration::from_secs(30), "agentguard /readyz", || {
+            http_status(metrics, "/readyz") == Some(200)
+        });
+        Self {
+            dir,
+            ca: bundle.ca_pem,
+            port,
+            metrics,
+            child,
+        }
+    }
 }
 
 /// A blocking HTTPS/1.1 client on one kept-alive connection, trusting only `ca_pem`: fast

@@ -182,6 +182,19 @@ impl Cluster {
         self.tools.join("kubectl")
     }
 
+    /// Waits until the ClusterProtectedResource `name` says Ready=True.
+    pub fn wait_cluster_policy_ready(&self, name: &str, within: Duration) {
+        wait_until(within, &format!("{name} to be Ready"), || {
+            stdout(&self.kubectl(&[
+                "get",
+                "clusterprotectedresource",
+                name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ])) == "True"
+        });
+    }
+
     /// helm (the pinned release from the tool cache) against this cluster.
     pub fn helm(&self, args: &[&str]) -> Output {
         Command::new(self.tools.join("helm"))
@@ -410,7 +423,6 @@ impl<'c> TestNamespace<'c> {
         ));
     }
 
-    /// True when the claim exists and is not being deleted.
     /// Waits until the ProtectedResource is in force: its status says Ready=True (the
     /// webhook's snapshot is built from the same watch, before the status is written).
     pub fn wait_policy_ready(&self, name: &str) {
@@ -430,6 +442,7 @@ impl<'c> TestNamespace<'c> {
         );
     }
 
+    /// True when the claim exists and is not being deleted.
     pub fn pvc_intact(&self, name: &str) -> bool {
         let out = self.kubectl(&[
             "get",
