@@ -52,6 +52,9 @@ const ROWS: &[&str] = &[
     "delete the namespace",
     "delete an owner",
     "delete the CRD",
+    "prune the CRD's schema",
+    "delete agentguard's CRD",
+    "prune agentguard's CRD schema",
     "StatefulSet retention to Delete",
     "PV reclaim policy to Delete",
     "remove the protected annotation",
@@ -65,6 +68,10 @@ const ROWS: &[&str] = &[
     "impersonate a human",
     "run a pod as agentguard's ServiceAccount",
 ];
+
+/// A JSON patch that leaves a CRD's schema an empty `spec`: the API server would then prune
+/// every field of every instance, on read too (a policy's targets, a database's settings).
+const PRUNING_SCHEMA: &str = r#"[{"op":"replace","path":"/spec/versions/0/schema/openAPIV3Schema","value":{"type":"object","properties":{"spec":{"type":"object"}}}}]"#;
 
 #[test]
 fn security_doc_lists_every_row() {
@@ -235,6 +242,42 @@ fn an_agent_with_broad_rbac_tries_every_route() {
                 "delete",
                 "crd",
                 &format!("databases.{group}"),
+                "--dry-run=server",
+            ],
+        ),
+        row(
+            "prune the CRD's schema",
+            Expect::Guarded,
+            &[
+                "patch",
+                "crd",
+                &format!("databases.{group}"),
+                "--type=json",
+                "-p",
+                PRUNING_SCHEMA,
+                "--dry-run=server",
+            ],
+        ),
+        row(
+            "delete agentguard's CRD",
+            Expect::Guarded,
+            &[
+                "delete",
+                "crd",
+                "clusterprotectedresources.agentguard.dev",
+                "--dry-run=server",
+            ],
+        ),
+        row(
+            "prune agentguard's CRD schema",
+            Expect::Guarded,
+            &[
+                "patch",
+                "crd",
+                "clusterprotectedresources.agentguard.dev",
+                "--type=json",
+                "-p",
+                PRUNING_SCHEMA,
                 "--dry-run=server",
             ],
         ),

@@ -68,7 +68,9 @@ const CONTROLLERS: &str = "(request.userInfo.username == 'system:kube-controller
 
 /// Writes to a root (not a protected kind) reach the webhook when they touch what the
 /// decisions read: agentguard metadata (approvals, protection), owners and finalizers
-/// (invariant 2), and the fields of the deletion-by-proxy table.
+/// (invariant 2), a CRD's definition (what the API server keeps of its instances) and any
+/// write to agentguard's own CRDs (not their status, which the API server itself keeps and
+/// must go on while agentguard is down), and the fields of the deletion-by-proxy table.
 const ROOT_WRITE_CONDITION: &str = "(object != null && has(object.metadata.annotations) && object.metadata.annotations.exists(k, k.startsWith('agentguard.dev/'))) \
 || (oldObject != null && has(oldObject.metadata.annotations) && oldObject.metadata.annotations.exists(k, k.startsWith('agentguard.dev/'))) \
 || (object != null && has(object.metadata.labels) && object.metadata.labels.exists(k, k.startsWith('agentguard.dev/'))) \
@@ -78,6 +80,7 @@ const ROOT_WRITE_CONDITION: &str = "(object != null && has(object.metadata.annot
 || (request.resource.resource == 'persistentvolumes' && object != null && has(object.spec.persistentVolumeReclaimPolicy) && object.spec.persistentVolumeReclaimPolicy == 'Delete') \
 || (request.resource.resource == 'statefulsets' && object != null && has(object.spec.persistentVolumeClaimRetentionPolicy)) \
 || (request.resource.resource == 'statefulsets' && request.subResource == 'scale') \
+|| (request.resource.resource == 'customresourcedefinitions' && (!has(request.subResource) || request.subResource == '') && object != null && oldObject != null && (request.name.endsWith('.agentguard.dev') || object.spec != oldObject.spec)) \
 || (object != null && has(object.spec) && has(object.spec.scaleTargetRef)) \
 || (request.resource.group in ['argoproj.io', 'kustomize.toolkit.fluxcd.io', 'helm.toolkit.fluxcd.io'] && object != null && oldObject != null && (has(object.spec) != has(oldObject.spec) || (has(object.spec) && object.spec != oldObject.spec))) \
 || (request.operation == 'CREATE' && request.resource.resource in ['persistentvolumes', 'volumesnapshotcontents']) \

@@ -475,6 +475,15 @@ fn is_policy_resource(object: &ObjectRef) -> bool {
         )
 }
 
+/// agentguard's own CustomResourceDefinitions: deleting one deletes every policy (or request)
+/// of its kind, and changing one changes what the API server keeps of them (a schema without
+/// `targets` prunes every policy's targets on read). CRD names are `<plural>.<group>`.
+fn is_own_definition(object: &ObjectRef) -> bool {
+    object.group == "apiextensions.k8s.io"
+        && object.kind == "CustomResourceDefinition"
+        && object.name.ends_with(&format!(".{GROUP}"))
+}
+
 fn is_deletion_request(object: &ObjectRef) -> bool {
     object.group == GROUP && object.resource == "deletionrequests"
 }
@@ -560,6 +569,21 @@ pub fn decide(
                     verb(&req.operation),
                     object.kind,
                     object.qualified_name()
+                ),
+            ),
+            None => Decision::allow(object, "identity is not restricted"),
+        };
+    }
+    if is_own_definition(&object) {
+        return match snapshot.restricted_anywhere(username, groups) {
+            Some(r) => Decision::deny(
+                object.clone(),
+                format!("{}; agentguard's definitions are off limits", r.reason),
+                format!(
+                    "agentguard: DENIED {} of CustomResourceDefinition {} by {username}. Restricted identities may not change or delete \
+                     agentguard's own definitions: that would change or delete every policy of the kind. Stop and ask a human.",
+                    verb(&req.operation),
+                    object.name
                 ),
             ),
             None => Decision::allow(object, "identity is not restricted"),
@@ -695,6 +719,15 @@ pub(crate) fn lowerings(
                 owner.kind, owner.name, owner.uid
             ));
         }
+    }
+    // A kind's definition is part of its instances' protection: the schema decides what the
+    // API server keeps and serves of each (fields it no longer lists are pruned, on read too),
+    // and a conversion webhook rewrites them. Any change to it counts.
+    if object.group == "apiextensions.k8s.io"
+        && object.kind == "CustomResourceDefinition"
+        && old.data.get("spec") != new.data.get("spec")
+    {
+        lowered.push("changes the definition (spec) of a kind with protected instances".to_owned());
     }
     let kept = new.metadata.finalizers.as_deref().unwrap_or_default();
     for finalizer in old.metadata.finalizers.iter().flatten() {
@@ -2284,6 +2317,101 @@ pub(crate) mod tests {
         assert_eq!(
             decide(&controller.build(), &snap, &OneClaim, now()).verdict,
             Verdict::Allow
+        );
+    }
+
+    #[test]
+    fn a_kinds_definition_is_part_of_its_instances_protection() {
+        let snap = snapshot(vec![], &[]);
+        let crd_kind = (
+            "apiextensions.k8s.io",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+        );
+        let crd = |name: &str, group: &str, kind: &str, schema: Value| {
+            json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": name, "uid": "crd-1"},
+                   "spec": {"group": group, "names": {"kind": kind}, "versions": [{"name": "v1", "schema": {"openAPIV3Schema": schema}}]}})
+        };
+        let full = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {"targets": {"type": "array"}}}}});
+        let pruned = json!({"type": "object", "properties": {"spec": {"type": "object"}}});
+        let update = |user: &str, old: Value, new: Value| {
+            let mut r = Req::update(user, old, new);
+            r.kind = crd_kind;
+            r
+        };
+        let ours = |schema: Value| {
+            crd(
+                "clusterprotectedresources.agentguard.dev",
+                GROUP,
+                "ClusterProtectedResource",
+                schema,
+            )
+        };
+        let mut relabelled = ours(full.clone());
+        relabelled["metadata"]["labels"] = json!({"team": "x"});
+        let claims = |schema: Value| crd("x", "", "PersistentVolumeClaim", schema);
+        let widgets = |schema: Value| crd("widgets.example.com", "example.com", "Widget", schema);
+        let mut own_delete = root(crd_kind, ours(full.clone()), Value::Null);
+        own_delete.name = "clusterprotectedresources.agentguard.dev".into();
+        let cases: Vec<(&str, Req, Verdict)> = vec![
+            ("delete agentguard's CRD", own_delete, Verdict::Deny),
+            (
+                "prune agentguard's schema",
+                update(AGENT, ours(full.clone()), ours(pruned.clone())),
+                Verdict::Deny,
+            ),
+            (
+                "relabel agentguard's CRD",
+                update(AGENT, ours(full.clone()), relabelled),
+                Verdict::Deny,
+            ),
+            (
+                "a human upgrades agentguard's CRD",
+                update("alice", ours(pruned.clone()), ours(full.clone())),
+                Verdict::Allow,
+            ),
+            (
+                "prune the schema of a kind with protected instances",
+                update(AGENT, claims(full.clone()), claims(pruned.clone())),
+                Verdict::Deny,
+            ),
+            (
+                "label the CRD of a kind with protected instances",
+                update(AGENT, claims(full.clone()), {
+                    let mut c = claims(full.clone());
+                    c["metadata"]["labels"] = json!({"team": "x"});
+                    c
+                }),
+                Verdict::Allow,
+            ),
+            (
+                "change the schema of a kind with nothing protected",
+                update(AGENT, widgets(full.clone()), widgets(pruned.clone())),
+                Verdict::Allow,
+            ),
+        ];
+        for (what, req, verdict) in cases {
+            let d = decide(&req.build(), &snap, &OneClaim, now());
+            assert_eq!(d.verdict, verdict, "{what}: {}", d.reason);
+        }
+        let mut r = update(AGENT, ours(full.clone()), ours(pruned));
+        r.name = "clusterprotectedresources.agentguard.dev".into();
+        let message = decide(&r.build(), &snap, &OneClaim, now()).message.unwrap();
+        assert!(
+            message.starts_with(&format!("agentguard: DENIED update of CustomResourceDefinition clusterprotectedresources.agentguard.dev by {AGENT}.")),
+            "{message}"
+        );
+        let message = decide(
+            &update(AGENT, claims(full), claims(json!({"type": "object"}))).build(),
+            &snap,
+            &OneClaim,
+            now(),
+        )
+        .message
+        .unwrap();
+        assert!(
+            message.contains("changes the definition (spec) of a kind with protected instances"),
+            "{message}"
         );
     }
 
