@@ -240,8 +240,8 @@ YAML
   log "starting kube-controller-manager"
   local controllers=clusterrole-aggregation-controller,namespace-controller,garbage-collector-controller,persistentvolumeclaim-protection-controller,persistentvolume-protection-controller,persistentvolume-binder-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,statefulset-controller,deployment-controller,replicaset-controller,ephemeral-volume-controller
   # A node needs its lifecycle (or the not-ready taint stays), EndpointSlices (webhook Services),
-  # PodDisruptionBudgets, and Pod garbage collection.
-  [[ "$NODE_ENABLED" == 1 ]] && controllers+=,node-lifecycle-controller,taint-eviction-controller,endpointslice-controller,disruption-controller,pod-garbage-collector-controller
+  # PodDisruptionBudgets, Pod garbage collection, and Jobs (the chart's CRD hook).
+  [[ "$NODE_ENABLED" == 1 ]] && controllers+=,node-lifecycle-controller,taint-eviction-controller,endpointslice-controller,disruption-controller,pod-garbage-collector-controller,job-controller
   write_kubeconfig "$STATE/controller-manager.kubeconfig" controller-manager
   start kube-controller-manager "$BIN/kube-controller-manager" \
     --kubeconfig "$STATE/controller-manager.kubeconfig" \

@@ -40,8 +40,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Write a CA and a serving certificate (ca.crt, tls.crt, tls.key) for development and tests.
     Certs(CertsArgs),
-    /// Print the ProtectedResource and ClusterProtectedResource CRDs as YAML.
-    Crd,
+    /// Print agentguard's CRDs (ProtectedResource, ClusterProtectedResource, DeletionRequest)
+    /// as YAML, or with --apply bring the cluster's up to this release's.
+    Crd(CrdArgs),
     /// Write configuration files for the API server (`static`: webhook configurations no API
     /// call can delete, for Kubernetes 1.36+ control planes you run).
     #[command(subcommand)]
@@ -50,6 +51,18 @@ pub enum Command {
     /// protected object in a dry run; succeed only if agentguard refuses it. The chart's
     /// `helm test` runs it.
     Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CrdArgs {
+    /// Server-side apply the CRDs to the cluster (in-cluster config or KUBECONFIG) and wait
+    /// until each is served; a CRD from a newer agentguard is kept. The chart's
+    /// pre-install/pre-upgrade hook runs this.
+    #[arg(long)]
+    pub apply: bool,
+    /// With --apply: how long to wait for each CRD to be Established.
+    #[arg(long, default_value_t = 60, requires = "apply")]
+    pub wait_seconds: u64,
 }
 
 #[derive(Debug, Args)]
@@ -73,7 +86,7 @@ pub enum ManifestsCommand {
     /// ManifestBasedAdmissionControlConfig, alpha in 1.36), an AdmissionConfiguration that loads
     /// them, and, with --client-cert, the kubeconfig that gives the API server its client
     /// certificate for the webhook. docs/static-manifests.md says how to install them.
-    Static(StaticArgs),
+    Static(Box<StaticArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +128,10 @@ pub struct StaticArgs {
     /// Only judge namespaces carrying this label (key=value).
     #[arg(long)]
     pub webhook_namespace_label: Option<String>,
+    /// Namespaces never judged, by name (comma separated), besides agentguard's own and
+    /// kube-system.
+    #[arg(long, value_delimiter = ',')]
+    pub webhook_exclude_namespaces: Vec<String>,
     /// Fail (fail-closed) or Ignore.
     #[arg(long, default_value = "Fail", value_parser = ["Fail", "Ignore"])]
     pub failure_policy: String,
@@ -235,9 +252,19 @@ pub struct RunArgs {
     #[arg(long, env = "AGENTGUARD_WEBHOOK_OWNER_CLUSTER_ROLE")]
     pub webhook_owner_cluster_role: Option<String>,
     /// Only judge namespaces carrying this label (key=value); default every namespace but
-    /// agentguard's own and kube-system.
+    /// agentguard's own and kube-system. Whoever can relabel a namespace can take it out of
+    /// scope, so prefer --webhook-exclude-namespaces.
     #[arg(long, env = "AGENTGUARD_WEBHOOK_NAMESPACE_LABEL")]
     pub webhook_namespace_label: Option<String>,
+    /// Namespaces never judged, by name (comma separated), besides agentguard's own and
+    /// kube-system. Matched on `kubernetes.io/metadata.name`, which the API server sets and
+    /// no one can change, so an agent cannot move a namespace out of scope.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        env = "AGENTGUARD_WEBHOOK_EXCLUDE_NAMESPACES"
+    )]
+    pub webhook_exclude_namespaces: Vec<String>,
     /// How long the API server waits for a review (1-30 s) before failing the request
     /// (failurePolicy Fail) or letting it through (Ignore).
     #[arg(
@@ -433,8 +460,25 @@ pub fn main() -> anyhow::Result<()> {
                 .context("agentguard run failed")
         }
         Command::Certs(args) => write_certs(&args),
-        Command::Crd => {
+        Command::Crd(args) if !args.apply => {
             print!("{}", crate::api::crd_yaml());
+            Ok(())
+        }
+        Command::Crd(args) => {
+            let report = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(async {
+                    let client = kube::Client::try_default()
+                        .await
+                        .context("cannot reach the API server")?;
+                    crate::crds::apply(client, std::time::Duration::from_secs(args.wait_seconds))
+                        .await
+                })?;
+            for line in report {
+                println!("{line}");
+            }
             Ok(())
         }
         Command::Manifests(ManifestsCommand::Static(args)) => write_static(&args),
@@ -483,14 +527,7 @@ fn webhook_params(args: &RunArgs) -> anyhow::Result<Option<WebhookParams>> {
              --tls-cert-file), or self-managed certificates with --cert-secret"
         );
     }
-    let namespace_label = match &args.webhook_namespace_label {
-        None => None,
-        Some(l) => Some(
-            l.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .context("--webhook-namespace-label must be key=value")?,
-        ),
-    };
+    let namespace_label = namespace_label(args.webhook_namespace_label.as_deref())?;
     let pairs = |flag: &str,
                  items: &[String]|
      -> anyhow::Result<std::collections::BTreeMap<String, String>> {
@@ -509,6 +546,7 @@ fn webhook_params(args: &RunArgs) -> anyhow::Result<Option<WebhookParams>> {
         target,
         own_namespace: args.namespace.clone(),
         namespace_label,
+        exclude_namespaces: args.webhook_exclude_namespaces.clone(),
         timeout_seconds: args.webhook_timeout_seconds,
         annotations: pairs(
             "webhook-configuration-annotation",
@@ -607,18 +645,22 @@ fn write_certs(args: &CertsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--webhook-namespace-label key=value`.
+fn namespace_label(flag: Option<&str>) -> anyhow::Result<Option<(String, String)>> {
+    flag.map(|l| {
+        l.split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .context("--webhook-namespace-label must be key=value")
+    })
+    .transpose()
+}
+
 fn write_static(args: &StaticArgs) -> anyhow::Result<()> {
     let read = |path: &PathBuf| {
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
     };
-    let namespace_label = match &args.webhook_namespace_label {
-        None => None,
-        Some(l) => Some(
-            l.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .context("--webhook-namespace-label must be key=value")?,
-        ),
-    };
+    let namespace_label = namespace_label(args.webhook_namespace_label.as_deref())?;
     anyhow::ensure!(
         args.webhook_url.starts_with("https://"),
         "--webhook-url must be an https:// URL"
@@ -646,6 +688,7 @@ fn write_static(args: &StaticArgs) -> anyhow::Result<()> {
             target: WebhookTarget::Url(args.webhook_url.clone()),
             own_namespace: args.namespace.clone(),
             namespace_label,
+            exclude_namespaces: args.webhook_exclude_namespaces.clone(),
             timeout_seconds: 5,
             annotations: Default::default(),
             labels: Default::default(),

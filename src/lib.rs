@@ -11,6 +11,7 @@ pub mod certs;
 pub mod check;
 pub mod cli;
 pub mod connection;
+pub mod crds;
 pub mod error;
 pub mod index;
 pub mod manifests;

@@ -286,6 +286,7 @@ mod tests {
                 target: WebhookTarget::Url("https://10.96.0.50/validate".into()),
                 own_namespace: "agentguard".into(),
                 namespace_label: None,
+                exclude_namespaces: vec![],
                 timeout_seconds: 5,
                 annotations: Default::default(),
                 labels: Default::default(),

@@ -67,6 +67,8 @@ fn chart_lints_and_renders_for_several_value_sets() {
             "--set",
             "defaultProtection.enabled=false",
             "--set",
+            "crds.upgrade=false",
+            "--set",
             "podDisruptionBudget.enabled=false",
             "--set",
             "breakGlassGroups={sre}",
@@ -97,12 +99,28 @@ fn chart_lints_and_renders_for_several_value_sets() {
             ("Certificate", enabled("certificates.mode=cert-manager")),
             ("ConfigMap", !enabled("grafanaDashboard.enabled=false")),
             ("NetworkPolicy", enabled("networkPolicy.enabled=true")),
+            // The CRD hook (pre-install/pre-upgrade), the only Job.
+            ("Job", !enabled("crds.upgrade=false")),
         ] {
             assert_eq!(
                 rendered.contains(&format!("\nkind: {kind}\n")),
                 shown,
                 "{set:?}: {kind}"
             );
+        }
+        // Only the replicas carry the selector labels (the Service, the PodDisruptionBudget
+        // and the NetworkPolicy select them): the CRD hook's Pod never becomes an endpoint.
+        for doc in rendered.split("\n---\n") {
+            let Ok(object) = serde_saphyr::from_str::<serde_json::Value>(doc) else {
+                continue;
+            };
+            let labels = object.pointer("/spec/template/metadata/labels");
+            if object["kind"] == "Job" {
+                assert!(
+                    labels.is_some_and(|l| l.get("app.kubernetes.io/name").is_none()),
+                    "{set:?}: the hook's Pod has the replicas' selector labels: {labels:?}"
+                );
+            }
         }
         // The preset agent roles ship with every value set here.
         assert!(
@@ -146,6 +164,9 @@ fn chart_in_url_mode_installs_restricted_upgrades_and_uninstalls() {
         format!("webhook.configurationName={config_name}"),
         "--set".into(),
         agents,
+        // The CRD hook's Job needs a node; tests/e2e_helm.rs runs it on one.
+        "--set".into(),
+        "crds.upgrade=false".into(),
     ];
     let mut install = vec![
         "install",

@@ -2,8 +2,9 @@
 //! `hack/image.sh agentguard` builds (imported into the node's containerd), two replicas Ready,
 //! the API server calling the webhook through the chart's Service, leader election and
 //! self-managed certificates in cluster, and an agent Pod refused a protected claim with the
-//! standard message; `helm upgrade` (a changed value, a new image tag) and a replica's deletion
-//! lose no webhook call from a steady stream; `helm uninstall` leaves the cluster usable. The
+//! standard message; `helm upgrade` from the previous release of the chart (a CRD change its
+//! pre-upgrade hook applies, a changed value, a new image tag), a replica's deletion, a rolling
+//! restart and a node drain lose no webhook call from a steady stream; `helm uninstall` leaves the cluster usable. The
 //! release namespace enforces Pod Security `restricted`, and the chart's own RBAC must be
 //! enough for everything the replicas do (no "forbidden" in their logs, the default policy
 //! Ready, a PolicyReport written). One test: the chart's configuration is cluster-wide. Needs
@@ -87,8 +88,70 @@ impl Stream {
     }
 }
 
+/// What the default policy tells an agent it refuses, set at install.
+const MESSAGE: &str = "Ask in #storage before touching volumes.";
+
 /// The two tests install releases whose webhooks judge the same namespaces: one at a time.
 static ONE_RELEASE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The version a previous release of the chart carries here.
+const PREVIOUS: &str = "0.0.9";
+
+/// The chart as a previous release shipped it: version [`PREVIOUS`], no CRD hook (releases
+/// before it had none), and CRDs whose policy schema has no `spec.message` yet, labelled
+/// [`PREVIOUS`]. Those CRDs are put in the cluster as that release's install left them (Helm
+/// skips `crds/` when the CRDs exist, as they do here). Returns the chart's directory.
+fn previous_chart(cluster: &Cluster, dir: &std::path::Path) -> String {
+    let chart = dir.join("agentguard");
+    let copied = Command::new("cp")
+        .args(["-r", CHART])
+        .arg(&chart)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::remove_file(chart.join("templates/crd-upgrade.yaml")).unwrap();
+    let meta = std::fs::read_to_string(chart.join("Chart.yaml")).unwrap();
+    let current = format!("\nversion: {}\n", env!("CARGO_PKG_VERSION"));
+    assert!(meta.contains(&current), "Chart.yaml has no {current:?}");
+    std::fs::write(
+        chart.join("Chart.yaml"),
+        meta.replace(&current, &format!("\nversion: {PREVIOUS}\n")),
+    )
+    .unwrap();
+    let mut docs = String::new();
+    for crd in agentguard::api::crds() {
+        let mut crd = serde_json::to_value(crd).unwrap();
+        crd["metadata"]["labels"][agentguard::api::CRD_VERSION_LABEL] = PREVIOUS.into();
+        if let Some(spec) =
+            crd.pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties")
+            && let Some(props) = spec.as_object_mut()
+        {
+            props.remove("message");
+        }
+        docs.push_str(&format!("---\n{crd}\n"));
+    }
+    let crds = chart.join("crds/agentguard.dev.yaml");
+    std::fs::write(&crds, docs).unwrap();
+    cluster.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        crds.to_str().unwrap(),
+    ]);
+    chart.to_str().unwrap().to_owned()
+}
+
+/// `spec.message` of the chart's default ClusterProtectedResource, as the API server serves it.
+fn default_policy_message(cluster: &Cluster) -> String {
+    cluster.kubectl_ok(&[
+        "get",
+        "clusterprotectedresource",
+        "default-volumes",
+        "-o",
+        "jsonpath={.spec.message}",
+    ])
+}
 
 #[test]
 fn helm_install_runs_agentguard_in_cluster() {
@@ -109,15 +172,20 @@ fn helm_install_runs_agentguard_in_cluster() {
     let apps = TestNamespace::create(&cluster, "helmapps");
     let agent = apps.agent("cursor-agent");
     apps.pvc("data", true);
+    // Installed from the previous release of the chart, upgraded to this one below.
+    let tmp = tempfile::tempdir().unwrap();
+    let previous = previous_chart(&cluster, tmp.path());
     let installed = Instant::now();
     let out = cluster.helm(&[
         "install",
         "agentguard",
-        CHART,
+        &previous,
         "-n",
         &ns.name,
         "--set",
         &format!("agents.serviceAccounts={{{}/cursor-*}}", apps.name),
+        "--set",
+        &format!("defaultProtection.message={MESSAGE}"),
         "--wait",
         "--timeout",
         "4m",
@@ -265,9 +333,13 @@ fn helm_install_runs_agentguard_in_cluster() {
     };
     no_permission_missing("after install");
 
-    // `helm upgrade` with a changed value and a new image tag rolls both replicas under a
-    // steady stream of an agent's refused deletions and a human's allowed updates of the
-    // protected claim, each a webhook call: none may fail.
+    // The previous release's schema has no spec.message: the API server pruned it.
+    assert_eq!(default_policy_message(&cluster), "", "the previous schema");
+
+    // `helm upgrade` to this release, with a changed value and a new image tag, rolls both
+    // replicas under a steady stream of an agent's refused deletions and a human's allowed
+    // updates of the protected claim, each a webhook call: none may fail. Its pre-upgrade hook
+    // brings the CRDs to this release's first, so the policy keeps its message.
     let tag = format!("{}-upgrade", env!("CARGO_PKG_VERSION"));
     node_image(&cluster, "agentguard", &["--tag", &tag]);
     let stream = Stream::start(&apps, &agent);
@@ -323,6 +395,36 @@ fn helm_install_runs_agentguard_in_cluster() {
     );
 
     no_permission_missing("after the upgrade");
+    // The CRDs are this release's, applied by the hook (whose Job and RBAC are gone), and the
+    // policy's message, pruned before, is kept.
+    let crd = |jsonpath: &str| {
+        cluster.kubectl_ok(&[
+            "get",
+            "crd",
+            "clusterprotectedresources.agentguard.dev",
+            "-o",
+            &format!("jsonpath={jsonpath}"),
+        ])
+    };
+    assert_eq!(
+        crd("{.metadata.labels.app\\.kubernetes\\.io/version}"),
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(
+        crd("{.metadata.managedFields[*].manager}").contains(agentguard::crds::FIELD_MANAGER),
+        "the CRD was not applied by the hook"
+    );
+    assert_eq!(
+        default_policy_message(&cluster),
+        MESSAGE,
+        "after the upgrade"
+    );
+    let hooks = stdout(&ns.kubectl(&["get", "job,serviceaccount", "-o", "name"]))
+        + &stdout(&cluster.kubectl(&["get", "clusterrole,clusterrolebinding", "-o", "name"]));
+    assert!(
+        !hooks.contains("agentguard-crds"),
+        "the hook's objects outlived it: {hooks}"
+    );
 
     // One replica deleted under the same stream: nothing is lost.
     let stream = Stream::start(&apps, &agent);
@@ -357,6 +459,28 @@ fn helm_install_runs_agentguard_in_cluster() {
     assert!(
         failed.is_empty(),
         "calls failed while a replica was replaced: {failed:#?}"
+    );
+
+    // A rolling restart (`kubectl rollout restart`) under the same stream: nothing is lost.
+    let stream = Stream::start(&apps, &agent);
+    std::thread::sleep(Duration::from_secs(3));
+    ns.kubectl_ok(&["rollout", "restart", "deployment/agentguard"]);
+    ns.kubectl_ok(&[
+        "rollout",
+        "status",
+        "deployment/agentguard",
+        "--timeout=180s",
+    ]);
+    std::thread::sleep(Duration::from_secs(3));
+    let (ok, failed) = stream.stop();
+    eprintln!(
+        "rolling restart: {ok} webhook calls answered, {} failed",
+        failed.len()
+    );
+    assert!(ok > 10, "too few calls during the rolling restart: {ok}");
+    assert!(
+        failed.is_empty(),
+        "calls failed during the rolling restart: {failed:#?}"
     );
 
     // A node drain under the same stream: the PodDisruptionBudget lets one replica go and

@@ -535,3 +535,77 @@ fn webhook_settings_from_flags_are_kept_and_others_annotations_left_alone() {
         stderr(&out)
     );
 }
+
+/// `--webhook-exclude-namespaces` (the chart's `webhook.excludeNamespaces`): a namespace named
+/// there is not judged, and no one can bring another namespace under that name, because the
+/// API server keeps the `kubernetes.io/metadata.name` label equal to the name.
+#[test]
+fn excluded_namespaces_are_not_judged_and_a_name_cannot_be_borrowed() {
+    let cluster = Cluster::connect();
+    let ns = TestNamespace::create(&cluster, "judged");
+    let other = TestNamespace::create(&cluster, "excluded");
+    let agent = ns.agent("cursor-agent");
+    // The other namespace is in this guard's scope (its test label), then excluded by name.
+    cluster.kubectl_ok(&[
+        "label",
+        "namespace",
+        &other.name,
+        &format!("agentguard-e2e={}", ns.name),
+    ]);
+    other.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "cursor-agent-edit",
+        "--clusterrole=edit",
+        &format!("--serviceaccount={}:cursor-agent", ns.name),
+    ]);
+    let _guard = Guard::start_with(
+        &ns,
+        &agent,
+        &GuardOptions {
+            extra_args: vec![format!("--webhook-exclude-namespaces={}", other.name)],
+            ..Default::default()
+        },
+    );
+    ns.pvc("data", true);
+    other.pvc("data", true);
+    let delete = |at: &TestNamespace<'_>| {
+        at.kubectl_as(&agent, &["delete", "pvc", "data", "--dry-run=server"])
+    };
+    let refused = delete(&ns);
+    assert!(
+        stderr(&refused).contains("agentguard: DENIED"),
+        "{}",
+        stderr(&refused)
+    );
+    let excluded = delete(&other);
+    assert!(
+        excluded.status.success(),
+        "the excluded namespace was judged: {}",
+        stderr(&excluded)
+    );
+    // Even the cluster admin cannot give the judged namespace the excluded one's name label.
+    let _ = cluster.kubectl(&[
+        "label",
+        "namespace",
+        &ns.name,
+        &format!("kubernetes.io/metadata.name={}", other.name),
+        "--overwrite",
+    ]);
+    assert_eq!(
+        cluster.kubectl_ok(&[
+            "get",
+            "namespace",
+            &ns.name,
+            "-o",
+            "jsonpath={.metadata.labels.kubernetes\\.io/metadata\\.name}",
+        ]),
+        ns.name
+    );
+    let refused = delete(&ns);
+    assert!(
+        stderr(&refused).contains("agentguard: DENIED"),
+        "{}",
+        stderr(&refused)
+    );
+}

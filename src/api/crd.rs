@@ -6,6 +6,7 @@
 // duplicated attribute.
 #![allow(clippy::duplicated_attributes)]
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
@@ -374,16 +375,35 @@ pub struct DeletionRequestStatus {
     pub message: Option<String>,
 }
 
-/// The CRDs as one multi-document YAML stream: the output of `agentguard crd` and the
-/// content of `crds/`.
-pub fn crd_yaml() -> String {
-    let docs = [
+/// The label that says which agentguard release wrote a CRD: `agentguard crd --apply` never
+/// replaces a CRD of a newer release with an older one.
+pub const CRD_VERSION_LABEL: &str = "app.kubernetes.io/version";
+
+/// agentguard's CRDs, labelled with this release's version.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    let mut crds = vec![
         ProtectedResource::crd(),
         ClusterProtectedResource::crd(),
         DeletionRequest::crd(),
-    ]
-    .iter()
-    .map(|crd| serde_saphyr::to_string(crd).expect("CRDs serialize to YAML"))
-    .collect::<Vec<_>>();
+    ];
+    for crd in &mut crds {
+        crd.metadata.labels = Some(
+            [(
+                CRD_VERSION_LABEL.to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            )]
+            .into(),
+        );
+    }
+    crds
+}
+
+/// The CRDs as one multi-document YAML stream: the output of `agentguard crd` and the
+/// content of `crds/`.
+pub fn crd_yaml() -> String {
+    let docs = crds()
+        .iter()
+        .map(|crd| serde_saphyr::to_string(crd).expect("CRDs serialize to YAML"))
+        .collect::<Vec<_>>();
     docs.iter().map(|d| format!("---\n{d}")).collect::<String>()
 }

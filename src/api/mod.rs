@@ -37,10 +37,10 @@ pub const ANNOTATION_POLICY: &str = "annotation";
 mod crd;
 
 pub use crd::{
-    ApprovalSpec, Approvers, CatalogTarget, ClusterProtectedResource, ClusterProtectedResourceSpec,
-    DeletionRequest, DeletionRequestSpec, DeletionRequestStatus, LastBlocked, Mode,
-    ProtectedResource, ProtectedResourceSpec, ProtectionSpec, ProtectionStatus, RequestState,
-    RequestTarget, Subjects, Target, crd_yaml,
+    ApprovalSpec, Approvers, CRD_VERSION_LABEL, CatalogTarget, ClusterProtectedResource,
+    ClusterProtectedResourceSpec, DeletionRequest, DeletionRequestSpec, DeletionRequestStatus,
+    LastBlocked, Mode, ProtectedResource, ProtectedResourceSpec, ProtectionSpec, ProtectionStatus,
+    RequestState, RequestTarget, Subjects, Target, crd_yaml, crds,
 };
 
 /// Longest approval window any policy may accept.

@@ -333,6 +333,9 @@ pub struct WebhookParams {
     pub own_namespace: String,
     /// Optional `key=value`: only namespaces with this label are judged.
     pub namespace_label: Option<(String, String)>,
+    /// Namespaces never judged, by their immutable name (besides `own_namespace` and
+    /// kube-system).
+    pub exclude_namespaces: Vec<String>,
     pub timeout_seconds: i32,
     /// Annotations and labels on the configurations, besides agentguard's own
     /// (`--webhook-configuration-annotation`, `--webhook-configuration-label`).
@@ -395,7 +398,13 @@ fn namespace_selector(params: &WebhookParams) -> LabelSelector {
     let mut expressions = vec![LabelSelectorRequirement {
         key: "kubernetes.io/metadata.name".into(),
         operator: "NotIn".into(),
-        values: Some(vec![params.own_namespace.clone(), "kube-system".into()]),
+        values: Some(
+            [params.own_namespace.as_str(), "kube-system"]
+                .into_iter()
+                .chain(params.exclude_namespaces.iter().map(String::as_str))
+                .map(str::to_owned)
+                .collect(),
+        ),
     }];
     if let Some((key, value)) = &params.namespace_label {
         expressions.push(LabelSelectorRequirement {
@@ -958,6 +967,7 @@ mod tests {
             },
             own_namespace: "agentguard".into(),
             namespace_label: None,
+            exclude_namespaces: vec![],
             timeout_seconds: 5,
             annotations: Default::default(),
             labels: Default::default(),
@@ -1219,6 +1229,17 @@ mod tests {
         assert_eq!(
             excluded.values.as_ref().unwrap(),
             &vec!["agentguard".to_owned(), "kube-system".to_owned()]
+        );
+        // Excluded namespaces join them, by the name no one can change.
+        let mut opted_out = params();
+        opted_out.exclude_namespaces = vec!["scratch".into(), "ci".into()];
+        let selector = namespace_selector(&opted_out);
+        let excluded = &selector.match_expressions.as_ref().unwrap()[0];
+        assert_eq!(excluded.key, "kubernetes.io/metadata.name");
+        assert_eq!(excluded.operator, "NotIn");
+        assert_eq!(
+            excluded.values.as_deref().unwrap(),
+            ["agentguard", "kube-system", "scratch", "ci"]
         );
         assert!(hook.client_config.url.is_none());
         assert_eq!(
