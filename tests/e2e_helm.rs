@@ -88,7 +88,7 @@ impl Stream {
     }
 }
 
-/// What the default policy tells an agent it refuses, set at install.
+/// What the default policy tells an agent it refuses, given by the upgrade.
 const MESSAGE: &str = "Ask in #storage before touching volumes.";
 
 /// The two tests install releases whose webhooks judge the same namespaces: one at a time.
@@ -184,8 +184,6 @@ fn helm_install_runs_agentguard_in_cluster() {
         &ns.name,
         "--set",
         &format!("agents.serviceAccounts={{{}/cursor-*}}", apps.name),
-        "--set",
-        &format!("defaultProtection.message={MESSAGE}"),
         "--wait",
         "--timeout",
         "4m",
@@ -333,8 +331,19 @@ fn helm_install_runs_agentguard_in_cluster() {
     };
     no_permission_missing("after install");
 
-    // The previous release's schema has no spec.message: the API server pruned it.
-    assert_eq!(default_policy_message(&cluster), "", "the previous schema");
+    // The previous release's schema has no spec.message: the API server prunes it.
+    let pruned = cluster.kubectl_ok(&[
+        "patch",
+        "clusterprotectedresource",
+        "default-volumes",
+        "--type=merge",
+        "-p",
+        &serde_json::json!({"spec": {"message": MESSAGE}}).to_string(),
+        "--dry-run=server",
+        "-o",
+        "jsonpath={.spec.message}",
+    ]);
+    assert_eq!(pruned, "", "the previous schema kept spec.message");
 
     // `helm upgrade` to this release, with a changed value and a new image tag, rolls both
     // replicas under a steady stream of an agent's refused deletions and a human's allowed
@@ -354,6 +363,8 @@ fn helm_install_runs_agentguard_in_cluster() {
         &format!("image.tag={tag}"),
         "--set",
         "resources.requests.cpu=60m",
+        "--set",
+        &format!("defaultProtection.message={MESSAGE}"),
         "--wait",
         "--timeout",
         "4m",
@@ -396,7 +407,8 @@ fn helm_install_runs_agentguard_in_cluster() {
 
     no_permission_missing("after the upgrade");
     // The CRDs are this release's, applied by the hook (whose Job and RBAC are gone), and the
-    // policy's message, pruned before, is kept.
+    // message the upgrade gives the policy is kept (without the hook, the old schema would
+    // prune it: Helm patches a custom resource with the difference between its manifests).
     let crd = |jsonpath: &str| {
         cluster.kubectl_ok(&[
             "get",
