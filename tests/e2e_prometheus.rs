@@ -4,8 +4,8 @@
 //! blocked-deletion and webhook-error alerts are active), and `hack/render-dashboard.py` draws
 //! every panel from that Prometheus.
 //!
-//! Requires `hack/cluster.sh up` and Prometheus (`apt-get install prometheus`); fails, never
-//! skips, without them. Set AGENTGUARD_DASHBOARD_PNG_DIR to keep the pictures (the README's
+//! Requires `hack/cluster.sh up` and Prometheus 3 (`hack/build-tools.sh` builds it from its
+//! Go module); fails, never skips, without them. Set AGENTGUARD_DASHBOARD_PNG_DIR to keep the pictures (the README's
 //! come from this test: `AGENTGUARD_DASHBOARD_PNG_DIR=docs/dashboard cargo test --test
 //! e2e_prometheus`).
 
@@ -44,9 +44,7 @@ impl Prometheus {
     /// ServiceMonitor does (job "agentguard", honor_labels, a namespace target label) and the
     /// API server as kube-prometheus-stack does (job "apiserver", client certificate).
     fn start(cluster: &Cluster, metrics_port: u16) -> Self {
-        let binary = which("prometheus").unwrap_or_else(|| {
-            panic!("no prometheus on PATH: install it (apt-get install -y prometheus) or run hack/test.sh")
-        });
+        let binary = prometheus_binary();
         let dir = tempfile::tempdir().unwrap();
         let (server, ca, cert, key) = api_server_credentials(cluster, dir.path());
         let port = free_port();
@@ -153,12 +151,26 @@ impl Drop for Prometheus {
     }
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    })
+/// The Prometheus 3 that `hack/build-tools.sh` builds from its Go module, as users of
+/// kube-prometheus-stack run it. Missing, the test fails with how to build it.
+fn prometheus_binary() -> PathBuf {
+    let out = Command::new(Path::new(ROOT).join("hack/build-tools.sh"))
+        .arg("--print-prometheus")
+        .output()
+        .expect("run hack/build-tools.sh --print-prometheus");
+    let binary = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("prometheus");
+    assert!(
+        binary.is_file(),
+        "no Prometheus at {}: build it with hack/build-tools.sh",
+        binary.display()
+    );
+    let version = Command::new(&binary).arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    assert!(
+        version.starts_with("prometheus, version 3."),
+        "not Prometheus 3: {version}"
+    );
+    binary
 }
 
 /// The API server's address and the admin credentials of the test kubeconfig, as files

@@ -19,22 +19,30 @@ fn in_repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// Runs promtool (or `$PROMTOOL`). A missing promtool fails the test with how to install it.
+/// Runs the promtool of Prometheus 3 that `hack/build-tools.sh` builds (or `$PROMTOOL`). A
+/// missing promtool fails the test with how to build it.
 fn promtool<I, S>(args: I) -> Output
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let program = std::env::var_os("PROMTOOL").unwrap_or_else(|| "promtool".into());
+    let program = std::env::var_os("PROMTOOL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let dir = Command::new(in_repo("hack/build-tools.sh"))
+                .arg("--print-prometheus")
+                .output()
+                .expect("run hack/build-tools.sh --print-prometheus");
+            PathBuf::from(String::from_utf8(dir.stdout).unwrap().trim()).join("promtool")
+        });
     match Command::new(&program).args(args).output() {
         Ok(out) => out,
         Err(err) if err.kind() == ErrorKind::NotFound => panic!(
-            "{} not found, so the Prometheus alert rules cannot be checked. Install it \
-             (Debian/Ubuntu: apt-get install -y prometheus; elsewhere the promtool binary of a \
-             Prometheus release) or point PROMTOOL at it.",
-            program.to_string_lossy()
+            "{} not found, so the Prometheus alert rules cannot be checked. Build it with \
+             hack/build-tools.sh (Prometheus 3 from its Go module), or point PROMTOOL at one.",
+            program.display()
         ),
-        Err(err) => panic!("cannot run {}: {err}", program.to_string_lossy()),
+        Err(err) => panic!("cannot run {}: {err}", program.display()),
     }
 }
 
