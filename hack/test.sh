@@ -88,9 +88,12 @@ if [[ "$FUZZ_SECONDS" != 0 ]]; then
   log "fuzzing review and policy for ${FUZZ_SECONDS}s each (cargo +nightly fuzz)"
   rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
   command -v cargo-fuzz >/dev/null 2>&1 || cargo +nightly install --locked cargo-fuzz
+  # The fuzz build (nightly, release, sanitizers) lives in the tool cache, outside the clone:
+  # from scratch it takes most of this stage; reused, only agentguard itself is rebuilt.
+  fuzz_target_dir="${AGENTGUARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentguard}/fuzz-target"
   for target in review policy; do
     scratch=$(mktemp -d)
-    cargo +nightly fuzz run "$target" "$scratch" "fuzz/corpus/$target" "fuzz/regressions/$target" \
+    cargo +nightly fuzz run --target-dir "$fuzz_target_dir" "$target" "$scratch" "fuzz/corpus/$target" "fuzz/regressions/$target" \
       -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 >"$scratch.log" 2>&1 \
       || { tail -50 "$scratch.log"; log "fuzz target $target failed; the input is in fuzz/artifacts/$target/"; exit 1; }
     log "fuzz $target: $(grep -Eo 'Done [0-9]+ runs in [0-9]+ second' "$scratch.log" | tail -1), no crash"
