@@ -201,6 +201,27 @@ fn with_the_webhook_down_the_policy_keeps_the_simplest_rules() {
     ] {
         ns.pvc(claim, protected);
     }
+    // A protected volume: cluster-scoped, so its review has no namespace at all.
+    let pv = format!("pv-{}", ns.name);
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: {pv}\n  annotations: {{agentguard.dev/protected: \"true\"}}\n\
+         spec:\n  capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n  persistentVolumeReclaimPolicy: Retain\n  \
+         hostPath: {{path: /tmp/{pv}}}\n"
+    ));
+    ns.owns_cluster_object(&format!("pv/{pv}"));
+    ns.grant_cluster("cursor-agent", "get,delete", "persistentvolumes");
+    // RBAC lets the agent at the policies and CRDs: the availability policy must stop it.
+    ns.grant("cursor-agent", "protectedresources.agentguard.dev");
+    ns.grant_cluster(
+        "cursor-agent",
+        "get,delete,patch",
+        "customresourcedefinitions",
+    );
+    cluster.apply(&format!(
+        "apiVersion: agentguard.dev/v1alpha1\nkind: ProtectedResource\nmetadata:\n  name: orders\n  namespace: {}\n\
+         spec:\n  mode: Enforce\n  targets:\n    - apiGroups: [\"\"]\n      kinds: [PersistentVolumeClaim]\n",
+        ns.name
+    ));
 
     guard.kill();
     assert!(guard.http_get("/readyz").is_none(), "agentguard still runs");
@@ -217,6 +238,18 @@ fn with_the_webhook_down_the_policy_keeps_the_simplest_rules() {
         refused_delete(&policy.name, &ns.name, "data", &agent)
     );
     assert!(ns.pvc_intact("data"));
+
+    // The same for a cluster-scoped volume, named in full.
+    let out = ns.kubectl_as(&agent, &["delete", "pv", &pv, "--dry-run=server"]);
+    assert!(
+        stderr(&out).contains(&format!(
+            "agentguard: DENIED delete of PersistentVolume {pv} by {agent}. Protected by annotation"
+        )) && stderr(&out).contains(&format!(
+            "kubectl agentguard approve persistentvolume/{pv} --for 30m."
+        )),
+        "{}",
+        stderr(&out)
+    );
 
     // (b) Nor can it unprotect the claim or forge an approval.
     let attempts: &[(&[&str], &str)] = &[
@@ -284,14 +317,44 @@ fn with_the_webhook_down_the_policy_keeps_the_simplest_rules() {
     let out = ns.kubectl_as(&agent, &["annotate", "pvc", "data", "note=agent-was-here"]);
     assert!(out.status.success(), "{}", stderr(&out));
 
-    // (c) A human annotates and deletes protected claims.
+    // (c) Nor can it delete a policy, or the CRD that would take every policy with it, so
+    // nothing is lost for good while the webhook is down.
+    for (args, object) in [
+        (
+            vec!["delete", "protectedresource", "orders", "--dry-run=server"],
+            format!("ProtectedResource {}/orders", ns.name),
+        ),
+        (
+            vec![
+                "delete",
+                "crd",
+                "clusterprotectedresources.agentguard.dev",
+                "--dry-run=server",
+            ],
+            "CustomResourceDefinition clusterprotectedresources.agentguard.dev".to_owned(),
+        ),
+    ] {
+        let out = ns.kubectl_as(&agent, &args);
+        let err = stderr(&out);
+        assert!(
+            !out.status.success()
+                && err.contains(&format!("ValidatingAdmissionPolicy '{}'", policy.name))
+                && err.contains(&format!(
+                    "agentguard: DENIED delete of {object} by {agent}. Restricted identities may not \
+                     change or delete agentguard policies or their definitions"
+                )),
+            "{args:?}: {err}"
+        );
+    }
+
+    // (d) A human annotates and deletes protected claims.
     ns.kubectl_ok(&["annotate", "pvc", "human", "note=checked-by-a-human"]);
     ns.kubectl_ok(&["annotate", "pvc", "human", "agentguard.dev/protected-"]);
     ns.kubectl_ok(&["annotate", "pvc", "human", "agentguard.dev/protected=true"]);
     ns.kubectl_ok(&["delete", "pvc", "human", "--wait=false"]);
     ns.wait_pvc_gone("human");
 
-    // (d) A human's approval lets the agent delete that claim.
+    // (e) A human's approval lets the agent delete that claim.
     ns.kubectl_ok(&[
         "annotate",
         "pvc",
@@ -303,7 +366,7 @@ fn with_the_webhook_down_the_policy_keeps_the_simplest_rules() {
     assert!(out.status.success(), "{}", stderr(&out));
     ns.wait_pvc_gone("approved");
 
-    // (e) What is not protected is the agent's to delete.
+    // (f) What is not protected is the agent's to delete.
     let out = ns.kubectl_as(&agent, &["delete", "pvc", "scratch", "--wait=false"]);
     assert!(out.status.success(), "{}", stderr(&out));
     ns.wait_pvc_gone("scratch");
