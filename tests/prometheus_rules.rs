@@ -68,6 +68,25 @@ fn rules_of(file: &Value) -> Vec<&Value> {
         .collect()
 }
 
+/// The alerting rules (the recording rules left out).
+fn alerts_of(file: &Value) -> Vec<&Value> {
+    rules_of(file)
+        .into_iter()
+        .filter(|rule| rule["alert"].is_string())
+        .collect()
+}
+
+/// The recording rule that records `name`.
+fn record_rule_mut<'a>(file: &'a mut Value, name: &str) -> &'a mut Value {
+    file["groups"]
+        .as_array_mut()
+        .expect("groups")
+        .iter_mut()
+        .flat_map(|group| group["rules"].as_array_mut().expect("rules").iter_mut())
+        .find(|rule| rule["record"] == name)
+        .unwrap_or_else(|| panic!("no recording rule {name} in {RULES}"))
+}
+
 /// The rules (there may be several, e.g. one per severity) that define `alert`.
 fn alert_rules_mut<'a>(file: &'a mut Value, alert: &str) -> Vec<&'a mut Value> {
     let rules: Vec<&mut Value> = file["groups"]
@@ -188,19 +207,72 @@ fn unit_tests_catch_a_deletion_alert_replaying_old_blocks_after_a_restart() {
     );
 }
 
+/// The same pitfall one level down: the recorded increase leaves out a new series' value.
+#[test]
+fn unit_tests_catch_a_recorded_increase_blind_to_new_series() {
+    let mut rules = yaml_file(RULES);
+    record_rule_mut(&mut rules, "agentguard:deletions_blocked:increase30s")["expr"] =
+        "agentguard_deletions_blocked_total - agentguard_deletions_blocked_total offset 30s >= 0"
+            .into();
+    assert_caught(
+        &rules,
+        "the recorded increase counts only differences",
+        "a brand-new blocked series fires although increase() is still 0",
+    );
+}
+
+/// Without the `up offset 30s` guard, a series Prometheus has not seen 30 s ago counts in
+/// full even when Prometheus itself just started.
+#[test]
+fn unit_tests_catch_a_recorded_increase_replaying_old_blocks_after_a_restart() {
+    let mut rules = yaml_file(RULES);
+    let rule = record_rule_mut(&mut rules, "agentguard:deletions_blocked:increase30s");
+    let expr = rule["expr"].as_str().unwrap();
+    let weakened = expr.replace("(up offset 30s == 1)", "vector(1)");
+    assert_ne!(weakened, expr, "the up guard moved; update this test");
+    rule["expr"] = weakened
+        .replace("and on (job, instance)", "and on ()")
+        .into();
+    assert_caught(
+        &rules,
+        "the recorded increase takes series it has not seen 30 s ago for new ones",
+        "a Prometheus restart does not replay old blocks as new ones",
+    );
+}
+
+/// A counter that fell was reset by a restart: what it holds now is new, not nothing.
+#[test]
+fn unit_tests_catch_a_recorded_increase_losing_blocks_after_a_reset() {
+    let mut rules = yaml_file(RULES);
+    let rule = record_rule_mut(&mut rules, "agentguard:deletions_blocked:increase30s");
+    let expr = rule["expr"].as_str().unwrap();
+    let reset =
+        "(agentguard_deletions_blocked_total < agentguard_deletions_blocked_total offset 30s)";
+    assert!(
+        expr.contains(reset),
+        "the reset clause moved; update this test"
+    );
+    rule["expr"] = expr.replace(reset, "vector(0) == 1").into();
+    // promtool names the failing expression of a promql_expr_test, not its test case.
+    assert_caught(
+        &rules,
+        "the recorded increase drops a reset counter's new value",
+        "expr: \"sum by (subject) (sum_over_time(agentguard:deletions_blocked:increase30s[15m]))\"",
+    );
+}
+
 /// Ordinary denials are counted by the same API server metric, with error_type="no_error".
 #[test]
 fn unit_tests_catch_webhook_errors_counting_plain_denials() {
     let mut rules = yaml_file(RULES);
-    for rule in alert_rules_mut(&mut rules, "AgentguardWebhookErrors") {
-        let expr = rule["expr"].as_str().unwrap();
-        let weakened = expr.replace(r#", error_type!="no_error""#, "");
-        assert_ne!(
-            weakened, expr,
-            "the error_type filter moved; update this test"
-        );
-        rule["expr"] = weakened.into();
-    }
+    let rule = record_rule_mut(&mut rules, "agentguard:webhook_rejections:increase30s");
+    let expr = rule["expr"].as_str().unwrap();
+    let weakened = expr.replace(r#", error_type!="no_error""#, "");
+    assert_ne!(
+        weakened, expr,
+        "the error_type filter moved; update this test"
+    );
+    rule["expr"] = weakened.into();
     assert_caught(
         &rules,
         "AgentguardWebhookErrors does not filter error_type",
@@ -251,8 +323,8 @@ fn every_alert_is_tested_firing_and_silent() {
         .iter()
         .flat_map(|test| test["alert_rule_test"].as_array().into_iter().flatten())
         .collect();
-    for rule in rules_of(&rules) {
-        let alert = rule["alert"].as_str().expect("only alerting rules");
+    for rule in alerts_of(&rules) {
+        let alert = rule["alert"].as_str().unwrap();
         let mine: Vec<&Value> = cases
             .iter()
             .copied()
@@ -286,8 +358,8 @@ fn every_alert_is_tested_firing_and_silent() {
 /// expands templates only in labels and annotations of firing alerts).
 #[test]
 fn every_alert_has_severity_summary_and_description() {
-    for rule in rules_of(&yaml_file(RULES)) {
-        let alert = rule["alert"].as_str().expect("only alerting rules");
+    for rule in alerts_of(&yaml_file(RULES)) {
+        let alert = rule["alert"].as_str().unwrap();
         assert!(
             ["info", "warning", "critical"]
                 .contains(&rule["labels"]["severity"].as_str().unwrap_or("")),
@@ -341,4 +413,52 @@ fn every_alert_links_its_runbook() {
             "{alert}: docs/runbooks.md has no heading for #{anchor}"
         );
     }
+}
+
+/// A recorded increase is the growth since the previous evaluation: its offset must be its
+/// group's interval, or the recorded differences leave gaps (offset shorter) or count twice
+/// (longer). Every recorded series is read by a unit test.
+#[test]
+fn recorded_increases_use_their_groups_interval_and_are_tested() {
+    let rules = yaml_file(RULES);
+    let tests = std::fs::read_to_string(in_repo(UNIT_TESTS)).unwrap();
+    let mut recorded = 0;
+    for group in rules["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            let Some(name) = rule["record"].as_str() else {
+                continue;
+            };
+            recorded += 1;
+            let interval = group["interval"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: its group has no interval of its own"));
+            let expr = rule["expr"].as_str().unwrap();
+            let offsets: Vec<&str> = expr
+                .split("offset ")
+                .skip(1)
+                .map(|rest| {
+                    rest.split(|c: char| !c.is_ascii_alphanumeric())
+                        .next()
+                        .unwrap()
+                })
+                .collect();
+            assert!(!offsets.is_empty(), "{name}: no offset");
+            assert!(
+                offsets.iter().all(|o| *o == interval),
+                "{name}: offsets {offsets:?}, group interval {interval}"
+            );
+            assert!(
+                name.ends_with(&format!(":increase{interval}")),
+                "{name}: the name says another interval than {interval}"
+            );
+            assert!(
+                tests.contains(name)
+                    || alerts_of(&rules)
+                        .iter()
+                        .any(|a| a["expr"].as_str().unwrap().contains(name)),
+                "{name} is read by no unit test and no alert"
+            );
+        }
+    }
+    assert!(recorded >= 4, "only {recorded} recording rules");
 }
