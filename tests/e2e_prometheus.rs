@@ -256,6 +256,19 @@ fn dashboard_queries_and_alerts_work_against_a_real_prometheus() {
         },
     );
 
+    // The recording rules count a first event only on a target that was up 30 s before (so
+    // nothing is replayed after a Prometheus restart): let the targets get that history.
+    wait_until(
+        Duration::from_secs(90),
+        "30 s of scrapes of agentguard and the API server",
+        || {
+            let up = prometheus.query("up offset 30s == 1");
+            ["agentguard", "apiserver"]
+                .iter()
+                .all(|job| up.iter().any(|s| s["metric"]["job"] == *job))
+        },
+    );
+
     // A policy-protected database volume and annotation-protected claims.
     cluster.apply(&format!(
         "apiVersion: agentguard.dev/v1alpha1\nkind: ProtectedResource\nmetadata:\n  name: orders\n  namespace: {ns}\n\
@@ -376,8 +389,9 @@ fn dashboard_queries_and_alerts_work_against_a_real_prometheus() {
     // Every alert rule parses and evaluates; the blocked-deletion and webhook-error alerts
     // are active on this data.
     let mut active = Vec::new();
+    // The rule group runs every 30 s: two evaluations.
     wait_until(
-        Duration::from_secs(60),
+        Duration::from_secs(90),
         "the alert rules to be evaluated",
         || {
             let rules = prometheus.api("/api/v1/rules", &[]);
