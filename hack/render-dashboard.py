@@ -103,6 +103,11 @@ class Panel:
         self.series = []
         self.empty_targets = []
         instant = self.type in INSTANT_TYPES
+        # As Grafana does: a panel's `interval` is the least step; $__interval is the step, and
+        # range queries are aligned to it.
+        step = max(step, seconds(raw.get("interval") or "1s"))
+        variables = dict(variables, __interval=f"{step}s")
+        start, end = start - start % step, end - end % step
         for target in raw.get("targets", []):
             expr = target.get("expr")
             if not expr or target.get("hide"):

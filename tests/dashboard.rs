@@ -594,6 +594,39 @@ fn other_metrics() -> BTreeMap<String, BTreeSet<String>> {
     out
 }
 
+/// The series the chart's recording rules record, each with the metric it is recorded from
+/// (the first exported or API server metric its expression reads).
+fn recorded_metrics(known: &BTreeMap<String, BTreeSet<String>>) -> BTreeMap<String, String> {
+    let rules: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/charts/agentguard/rules/agentguard.rules.yaml"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut out = BTreeMap::new();
+    for rule in rules["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+    {
+        let (Some(name), Some(expr)) = (rule["record"].as_str(), rule["expr"].as_str()) else {
+            continue;
+        };
+        let source = scan(expr)
+            .unwrap_or_else(|e| panic!("recording rule {name}: {e}"))
+            .selectors
+            .into_iter()
+            .map(|s| s.metric)
+            .find(|m| known.contains_key(m))
+            .unwrap_or_else(|| panic!("recording rule {name} reads no known metric"));
+        out.insert(name.to_owned(), source);
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // The rules
 
@@ -623,10 +656,15 @@ fn lint(d: &Value) -> Vec<Finding> {
     let mut f = Findings::default();
     lint_dashboard(d, &mut f);
     lint_variables(d, &mut f);
-    let known: BTreeMap<String, BTreeSet<String>> = exported_metrics()
+    let mut known: BTreeMap<String, BTreeSet<String>> = exported_metrics()
         .into_iter()
         .chain(other_metrics())
         .collect();
+    // A recorded series has its source metric's labels, and is held to its source's rules.
+    for (recorded, source) in recorded_metrics(&known) {
+        let labels = known[&source].clone();
+        known.insert(recorded, labels);
+    }
 
     let all = panels_flat(d);
     let mut ids = BTreeMap::new();
@@ -998,10 +1036,17 @@ fn lint_expr(
     if scan.selectors.is_empty() {
         f.panel("target-promql-rule", p, format!("{at} reads no metric"));
     }
+    // A subquery step may be the interval a recorded increase is recorded at (`...:increase30s`
+    // read every 30s sees each recorded sample once).
     let variable_duration = |d: &str| {
         d.strip_prefix('$')
             .is_some_and(|v| ["__rate_interval", "__range", "__interval"].contains(&v))
+            || scan
+                .selectors
+                .iter()
+                .any(|s| s.metric.ends_with(&format!(":increase{d}")))
     };
+    let recorded = recorded_metrics(known);
     let durations = scan
         .selectors
         .iter()
@@ -1046,22 +1091,22 @@ fn lint_expr(
                 );
             }
         }
-        if (s.metric.starts_with("agentguard_") || s.metric == "up") && !has("job", "=~", "$job") {
+        let source = recorded.get(&s.metric).unwrap_or(&s.metric);
+        if (source.starts_with("agentguard_") || source == "up") && !has("job", "=~", "$job") {
             f.panel(
                 "target-job-rule",
                 p,
                 format!("{at}: {} needs job=~\"$job\"", s.metric),
             );
         }
-        if s.metric == "agentguard_deletions_blocked_total" && !has("namespace", "=~", "$namespace")
-        {
+        if source == "agentguard_deletions_blocked_total" && !has("namespace", "=~", "$namespace") {
             f.panel(
                 "target-namespace-rule",
                 p,
                 format!("{at}: {} needs namespace=~\"$namespace\"", s.metric),
             );
         }
-        if s.metric.starts_with("apiserver_admission_webhook_") && !has("name", "=", WEBHOOK_NAME) {
+        if source.starts_with("apiserver_admission_webhook_") && !has("name", "=", WEBHOOK_NAME) {
             f.panel(
                 "target-webhook-name-rule",
                 p,
@@ -1133,37 +1178,37 @@ fn dashboard_shows_what_agentguard_promises() {
         .collect();
     let wants: &[(&str, &str, &[&str])] = &[
         (
-            "blocked deletions over time",
+            "blocked deletions over time (0, not empty, when there are none)",
             "timeseries",
-            &["agentguard_deletions_blocked_total"],
+            &["agentguard:deletions_blocked:increase30s", "vector(0)"],
         ),
         (
             "blocked deletions by agent",
             "timeseries",
-            &["agentguard_deletions_blocked_total", "by (subject)"],
+            &["agentguard:deletions_blocked:increase30s", "by (subject)"],
         ),
         (
             "blocked deletions by namespace and resource",
             "timeseries",
             &[
-                "agentguard_deletions_blocked_total",
+                "agentguard:deletions_blocked:increase30s",
                 "by (namespace, resource)",
             ],
         ),
         (
             "blocked deletions by policy",
             "timeseries",
-            &["agentguard_deletions_blocked_total", "by (policy)"],
+            &["agentguard:deletions_blocked:increase30s", "by (policy)"],
         ),
         (
             "admission decisions by outcome",
             "timeseries",
-            &["agentguard_admission_requests_total", "by (decision)"],
+            &["agentguard:admission_requests:increase30s", "by (decision)"],
         ),
         (
             "approvals by result",
             "timeseries",
-            &["agentguard_approvals_total", "by (result)"],
+            &["agentguard:approvals:increase30s", "by (result)"],
         ),
         (
             "agentguard's p50",
@@ -1201,7 +1246,7 @@ fn dashboard_shows_what_agentguard_promises() {
             "webhook call errors",
             "timeseries",
             &[
-                "apiserver_admission_webhook_rejection_count",
+                "agentguard:webhook_rejections:increase30s",
                 "error_type!=\"no_error\"",
             ],
         ),
@@ -1244,15 +1289,19 @@ fn dashboard_shows_what_agentguard_promises() {
             "latest blocks: count",
             "table",
             &[
-                "agentguard_deletions_blocked_total",
+                "agentguard:deletions_blocked:increase30s",
                 "subject, policy",
-                "unless",
+                "sum_over_time(",
             ],
         ),
         (
             "latest blocks: when",
             "table",
-            &["agentguard_deletions_blocked_total", "timestamp(", "unless"],
+            &[
+                "agentguard:deletions_blocked:increase30s",
+                "timestamp(",
+                "> 0",
+            ],
         ),
     ];
     let mut missing = Vec::new();
@@ -1270,12 +1319,19 @@ fn dashboard_shows_what_agentguard_promises() {
         missing.join("\n")
     );
 
-    // New series: every counter in a time series also counts series born in the window.
-    for (kind, title, expr) in &exprs {
-        if kind == "timeseries" && expr.contains("increase(") {
+    // Counted events are read through the recorded increases (exact, a new series' first
+    // value included), never from a raw counter, whose increase() misses that value and
+    // extrapolates.
+    for (_, title, expr) in &exprs {
+        for counter in [
+            "agentguard_deletions_blocked_total",
+            "agentguard_admission_requests_total",
+            "agentguard_approvals_total",
+            "apiserver_admission_webhook_rejection_count",
+        ] {
             assert!(
-                expr.contains("unless") && expr.contains("offset $__rate_interval"),
-                "panel '{title}': increase() alone misses a counter's first increment: {expr}"
+                !expr.contains(counter),
+                "panel '{title}' reads {counter}; read its recorded increase: {expr}"
             );
         }
     }
@@ -1496,14 +1552,18 @@ fn each_rule_catches_a_broken_copy() {
             "target-rate-interval-rule",
             "increase over $__range in a time series",
             |d| {
-                let (title, p) = querying(d, "agentguard_approvals_total");
-                edit_expr(p, "[$__rate_interval]", "[$__range]");
+                let (title, p) = querying(d, "agentguard:approvals:increase30s");
+                edit_expr(
+                    p,
+                    "sum_over_time(agentguard:approvals:increase30s{job=~\"$job\"}[$__interval])",
+                    "increase(agentguard_approvals_total{job=~\"$job\"}[$__range])",
+                );
                 Some(title)
             },
         ),
-        ("target-range-variable-rule", "a fixed offset", |d| {
-            let (title, p) = querying(d, "agentguard_approvals_total");
-            edit_expr(p, "offset $__rate_interval", "offset 5m");
+        ("target-range-variable-rule", "a fixed window", |d| {
+            let (title, p) = querying(d, "agentguard:approvals:increase30s");
+            edit_expr(p, "[$__interval]", "[5m]");
             Some(title)
         }),
         ("target-instant-rule", "a range query in a stat", |d| {
@@ -1535,7 +1595,7 @@ fn each_rule_catches_a_broken_copy() {
             "target-namespace-rule",
             "blocked deletions without the namespace filter",
             |d| {
-                let (title, p) = querying(d, "agentguard_deletions_blocked_total");
+                let (title, p) = querying(d, "agentguard:deletions_blocked:increase30s");
                 edit_expr(p, ", namespace=~\"$namespace\"", "");
                 Some(title)
             },
@@ -1565,7 +1625,7 @@ fn each_rule_catches_a_broken_copy() {
             "target-metric-known-rule",
             "a label the metric lacks",
             |d| {
-                let (title, p) = querying(d, "agentguard_approvals_total");
+                let (title, p) = querying(d, "agentguard:approvals:increase30s");
                 edit_expr(p, "{job=~\"$job\"}", "{job=~\"$job\", decision=\"denied\"}");
                 Some(title)
             },

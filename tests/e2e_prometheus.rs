@@ -22,10 +22,11 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const ADMIN: &str = "agentguard-admin";
 
 /// Grafana's variables, as this test's Prometheus sees them: scraped every second, so a
-/// two-minute rate window always holds many samples.
+/// two-minute rate window always holds many samples; the counting panels' least interval
+/// (30 s, the recording rules' interval) is their step.
 const VARIABLES: &[(&str, &str)] = &[
     ("$__rate_interval", "2m"),
-    ("$__interval", "5s"),
+    ("$__interval", "30s"),
     ("$__range", "10m"),
     ("${job}", "agentguard"),
     ("$job", "agentguard"),
