@@ -68,9 +68,7 @@ const CONTROLLERS: &str = "(request.userInfo.username == 'system:kube-controller
 
 /// Writes to a root (not a protected kind) reach the webhook when they touch what the
 /// decisions read: agentguard metadata (approvals, protection), owners and finalizers
-/// (invariant 2), a CRD's definition (what the API server keeps of its instances) and any
-/// write to agentguard's own CRDs (not their status, which the API server itself keeps and
-/// must go on while agentguard is down), and the fields of the deletion-by-proxy table.
+/// (invariant 2), and the fields of the deletion-by-proxy table. CRDs: [`crd_condition`].
 const ROOT_WRITE_CONDITION: &str = "(object != null && has(object.metadata.annotations) && object.metadata.annotations.exists(k, k.startsWith('agentguard.dev/'))) \
 || (oldObject != null && has(oldObject.metadata.annotations) && oldObject.metadata.annotations.exists(k, k.startsWith('agentguard.dev/'))) \
 || (object != null && has(object.metadata.labels) && object.metadata.labels.exists(k, k.startsWith('agentguard.dev/'))) \
@@ -80,7 +78,6 @@ const ROOT_WRITE_CONDITION: &str = "(object != null && has(object.metadata.annot
 || (request.resource.resource == 'persistentvolumes' && object != null && has(object.spec.persistentVolumeReclaimPolicy) && object.spec.persistentVolumeReclaimPolicy == 'Delete') \
 || (request.resource.resource == 'statefulsets' && object != null && has(object.spec.persistentVolumeClaimRetentionPolicy)) \
 || (request.resource.resource == 'statefulsets' && request.subResource == 'scale') \
-|| (request.resource.resource == 'customresourcedefinitions' && (!has(request.subResource) || request.subResource == '') && object != null && oldObject != null && (request.name.endsWith('.agentguard.dev') || object.spec != oldObject.spec)) \
 || (object != null && has(object.spec) && has(object.spec.scaleTargetRef)) \
 || (request.resource.group in ['argoproj.io', 'kustomize.toolkit.fluxcd.io', 'helm.toolkit.fluxcd.io'] && object != null && oldObject != null && (has(object.spec) != has(oldObject.spec) || (has(object.spec) && object.spec != oldObject.spec))) \
 || (request.operation == 'CREATE' && request.resource.resource in ['persistentvolumes', 'volumesnapshotcontents']) \
@@ -110,7 +107,7 @@ pub fn seal_condition() -> String {
 /// when they touch what the decisions read (a new object has no protection to lower, so a
 /// CREATE without agentguard metadata or a proxy field still works while agentguard is down).
 /// Generated with the rules from one table.
-pub fn match_condition(protected: &Resources) -> String {
+pub fn match_condition(protected: &Resources, own_namespace: &str) -> String {
     let names: Vec<String> = protected
         .iter()
         .flat_map(|(group, plurals)| plurals.iter().map(move |p| format!("'{group}/{p}'")))
@@ -126,8 +123,24 @@ pub fn match_condition(protected: &Resources) -> String {
     // Controllers' writes stay away (they are never restricted, and their status and
     // finalizer updates must go on while agentguard is down); their DELETEs do not, so a
     // cascade is still seen.
+    let crds = crd_condition(own_namespace);
     format!(
-        "request.operation == 'DELETE' || request.resource.group == 'agentguard.dev' || (!{CONTROLLERS} && ({protected_write}{ROOT_WRITE_CONDITION}))"
+        "request.operation == 'DELETE' || request.resource.group == 'agentguard.dev' || (!{CONTROLLERS} && ({protected_write}{ROOT_WRITE_CONDITION} || {crds}))"
+    )
+}
+
+/// CRD writes that reach the webhook: a change to a CRD's definition (what the API server keeps
+/// of its instances) and any write to agentguard's own CRDs. Not their status, which the API
+/// server itself keeps and must go on while agentguard is down; nor writes by agentguard's own
+/// namespace's ServiceAccounts (the chart's CRD upgrade hook among them), so a `helm upgrade`
+/// that repairs a broken agentguard is not refused by the webhook it repairs. Whoever can run
+/// a Pod there can act as agentguard already (docs/security.md).
+fn crd_condition(own_namespace: &str) -> String {
+    format!(
+        "(request.resource.resource == 'customresourcedefinitions' && (!has(request.subResource) || request.subResource == '') \
+         && object != null && oldObject != null \
+         && !request.userInfo.username.startsWith('system:serviceaccount:{own_namespace}:') \
+         && (request.name.endsWith('.agentguard.dev') || object.spec != oldObject.spec))"
     )
 }
 
@@ -539,7 +552,7 @@ pub fn desired(
             object_selector: None,
             match_conditions: Some(vec![MatchCondition {
                 name: "only-when-it-matters".into(),
-                expression: match_condition(&routes.protected),
+                expression: match_condition(&routes.protected, &params.own_namespace),
             }]),
             rules: Some(all_rules),
         }]),
@@ -1310,7 +1323,7 @@ mod tests {
             }
         }
         // Protected kinds: every write by a person or agent; roots: only what decisions read.
-        let condition = match_condition(&routes.protected);
+        let condition = match_condition(&routes.protected, "agentguard");
         assert!(
             condition.contains("in ['/persistentvolumeclaims']"),
             "{condition}"
@@ -1325,6 +1338,10 @@ mod tests {
             "scaleTargetRef",
             "crossplane.io/external-name",
             "argoproj.io",
+            "object.spec != oldObject.spec",
+            "request.name.endsWith('.agentguard.dev')",
+            // agentguard's own namespace (its CRD hook) is not held up by a webhook that is down.
+            "!request.userInfo.username.startsWith('system:serviceaccount:agentguard:')",
         ] {
             assert!(condition.contains(needle), "{needle}");
         }
