@@ -104,10 +104,10 @@ class Panel:
         self.empty_targets = []
         instant = self.type in INSTANT_TYPES
         # As Grafana does: a panel's `interval` is the least step; $__interval is the step, and
-        # range queries are aligned to it.
+        # range queries are aligned to it (the end rounded up, so the latest step is drawn).
         step = max(step, seconds(raw.get("interval") or "1s"))
         variables = dict(variables, __interval=f"{step}s")
-        start, end = start - start % step, end - end % step
+        start, end = start - start % step, end - end % step + (step if end % step else 0)
         for target in raw.get("targets", []):
             expr = target.get("expr")
             if not expr or target.get("hide"):
