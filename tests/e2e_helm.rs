@@ -4,11 +4,11 @@
 //! self-managed certificates in cluster, and an agent Pod refused a protected claim with the
 //! standard message; `helm upgrade` from the previous release of the chart (a CRD change its
 //! pre-upgrade hook applies, a changed value, a new image tag), a replica's deletion, a rolling
-//! restart and a node drain lose no webhook call from a steady stream; `helm uninstall` leaves the cluster usable. The
-//! release namespace enforces Pod Security `restricted`, and the chart's own RBAC must be
-//! enough for everything the replicas do (no "forbidden" in their logs, the default policy
-//! Ready, a PolicyReport written). One test: the chart's configuration is cluster-wide. Needs
-//! `AGENTGUARD_NODE=1 hack/cluster.sh up`.
+//! restart and a node drain lose no webhook call from a steady stream; `helm uninstall` leaves
+//! the cluster usable. The release namespace enforces Pod Security `restricted`, and the
+//! chart's own RBAC must be enough for everything the replicas do (no "forbidden" in their
+//! logs, the default policy Ready, a PolicyReport written). One test: the chart's configuration
+//! is cluster-wide. Needs `AGENTGUARD_NODE=1 hack/cluster.sh up`.
 
 mod support;
 
