@@ -557,33 +557,29 @@ pub fn decide(
     let username = req.user_info.username.as_deref().unwrap_or_default();
     let groups = req.user_info.groups.as_deref().unwrap_or_default();
 
-    // The guard cannot be disarmed by the identities it guards against.
-    if is_policy_resource(&object) {
+    // The guard cannot be disarmed by the identities it guards against: not through its
+    // policies, nor through the CRDs that define them.
+    let off_limits = if is_policy_resource(&object) {
+        Some(("policies are off limits", "agentguard policies"))
+    } else if is_own_definition(&object) {
+        Some((
+            "agentguard's definitions are off limits",
+            "agentguard's own definitions: that would change or delete every policy of the kind",
+        ))
+    } else {
+        None
+    };
+    if let Some((reason, what)) = off_limits {
         return match snapshot.restricted_anywhere(username, groups) {
             Some(r) => Decision::deny(
                 object.clone(),
-                format!("{}; policies are off limits", r.reason),
+                format!("{}; {reason}", r.reason),
                 format!(
-                    "agentguard: DENIED {} of {} {} by {username}. Restricted identities may not create, change or delete agentguard policies. \
+                    "agentguard: DENIED {} of {} {} by {username}. Restricted identities may not create, change or delete {what}. \
                      Stop and ask a human.",
                     verb(&req.operation),
                     object.kind,
                     object.qualified_name()
-                ),
-            ),
-            None => Decision::allow(object, "identity is not restricted"),
-        };
-    }
-    if is_own_definition(&object) {
-        return match snapshot.restricted_anywhere(username, groups) {
-            Some(r) => Decision::deny(
-                object.clone(),
-                format!("{}; agentguard's definitions are off limits", r.reason),
-                format!(
-                    "agentguard: DENIED {} of CustomResourceDefinition {} by {username}. Restricted identities may not change or delete \
-                     agentguard's own definitions: that would change or delete every policy of the kind. Stop and ask a human.",
-                    verb(&req.operation),
-                    object.name
                 ),
             ),
             None => Decision::allow(object, "identity is not restricted"),
