@@ -1,13 +1,17 @@
-//! A real Prometheus scrapes agentguard and the real API server while agents are blocked,
-//! humans approve, and one webhook is down. Then every query of the Grafana dashboard the chart
-//! ships returns data, every alert rule the chart ships evaluates without error (and the
-//! blocked-deletion and webhook-error alerts are active), and `hack/render-dashboard.py` draws
-//! every panel from that Prometheus.
+//! A real Prometheus 3 scrapes agentguard and the real API server.
+//!
+//! `dashboard_queries_and_alerts_work_against_a_real_prometheus`: while agents are blocked,
+//! humans approve and one webhook is down, every query of the Grafana dashboard the chart
+//! ships returns data, every alert rule the chart ships evaluates without error (the
+//! blocked-deletion and webhook-error alerts active), and `hack/render-dashboard.py` draws
+//! every panel.
+//!
+//! `the_dashboard_tells_the_story_exactly`: a scripted story, and every counting panel read as
+//! Grafana reads it over the default range, value by value. The README's pictures come from
+//! it: `AGENTGUARD_DASHBOARD_PNG_DIR=docs/dashboard cargo test --test e2e_prometheus story`.
 //!
 //! Requires `hack/cluster.sh up` and Prometheus 3 (`hack/build-tools.sh` builds it from its
-//! Go module); fails, never skips, without them. Set AGENTGUARD_DASHBOARD_PNG_DIR to keep the pictures (the README's
-//! come from this test: `AGENTGUARD_DASHBOARD_PNG_DIR=docs/dashboard cargo test --test
-//! e2e_prometheus`).
+//! Go module); fails, never skips, without them.
 
 mod support;
 
@@ -304,11 +308,8 @@ fn dashboard_queries_and_alerts_work_against_a_real_prometheus() {
             stderr(&probe).contains(&by_policy)
         },
     );
-    // Blocked attempts by two agents, spread over a few scrapes so rates see them rise; when
-    // the pictures are kept (for the README), over three minutes, so they show a story.
-    let keep = std::env::var_os("AGENTGUARD_DASHBOARD_PNG_DIR").map(PathBuf::from);
-    let (rounds, pause) = if keep.is_some() { (18, 10) } else { (3, 2) };
-    for round in 0..rounds {
+    // Blocked attempts by two agents, spread over a few scrapes so rates see them rise.
+    for round in 0..3 {
         for (who, name) in [
             (&agent, "orders-db"),
             (&agent, "cache"),
@@ -317,7 +318,7 @@ fn dashboard_queries_and_alerts_work_against_a_real_prometheus() {
             let out = delete_as(who, name);
             assert!(!out.status.success(), "round {round}: {who} deleted {name}");
         }
-        std::thread::sleep(Duration::from_secs(pause));
+        std::thread::sleep(Duration::from_secs(2));
     }
     // A human approves one deletion and the agent uses it.
     ns.kubectl_ok(&[
@@ -452,23 +453,22 @@ fn dashboard_queries_and_alerts_work_against_a_real_prometheus() {
         "no blocked-deletion alert for {other_agent}: {alerts}"
     );
 
-    // The pictures: every panel drawn from this Prometheus.
+    // Every panel can be drawn from this Prometheus.
     let scratch = tempfile::tempdir().unwrap();
-    let out_dir = keep
-        .map(|d| {
-            if d.is_absolute() {
-                d
-            } else {
-                Path::new(ROOT).join(d)
-            }
-        })
-        .unwrap_or_else(|| scratch.path().to_owned());
+    render(&prometheus, scratch.path(), "5m", true);
+    drop(guard);
+}
+
+/// Draws every panel of the dashboard from `prometheus` over the last `range` into `out_dir`
+/// with `hack/render-dashboard.py` (`require_data`: every query must return something), and
+/// checks that each picture is there.
+fn render(prometheus: &Prometheus, out_dir: &Path, range: &str, require_data: bool) {
     let render = Command::new("python3")
         .arg(Path::new(ROOT).join("hack/render-dashboard.py"))
         .args(["--prometheus", &prometheus.url()])
         .args(["--out", out_dir.to_str().unwrap()])
-        .args(["--range", "5m"])
-        .args(["--rate-interval", "2m", "--require-data"])
+        .args(["--range", range, "--rate-interval", "1m"])
+        .args(require_data.then_some("--require-data"))
         .output()
         .expect("run python3 hack/render-dashboard.py");
     assert!(
@@ -478,8 +478,15 @@ fn dashboard_queries_and_alerts_work_against_a_real_prometheus() {
         stderr(&render),
         prometheus.log()
     );
-    for (title, _) in &panels {
-        let png = out_dir.join(format!("{}.png", slug(title)));
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(ROOT).join("charts/agentguard/dashboards/agentguard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    for (title, _) in panels(&dashboard) {
+        let png = out_dir.join(format!("{}.png", slug(&title)));
         let bytes = std::fs::read(&png)
             .unwrap_or_else(|e| panic!("{title}: no picture at {}: {e}", png.display()));
         assert!(
@@ -488,7 +495,6 @@ fn dashboard_queries_and_alerts_work_against_a_real_prometheus() {
         );
     }
     assert!(out_dir.join("dashboard.png").exists());
-    drop(guard);
 }
 
 /// File name of a panel's picture, as `hack/render-dashboard.py` names it.
@@ -946,6 +952,7 @@ fn the_dashboard_tells_the_story_exactly() {
         &[(ports_a.1, "agentguard-a"), (ports_b.1, "agentguard-b")],
         &format!("{SCRAPE_SECS}s"),
     );
+    let started = unix_now();
     // The recording rules count a first event only on a target up 30 s before.
     wait_until(Duration::from_secs(120), "30 s of scrapes", || {
         prometheus.query("up offset 30s == 1").len() == 3
@@ -1101,6 +1108,14 @@ fn the_dashboard_tells_the_story_exactly() {
         "the old increase() query passed the story"
     );
     eprintln!("the old query, caught: {}", caught.join("; "));
+
+    // The README's pictures come from this story: AGENTGUARD_DASHBOARD_PNG_DIR=docs/dashboard.
+    let scratch = tempfile::tempdir().unwrap();
+    let out_dir = std::env::var_os("AGENTGUARD_DASHBOARD_PNG_DIR")
+        .map(|d| Path::new(ROOT).join(d))
+        .unwrap_or_else(|| scratch.path().to_owned());
+    let minutes = ((end - started) / 60.0).ceil() as u64 + 1;
+    render(&prometheus, &out_dir, &format!("{minutes}m"), false);
     let _ = replica_b.kill();
     let _ = replica_b.wait();
 }
