@@ -661,9 +661,10 @@ fn lint(d: &Value) -> Vec<Finding> {
         .chain(other_metrics())
         .collect();
     // A recorded series has its source metric's labels, and is held to its source's rules.
-    for (recorded, source) in recorded_metrics(&known) {
-        let labels = known[&source].clone();
-        known.insert(recorded, labels);
+    let recorded = recorded_metrics(&known);
+    for (name, source) in &recorded {
+        let labels = known[source].clone();
+        known.insert(name.clone(), labels);
     }
 
     let all = panels_flat(d);
@@ -685,7 +686,7 @@ fn lint(d: &Value) -> Vec<Finding> {
     lint_layout(d, &mut f);
 
     for p in all.into_iter().filter(|p| p["type"] != "row") {
-        lint_panel(p, &known, &mut f);
+        lint_panel(p, &known, &recorded, &mut f);
     }
     f.0
 }
@@ -912,7 +913,12 @@ fn lint_layout(d: &Value, f: &mut Findings) {
     }
 }
 
-fn lint_panel(p: &Value, known: &BTreeMap<String, BTreeSet<String>>, f: &mut Findings) {
+fn lint_panel(
+    p: &Value,
+    known: &BTreeMap<String, BTreeSet<String>>,
+    recorded: &BTreeMap<String, String>,
+    f: &mut Findings,
+) {
     let kind = p["type"].as_str().unwrap_or_default();
     if LEGACY_PANEL_TYPES.contains(&kind) {
         f.panel(
@@ -1009,7 +1015,7 @@ fn lint_panel(p: &Value, known: &BTreeMap<String, BTreeSet<String>>, f: &mut Fin
                 continue;
             }
         };
-        lint_expr(p, &at, instant, &scan, known, f);
+        lint_expr(p, &at, instant, &scan, known, recorded, f);
     }
 }
 
@@ -1019,6 +1025,7 @@ fn lint_expr(
     instant: bool,
     scan: &Scan,
     known: &BTreeMap<String, BTreeSet<String>>,
+    recorded: &BTreeMap<String, String>,
     f: &mut Findings,
 ) {
     for v in &scan.variables {
@@ -1046,7 +1053,6 @@ fn lint_expr(
                 .iter()
                 .any(|s| s.metric.ends_with(&format!(":increase{d}")))
     };
-    let recorded = recorded_metrics(known);
     let durations = scan
         .selectors
         .iter()
