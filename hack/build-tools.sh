@@ -78,6 +78,7 @@ mkdir -p "$BIN"
 log() { printf '[build-tools %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 have() { [[ -x "$BIN/$1" ]]; }
+have_prometheus() { [[ -x "$PROMETHEUS_BIN/prometheus" && -x "$PROMETHEUS_BIN/promtool" ]]; }
 
 # Downloads module@version through the module proxy (run from a scratch directory) and prints
 # the directory it is unpacked in; $2 = GoMod prints its go.mod file instead.
@@ -294,7 +295,7 @@ fetch_crds() {
 NODE_TOOLS=(kube-scheduler kubelet pause containerd containerd-shim-runc-v2 ctr runc)
 have_all() { local t; for t in "$@"; do have "$t" || return 1; done; }
 if ! { have_all etcd kube-apiserver kube-controller-manager kubectl helm cert-manager-controller \
-  "${NODE_TOOLS[@]}" && [[ -x "$PROMETHEUS_BIN/prometheus" && -x "$PROMETHEUS_BIN/promtool" ]]; } \
+  "${NODE_TOOLS[@]}" && have_prometheus; } \
   && [[ -z "${AGENTGUARD_KEEP_GOCACHE:-}" ]]; then
   GOCACHE=$(mktemp -d "${TMPDIR:-/tmp}/agentguard-gocache.XXXXXX")
   export GOCACHE
@@ -321,7 +322,7 @@ build_prometheus() {
       "github.com/prometheus/prometheus/cmd/$cmd@$module"
   done
 }
-[[ -x "$PROMETHEUS_BIN/prometheus" && -x "$PROMETHEUS_BIN/promtool" ]] || build_prometheus
+have_prometheus || build_prometheus
 
 fetch_catalog_crds() {
   log "fetching published CRDs of data-holding kinds (CloudNativePG, ACK S3, Config Connector)"
