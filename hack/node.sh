@@ -70,6 +70,11 @@ node_check() {
 # and the CNI configuration.
 node_network() {
   ip link add "$BRIDGE" type bridge 2>/dev/null || true
+  # A fixed address: a bridge without one takes the lowest of its ports', so deleting a Pod
+  # could change it under the others, and a Pod whose neighbour entry for the node missed the
+  # change answered the API server into the void for seconds (a webhook call timed out in
+  # `helm test`'s cleanup, which deletes a Pod). Locally administered, one per node N.
+  ip link set "$BRIDGE" address "$(printf '02:61:67:00:00:%02x' "$NODE_N")"
   ip addr replace "$NODE_IP/24" dev "$BRIDGE"
   ip addr replace "$KUBERNETES_SERVICE_IP/32" dev "$BRIDGE"
   ip link set "$BRIDGE" up

@@ -165,6 +165,19 @@ fn default_policy_message(cluster: &Cluster) -> String {
     ])
 }
 
+/// What to read when a call to the replicas failed: their Pods, addresses and last log lines.
+fn replicas_state(ns: &TestNamespace) -> String {
+    let pods = ns.kubectl(&["get", "pods,endpointslices", "-o", "wide"]);
+    let logs = ns.kubectl(&[
+        "logs",
+        "-l",
+        "app.kubernetes.io/name=agentguard",
+        "--tail=15",
+        "--prefix",
+    ]);
+    format!("{}{}{}", stdout(&pods), stdout(&logs), stderr(&logs))
+}
+
 #[test]
 fn helm_install_runs_agentguard_in_cluster() {
     let _one = ONE_RELEASE.lock().unwrap_or_else(|e| e.into_inner());
@@ -296,7 +309,11 @@ fn helm_install_runs_agentguard_in_cluster() {
     // phase is left to read; `agentguard check` itself is tested in e2e_admission.)
     let out = cluster.helm(&["test", "agentguard", "-n", &ns.name, "--timeout", "2m"]);
     let said = format!("{}{}", stdout(&out), stderr(&out));
-    assert!(out.status.success(), "helm test: {said}");
+    assert!(
+        out.status.success(),
+        "helm test: {said}\n{}",
+        replicas_state(&ns)
+    );
     let pod_phase = said
         .split("TEST SUITE:")
         .find(|suite| {
