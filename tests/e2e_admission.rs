@@ -203,6 +203,35 @@ fn with_the_webhook_down_the_api_server_refuses_the_deletion() {
         "{err}"
     );
     assert!(ns.pvc_intact("data"));
+
+    // APIService writes are routed (agents may not make one), but never the API server's own
+    // registrations: a new CRD's group is served while agentguard is down.
+    let group = ns.crd("widgets", "Widget");
+    support::wait_until(
+        std::time::Duration::from_secs(30),
+        "the API server to register the new group's APIService",
+        || {
+            cluster
+                .kubectl(&["get", "apiservice", &format!("v1.{group}")])
+                .status
+                .success()
+        },
+    );
+    ns.kubectl_ok(&["get", "widgets"]);
+    // Anyone else's APIService write waits for agentguard, as every routed write does.
+    let out = cluster.kubectl(&[
+        "label",
+        "apiservice",
+        &format!("v1.{group}"),
+        "note=while-down",
+        "--dry-run=server",
+    ]);
+    assert!(
+        !out.status.success()
+            && stderr(&out).contains("failed calling webhook \"validate.agentguard.dev\""),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

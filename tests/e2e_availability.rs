@@ -215,7 +215,7 @@ fn with_the_webhook_down_the_policy_keeps_the_simplest_rules() {
     ns.grant_cluster(
         "cursor-agent",
         "get,delete,patch",
-        "customresourcedefinitions",
+        "customresourcedefinitions,apiservices.apiregistration.k8s.io",
     );
     cluster.apply(&format!(
         "apiVersion: agentguard.dev/v1alpha1\nkind: ProtectedResource\nmetadata:\n  name: orders\n  namespace: {}\n\
@@ -317,8 +317,9 @@ fn with_the_webhook_down_the_policy_keeps_the_simplest_rules() {
     let out = ns.kubectl_as(&agent, &["annotate", "pvc", "data", "note=agent-was-here"]);
     assert!(out.status.success(), "{}", stderr(&out));
 
-    // (c) Nor can it delete a policy, or the CRD that would take every policy with it, so
-    // nothing is lost for good while the webhook is down.
+    // (c) Nor can it delete a policy, or the CRD that would take every policy with it, or
+    // point agentguard's API group elsewhere, so nothing is lost for good while the webhook is
+    // down.
     for (args, object) in [
         (
             vec!["delete", "protectedresource", "orders", "--dry-run=server"],
@@ -333,6 +334,16 @@ fn with_the_webhook_down_the_policy_keeps_the_simplest_rules() {
             ],
             "CustomResourceDefinition clusterprotectedresources.agentguard.dev".to_owned(),
         ),
+        // Nor the APIService that says which server answers for agentguard's group.
+        (
+            vec![
+                "delete",
+                "apiservice",
+                "v1alpha1.agentguard.dev",
+                "--dry-run=server",
+            ],
+            "APIService v1alpha1.agentguard.dev".to_owned(),
+        ),
     ] {
         let out = ns.kubectl_as(&agent, &args);
         let err = stderr(&out);
@@ -341,7 +352,7 @@ fn with_the_webhook_down_the_policy_keeps_the_simplest_rules() {
                 && err.contains(&format!("ValidatingAdmissionPolicy '{}'", policy.name))
                 && err.contains(&format!(
                     "agentguard: DENIED delete of {object} by {agent}. Restricted identities may not \
-                     change or delete agentguard policies or their definitions"
+                     change or delete agentguard policies or their definitions, nor APIServices"
                 )),
             "{args:?}: {err}"
         );

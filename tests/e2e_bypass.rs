@@ -55,6 +55,8 @@ const ROWS: &[&str] = &[
     "prune the CRD's schema",
     "delete agentguard's CRD",
     "prune agentguard's CRD schema",
+    "point agentguard's API group at the agent's Service",
+    "register an aggregated API",
     "StatefulSet retention to Delete",
     "PV reclaim policy to Delete",
     "remove the protected annotation",
@@ -67,6 +69,7 @@ const ROWS: &[&str] = &[
     "delete agentguard's Secret",
     "impersonate a human",
     "run a pod as agentguard's ServiceAccount",
+    "register a mutating webhook",
 ];
 
 /// A JSON patch that leaves a CRD's schema an empty `spec`: the API server would then prune
@@ -97,6 +100,12 @@ fn an_agent_with_broad_rbac_tries_every_route() {
         "validatingwebhookconfigurations,deployments,deployments/scale,secrets,persistentvolumes,customresourcedefinitions,namespaces",
     );
     ns.grant_cluster("cursor-agent", "impersonate", "users,groups");
+    // The aggregation layer and mutating admission: RBAC allows it, so what stops it shows.
+    ns.grant_cluster(
+        "cursor-agent",
+        "get,create,update,patch,delete",
+        "apiservices.apiregistration.k8s.io,mutatingwebhookconfigurations.admissionregistration.k8s.io",
+    );
     // Policies too: that agentguard, not RBAC, keeps agents off them is what the rows show.
     ns.grant("cursor-agent", "protectedresources.agentguard.dev");
     ns.grant_cluster("cursor-agent", "create", "pods");
@@ -282,6 +291,34 @@ fn an_agent_with_broad_rbac_tries_every_route() {
             ],
         ),
         row(
+            "point agentguard's API group at the agent's Service",
+            Expect::Guarded,
+            &[
+                "patch",
+                "apiservice",
+                "v1alpha1.agentguard.dev",
+                "--type=merge",
+                "-p",
+                &format!(
+                    r#"{{"spec":{{"service":{{"namespace":"{n}","name":"fake-policies"}},"insecureSkipTLSVerify":true}}}}"#
+                ),
+                "--dry-run=server",
+            ],
+        ),
+        {
+            let mut create = row(
+                "register an aggregated API",
+                Expect::Guarded,
+                &["create", "-f", "-", "--dry-run=server"],
+            );
+            create.stdin = Some(format!(
+                "apiVersion: apiregistration.k8s.io/v1\nkind: APIService\nmetadata:\n  name: v1beta1.agentguard.dev\n\
+                 spec:\n  group: agentguard.dev\n  version: v1beta1\n  service: {{namespace: {n}, name: fake-policies}}\n  \
+                 insecureSkipTLSVerify: true\n  groupPriorityMinimum: 1000\n  versionPriority: 100\n"
+            ));
+            create
+        },
+        row(
             "StatefulSet retention to Delete",
             Expect::Guarded,
             &[
@@ -420,6 +457,18 @@ fn an_agent_with_broad_rbac_tries_every_route() {
             .to_owned(),
     );
     rows.push(pod);
+    let mut mutating = row(
+        "register a mutating webhook",
+        Expect::RbacOnly("mutating-admission"),
+        &["create", "-f", "-", "--dry-run=server"],
+    );
+    mutating.stdin = Some(format!(
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: MutatingWebhookConfiguration\nmetadata:\n  name: strip-{n}\n\
+         webhooks:\n  - name: strip.example.com\n    admissionReviewVersions: [v1]\n    sideEffects: None\n    \
+         failurePolicy: Ignore\n    clientConfig: {{service: {{namespace: {n}, name: strip}}}}\n    \
+         rules: [{{apiGroups: [\"\"], apiVersions: [v1], operations: [UPDATE], resources: [persistentvolumeclaims]}}]\n"
+    ));
+    rows.push(mutating);
     assert_eq!(
         rows.iter().map(|r| r.name).collect::<Vec<_>>(),
         ROWS.to_vec(),

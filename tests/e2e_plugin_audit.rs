@@ -207,7 +207,8 @@ fn an_over_broad_cluster_role_binding_is_a_bypass_named_by_its_binding() {
     let admin_grant = format!("ClusterRoleBinding/{admin} -> ClusterRole/cluster-admin");
     for can in [
         "delete,update,patch validatingwebhookconfigurations/",
-        "delete,update,patch customresourcedefinitions/protectedresources.agentguard.dev",
+        "create,update,patch mutatingwebhookconfigurations",
+        "create,update,patch mutatingadmissionpolicies",
         "impersonate users,groups,serviceaccounts",
         "escalate,bind clusterroles",
         "create,update,patch clusterrolebindings",
@@ -216,6 +217,15 @@ fn an_over_broad_cluster_role_binding_is_a_bypass_named_by_its_binding() {
         assert_row(&out, &root, &[" bypass ", can, &admin_grant]);
     }
     // what the webhook guards stays info, even for cluster-admin
+    assert_row(
+        &out,
+        &root,
+        &[
+            " info ",
+            "delete,update,patch customresourcedefinitions/protectedresources.agentguard.dev",
+            &admin_grant,
+        ],
+    );
     assert_row(
         &out,
         &root,

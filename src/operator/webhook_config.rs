@@ -125,8 +125,28 @@ pub fn match_condition(protected: &Resources, own_namespace: &str) -> String {
     // cascade is still seen.
     let crds = crd_condition(own_namespace);
     format!(
-        "request.operation == 'DELETE' || request.resource.group == 'agentguard.dev' || (!{CONTROLLERS} && ({protected_write}{ROOT_WRITE_CONDITION} || {crds}))"
+        "!{AGGREGATOR} && (request.operation == 'DELETE' || request.resource.group == 'agentguard.dev' || (!{CONTROLLERS} && ({protected_write}{ROOT_WRITE_CONDITION} || {crds} || {API_SERVICES})))"
     )
+}
+
+/// APIServices: every write reaches the webhook (only humans may change which server answers
+/// for an API group), through the rule [`api_service_rule`].
+const API_SERVICES: &str = "(request.resource.group == 'apiregistration.k8s.io' && request.resource.resource == 'apiservices')";
+
+/// The API server registering and removing the APIServices of its own groups (one per CRD
+/// group and version, on start and whenever a CRD changes) is never sent to the webhook:
+/// that must go on while agentguard is down, or an API server restart would not serve them.
+const AGGREGATOR: &str = "(request.userInfo.username == 'system:apiserver' && request.resource.resource == 'apiservices')";
+
+/// Every write to an APIService (not its status, which the API server keeps).
+fn api_service_rule() -> RuleWithOperations {
+    RuleWithOperations {
+        operations: Some(vec!["CREATE".into(), "UPDATE".into(), "DELETE".into()]),
+        api_groups: Some(vec!["apiregistration.k8s.io".into()]),
+        api_versions: Some(vec!["*".into()]),
+        resources: Some(vec!["apiservices".into()]),
+        scope: Some("*".into()),
+    }
 }
 
 /// CRD writes that reach the webhook: a change to a CRD's definition (what the API server keeps
@@ -538,6 +558,7 @@ pub fn desired(
         ]),
         scope: Some("*".into()),
     });
+    all_rules.push(api_service_rule());
     let mut config = ValidatingWebhookConfiguration {
         metadata: metadata(params, owner),
         webhooks: Some(vec![ValidatingWebhook {
@@ -1342,6 +1363,9 @@ mod tests {
             "request.name.endsWith('.agentguard.dev')",
             // agentguard's own namespace (its CRD hook) is not held up by a webhook that is down.
             "!request.userInfo.username.startsWith('system:serviceaccount:agentguard:')",
+            // Every APIService write, except the API server's own registrations.
+            "request.resource.resource == 'apiservices')",
+            "!(request.userInfo.username == 'system:apiserver' && request.resource.resource == 'apiservices')",
         ] {
             assert!(condition.contains(needle), "{needle}");
         }
@@ -1375,6 +1399,8 @@ mod tests {
                         .unwrap()
                         .contains(&"UPDATE".to_owned())
                 })
+                // APIServices are judged, never approved: nothing to seal.
+                .filter(|r| **r != api_service_rule())
                 .cloned()
                 .collect()
         };

@@ -925,6 +925,7 @@ enum CheckKind {
     ActAs,
     Policies,
     Gitops,
+    MutatingAdmission,
 }
 
 /// A way to do something, allowed when every request it needs is allowed.
@@ -1791,6 +1792,24 @@ impl ClusterFacts {
                 Request::new("", "admissionregistration.k8s.io", resource),
             ));
         }
+        // A mutating webhook or admission policy of the agent's own runs before agentguard's
+        // validating webhook on every write it matches, and the API server sends none of
+        // these objects to any webhook: only RBAC keeps agents from registering one.
+        for resource in [
+            "mutatingwebhookconfigurations",
+            "mutatingadmissionpolicies",
+            "mutatingadmissionpolicybindings",
+        ] {
+            checks.push(Check::verbs(
+                K::MutatingAdmission,
+                Bypass,
+                None,
+                resource.to_owned(),
+                "a mutating webhook or admission policy rewrites others' writes before agentguard judges them: it can strip agentguard.dev/protected during a controller's update, or add an approval to a human's; the API server sends these objects to no webhook",
+                &["create", "update", "patch"],
+                Request::new("", "admissionregistration.k8s.io", resource),
+            ));
+        }
         // What a GitOps tool applies is decided by objects whose changes admission cannot tie
         // to protected data: a source's URL or revision, a HelmRelease's values, an
         // ApplicationSet's generators. Changing them can make the tool prune protected objects
@@ -1809,10 +1828,10 @@ impl ClusterFacts {
         for crd in AGENTGUARD_CRDS {
             checks.push(Check::verbs(
                 K::Crd,
-                Bypass,
+                Info,
                 None,
                 format!("customresourcedefinitions/{crd}"),
-                "deleting or rewriting agentguard's CRD removes or disables every policy of that kind; the webhook does not judge it",
+                "deleting or rewriting agentguard's CRD would remove or disable every policy of that kind: agentguard refuses it to agents (the webhook, and the availability policy while the webhook is unreachable)",
                 &write,
                 Request::new("", "apiextensions.k8s.io", "customresourcedefinitions").named(crd),
             ));

@@ -484,6 +484,14 @@ fn is_own_definition(object: &ObjectRef) -> bool {
         && object.name.ends_with(&format!(".{GROUP}"))
 }
 
+/// APIServices: which server answers for an API group (the aggregation layer). One pointed at
+/// a Service of the agent's own would answer for agentguard's policies, or for a protected
+/// kind, in place of the API server's storage, and agentguard's watches would read what it
+/// serves. Whoever the guard restricts may not write any of them.
+fn is_api_service(object: &ObjectRef) -> bool {
+    object.group == "apiregistration.k8s.io" && object.resource == "apiservices"
+}
+
 fn is_deletion_request(object: &ObjectRef) -> bool {
     object.group == GROUP && object.resource == "deletionrequests"
 }
@@ -565,6 +573,11 @@ pub fn decide(
         Some((
             "agentguard's definitions are off limits",
             "agentguard's own definitions: that would change or delete every policy of the kind",
+        ))
+    } else if is_api_service(&object) {
+        Some((
+            "APIServices are off limits",
+            "APIServices: an APIService decides which server answers for an API group, agentguard's policies and protected kinds included",
         ))
     } else {
         None
@@ -2408,6 +2421,80 @@ pub(crate) mod tests {
         assert!(
             message.contains("changes the definition (spec) of a kind with protected instances"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn api_services_are_off_limits_to_agents() {
+        let snap = snapshot(vec![], &[]);
+        let service = |group: &str, to: Value| {
+            json!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": format!("v1alpha1.{group}"), "uid": "as-1"},
+                   "spec": {"group": group, "version": "v1alpha1", "service": to, "groupPriorityMinimum": 1000, "versionPriority": 15}})
+        };
+        let ours = service(GROUP, Value::Null);
+        let redirected = service(GROUP, json!({"namespace": "prod", "name": "fake-policies"}));
+        let elsewhere = service(
+            "metrics.example.com",
+            json!({"namespace": "prod", "name": "m"}),
+        );
+        let with = |mut r: Req| {
+            r.kind = ("apiregistration.k8s.io", "APIService", "apiservices");
+            r.name = "v1alpha1.agentguard.dev".into();
+            r
+        };
+        let create = |user: &str, new: Value| {
+            let mut r = with(Req::update(user, Value::Null, new));
+            r.op = "CREATE";
+            r
+        };
+        let cases: Vec<(&str, Req, Verdict)> = vec![
+            (
+                "point agentguard's group at the agent's Service",
+                with(Req::update(AGENT, ours.clone(), redirected.clone())),
+                Verdict::Deny,
+            ),
+            (
+                "delete agentguard's APIService",
+                with(Req::delete(AGENT, ours.clone())),
+                Verdict::Deny,
+            ),
+            (
+                "register an aggregated API of any group",
+                create(AGENT, elsewhere.clone()),
+                Verdict::Deny,
+            ),
+            (
+                "a human registers an aggregated API",
+                create("alice", elsewhere),
+                Verdict::Allow,
+            ),
+            (
+                "a human repairs agentguard's APIService",
+                with(Req::update("alice", redirected, ours)),
+                Verdict::Allow,
+            ),
+        ];
+        for (what, req, verdict) in cases {
+            let d = decide(&req.build(), &snap, &OneClaim, now());
+            assert_eq!(d.verdict, verdict, "{what}: {}", d.reason);
+        }
+        let d = decide(
+            &with(Req::update(
+                AGENT,
+                service(GROUP, Value::Null),
+                service(GROUP, json!({"namespace": "prod", "name": "x"})),
+            ))
+            .build(),
+            &snap,
+            &OneClaim,
+            now(),
+        );
+        assert!(
+            d.message.as_deref().unwrap_or_default().starts_with(&format!(
+                "agentguard: DENIED update of APIService v1alpha1.agentguard.dev by {AGENT}. Restricted identities may not create, change or delete APIServices"
+            )),
+            "{:?}",
+            d.message
         );
     }
 
