@@ -20,9 +20,12 @@
 #   hack/build-tools.sh --print-catalog-crds  only print the catalog kinds' CRD directory
 set -euo pipefail
 
+# renovate: datasource=go depName=k8s.io/kubernetes
 K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 STAGING_VERSION="v0.${K8S_VERSION#v1.}"
+# renovate: datasource=go depName=go.etcd.io/etcd/server/v3
 ETCD_VERSION="${ETCD_VERSION:-v3.6.8}"     # the version k8s.io/kubernetes v1.36.3 pins
+# renovate: datasource=go depName=helm.sh/helm/v3
 HELM_VERSION="${HELM_VERSION:-v3.19.0}"
 PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 CERT_MANAGER_VERSION="${CERT_MANAGER_VERSION:-v1.21.2}"
@@ -31,6 +34,7 @@ VELERO_VERSION="${VELERO_VERSION:-v1.18.3}"
 KYVERNO_VERSION="${KYVERNO_VERSION:-v1.19.1}"
 # Prometheus 3 (the major line kube-prometheus-stack ships), from its Go module: release
 # 3.16.0 is module version v0.316.0. Built without the web UI's assets (not needed here).
+# renovate: datasource=github-tags depName=prometheus/prometheus extractVersion=^v(?<version>.+)$
 PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-3.16.0}"
 # Published CRDs of data-holding kinds (catalog/data-kinds.yaml names the same module@version).
 CNPG_VERSION="${CNPG_VERSION:-v1.27.0}"

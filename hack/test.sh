@@ -72,9 +72,15 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
-log "cargo deny: licences, bans, sources (advisories need GitHub's RustSec database, unreachable here)"
+log "cargo deny: licences, bans, sources"
 command -v cargo-deny >/dev/null 2>&1 || cargo install --locked cargo-deny
 cargo deny --locked check licenses bans sources
+# RustSec advisories: the live database where GitHub answers, else the dated snapshot (each
+# result line says which, and the snapshot's date).
+hack/advisories.sh
+# What a tagged release relies on, checked without a registry or GitHub (docs/release.md).
+log "release checks: workflow, packaged chart, SBOM, krew manifest"
+hack/release-check.sh
 log "cargo test (unit, HTTP edge, end to end)"
 cargo test --locked --all-targets --no-fail-fast
 
