@@ -902,28 +902,10 @@ fn the_dashboard_tells_the_story_exactly() {
         ns.agent("devin-agent"),
     );
     // Two replicas behind one address, as behind the chart's Service.
-    let balancer = support::Balancer::start();
-    let (ports_a, ports_b) = ((free_port(), free_port()), (free_port(), free_port()));
-    balancer.add(ports_a.0, ports_a.1);
-    balancer.add(ports_b.0, ports_b.1);
-    let options = |ports| support::GuardOptions {
-        webhook_url: Some(format!("https://127.0.0.1:{}/validate", balancer.port)),
-        ports: Some(ports),
-        ..Default::default()
-    };
-    let guard = Guard::start_with(&ns, &a, &options(ports_a));
-    let spawn_b = || {
-        support::spawn_agentguard(
-            &ns,
-            &options(ports_b),
-            guard.dir.path(),
-            ports_b.0,
-            ports_b.1,
-            "b",
-        )
-    };
+    let replicas = support::TwoReplicas::start(&ns, &a, Default::default());
+    let [ports_a, ports_b] = replicas.ports;
     let ready = |port| support::http_status(port, "/readyz") == Some(200);
-    let mut replica_b = spawn_b();
+    let mut replica_b = replicas.spawn_b(&ns);
     wait_until(Duration::from_secs(30), "replica b ready", || {
         ready(ports_b.1)
     });
@@ -992,7 +974,7 @@ fn the_dashboard_tells_the_story_exactly() {
     wait_until(Duration::from_secs(25), "replica b to exit", || {
         replica_b.try_wait().unwrap().is_some()
     });
-    replica_b = spawn_b();
+    replica_b = replicas.spawn_b(&ns);
     wait_until(Duration::from_secs(30), "replica b ready again", || {
         ready(ports_b.1)
     });

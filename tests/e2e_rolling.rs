@@ -15,9 +15,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{
-    Balancer, Cluster, Guard, GuardOptions, TestNamespace, free_port, stderr, wait_until,
-};
+use support::{Cluster, GuardOptions, TestNamespace, TwoReplicas, stderr, wait_until};
 
 fn ready(metrics: u16) -> bool {
     support::http_status(metrics, "/readyz") == Some(200)
@@ -28,28 +26,16 @@ fn a_rolling_restart_under_load_fails_no_admission_call() {
     let cluster = Cluster::connect();
     let ns = TestNamespace::create(&cluster, "rolling");
     let agent = ns.agent("cursor-agent");
-    let balancer = Balancer::start();
-    let (ports_a, ports_b) = ((free_port(), free_port()), (free_port(), free_port()));
-    balancer.add(ports_a.0, ports_a.1);
-    balancer.add(ports_b.0, ports_b.1);
-    let options = |ports| GuardOptions {
-        agent_service_accounts: Some(format!("{}/cursor-*", ns.name)),
-        webhook_url: Some(format!("https://127.0.0.1:{}/validate", balancer.port)),
-        ports: Some(ports),
-        ..Default::default()
-    };
-    let mut guard = Guard::start_with(&ns, &agent, &options(ports_a));
-    let spawn_b = |guard: &Guard<'_>| {
-        support::spawn_agentguard(
-            &ns,
-            &options(ports_b),
-            guard.dir.path(),
-            ports_b.0,
-            ports_b.1,
-            "b",
-        )
-    };
-    let mut replica_b = spawn_b(&guard);
+    let mut replicas = TwoReplicas::start(
+        &ns,
+        &agent,
+        GuardOptions {
+            agent_service_accounts: Some(format!("{}/cursor-*", ns.name)),
+            ..Default::default()
+        },
+    );
+    let [ports_a, ports_b] = replicas.ports;
+    let mut replica_b = replicas.spawn_b(&ns);
     wait_until(Duration::from_secs(30), "replica b to be ready", || {
         ready(ports_b.1)
     });
@@ -117,12 +103,12 @@ fn a_rolling_restart_under_load_fails_no_admission_call() {
         std::thread::sleep(Duration::from_secs(3));
         // Replica a (the leader) first: SIGTERM, exit, a new process on the same ports.
         timeline.push((started.elapsed(), "SIGTERM to a"));
-        guard.terminate();
+        replicas.a.terminate();
         wait_until(Duration::from_secs(25), "replica a to exit", || {
-            guard.exited()
+            replicas.a.exited()
         });
         timeline.push((started.elapsed(), "a exited"));
-        guard.respawn(&ns, &options(ports_a));
+        replicas.respawn_a(&ns);
         wait_until(
             Duration::from_secs(30),
             "the new replica a to be ready",
@@ -141,7 +127,7 @@ fn a_rolling_restart_under_load_fails_no_admission_call() {
             replica_b.try_wait().unwrap().is_some()
         });
         timeline.push((started.elapsed(), "b exited"));
-        replica_b = spawn_b(&guard);
+        replica_b = replicas.spawn_b(&ns);
         wait_until(
             Duration::from_secs(30),
             "the new replica b to be ready",

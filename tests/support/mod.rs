@@ -1229,6 +1229,75 @@ impl Balancer {
     }
 }
 
+/// Two replicas behind one address, as a Deployment's two Pods behind its Service: replica a is
+/// the test's [`Guard`] (its webhook configuration names the [`Balancer`]), replica b another
+/// process on a's directory, started by [`TwoReplicas::spawn_b`] (and again after a restart).
+pub struct TwoReplicas<'c> {
+    /// Declared first, so it stops before the balancer in front of it.
+    pub a: Guard<'c>,
+    pub balancer: Balancer,
+    /// The (webhook, metrics) ports of a and of b.
+    pub ports: [(u16, u16); 2],
+    options: GuardOptions,
+}
+
+impl<'c> TwoReplicas<'c> {
+    /// Starts the balancer with both replicas in it, and replica a with `options` (its webhook
+    /// URL and ports are set here). b is not started.
+    pub fn start(ns: &TestNamespace<'c>, probe_agent: &str, options: GuardOptions) -> Self {
+        let balancer = Balancer::start();
+        let ports = [(free_port(), free_port()), (free_port(), free_port())];
+        for (webhook, metrics) in ports {
+            balancer.add(webhook, metrics);
+        }
+        let options = GuardOptions {
+            webhook_url: Some(format!("https://127.0.0.1:{}/validate", balancer.port)),
+            ..options
+        };
+        let a = Guard::start_with(
+            ns,
+            probe_agent,
+            &GuardOptions {
+                ports: Some(ports[0]),
+                ..options.clone()
+            },
+        );
+        Self {
+            a,
+            balancer,
+            ports,
+            options,
+        }
+    }
+
+    /// The options of replica `replica` (0 is a, 1 is b).
+    pub fn options(&self, replica: usize) -> GuardOptions {
+        GuardOptions {
+            ports: Some(self.ports[replica]),
+            ..self.options.clone()
+        }
+    }
+
+    /// Starts replica b.
+    pub fn spawn_b(&self, ns: &TestNamespace<'_>) -> Child {
+        let (webhook, metrics) = self.ports[1];
+        spawn_agentguard(
+            ns,
+            &self.options(1),
+            self.a.dir.path(),
+            webhook,
+            metrics,
+            "b",
+        )
+    }
+
+    /// Starts replica a again, after it stopped.
+    pub fn respawn_a(&mut self, ns: &TestNamespace<'_>) {
+        let options = self.options(0);
+        self.a.respawn(ns, &options);
+    }
+}
+
 /// The loopback port of the API server a kubeconfig names.
 pub fn api_server_port(kubeconfig: &Path) -> u16 {
     let text = std::fs::read_to_string(kubeconfig).unwrap();
